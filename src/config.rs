@@ -1,0 +1,1 @@
+//! berthd's TOML configuration and its embedded defaults.

@@ -1,0 +1,1 @@
+//! The CRI gRPC services: thin adapters from CRI messages to the subsystems.

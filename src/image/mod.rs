@@ -1,0 +1,1 @@
+//! Registry client, content store, unpack and snapshots (overlay layers).

@@ -1,0 +1,5 @@
+//! berthd: the CRI server.
+
+fn main() {
+    println!("berthd {}", berth::VERSION);
+}

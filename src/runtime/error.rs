@@ -1,0 +1,32 @@
+//! Errors of the in-process runtime.
+
+/// Everything that can go wrong while creating or managing a container.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The spec asks for something invalid or unsupported.
+    #[error("invalid spec: {0}")]
+    InvalidSpec(String),
+    /// The container (or its process) does not exist (any more).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A system call failed.
+    #[error("{context}: {source}")]
+    Sys {
+        context: String,
+        #[source]
+        source: nix::Error,
+    },
+    /// An I/O operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A cgroup operation failed.
+    #[error("cgroup: {0}")]
+    Cgroup(String),
+    /// The init helper reported a failure while setting up the container.
+    #[error("container setup failed: {0}")]
+    Setup(String),
+}

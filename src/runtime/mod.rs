@@ -1,0 +1,172 @@
+//! The in-process runtime: an OCI runtime spec plus a rootfs and stdio become a
+//! running, contained process.
+//!
+//! This is the contract the shim (and later berthd's tests) code against. The
+//! runtime knows nothing of CRI, gRPC or images.
+//!
+//! Process model: the caller (the shim, a multi-threaded process) never forks
+//! to set up a container. It starts its own executable again as a
+//! single-threaded *init helper* (see [`run_helper_if_requested`]) and talks
+//! to it over a socket pair. The helper joins/creates the namespaces, sets up
+//! the rootfs and the process, reports the container pid, and waits for
+//! `start`. The caller is expected to be a child subreaper
+//! (`PR_SET_CHILD_SUBREAPER`) and to reap every child itself: the runtime never
+//! calls `waitpid`, so the caller's reaper owns all exit statuses.
+//!
+//! Status: CONTRACT — bodies are being filled in by the runtime work; keep the
+//! signatures stable, or change them together with the shim.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{LinuxResources, Process, Spec};
+use serde::{Deserialize, Serialize};
+
+mod error;
+pub use error::RuntimeError;
+
+/// Result of runtime operations.
+pub type Result<T> = std::result::Result<T, RuntimeError>;
+
+/// Must be the first thing `main()` does in any binary that creates
+/// containers (the shim; test helpers). If this process was started as the
+/// runtime's init helper, it runs the helper and never returns; otherwise it
+/// returns at once.
+pub fn run_helper_if_requested() {
+    todo!("runtime: init helper entry")
+}
+
+/// The stdio a container or exec process gets.
+#[derive(Debug, Default)]
+pub struct Stdio {
+    /// Becomes fd 0 of the process; `None` means /dev/null.
+    pub stdin: Option<OwnedFd>,
+    /// Becomes fd 1; `None` means /dev/null.
+    pub stdout: Option<OwnedFd>,
+    /// Becomes fd 2; `None` means /dev/null.
+    pub stderr: Option<OwnedFd>,
+    /// Allocate a pty inside the container (the spec's `process.terminal`);
+    /// the master comes back to the caller. The fds above are then ignored.
+    pub terminal: bool,
+}
+
+/// What [`Container::create`] needs.
+#[derive(Debug)]
+pub struct CreateOptions<'a> {
+    /// Container id; also names the cgroup leaf when the spec gives no path.
+    pub id: &'a str,
+    /// The bundle directory (holds config.json); a relative `root.path` is
+    /// resolved against it. The rootfs is already mounted there by the caller.
+    pub bundle: &'a Path,
+    /// The OCI runtime spec to run.
+    pub spec: &'a Spec,
+    /// The process' stdio.
+    pub stdio: Stdio,
+    /// Directory where the runtime may keep this container's state files.
+    pub state_dir: &'a Path,
+}
+
+/// A container that was created (its init is waiting for `start`) or started.
+/// Serializable so a restarted shim can find it again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Container {
+    pub id: String,
+    /// Pid of the container's init process (as seen from the caller's pid namespace).
+    pub pid: i32,
+    pub bundle: PathBuf,
+    pub state_dir: PathBuf,
+    /// Cgroup path (relative to the hierarchy roots) the container lives in.
+    pub cgroup_path: String,
+}
+
+/// A process started inside a running container by [`Container::exec`].
+#[derive(Debug)]
+pub struct ExecProcess {
+    pub pid: i32,
+    /// The pty master when the process asked for a terminal.
+    pub pty_master: Option<OwnedFd>,
+}
+
+/// Resource usage of a container, read from its cgroup (v1 or v2).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub cpu_usage_ns: u64,
+    pub cpu_user_ns: u64,
+    pub cpu_system_ns: u64,
+    pub cpu_throttled_periods: u64,
+    pub cpu_throttled_time_ns: u64,
+    pub memory_usage_bytes: u64,
+    pub memory_limit_bytes: u64,
+    /// usage minus inactive file pages, as kubelet computes it.
+    pub memory_working_set_bytes: u64,
+    pub memory_rss_bytes: u64,
+    pub memory_cache_bytes: u64,
+    pub memory_swap_bytes: u64,
+    pub memory_failcnt: u64,
+    pub oom_kills: u64,
+    pub pids_current: u64,
+    pub pids_limit: u64,
+}
+
+impl Container {
+    /// Creates the container: namespaces, cgroup, rootfs, process set-up, all
+    /// but the final exec. Returns the container and, when `stdio.terminal`,
+    /// the pty master.
+    pub fn create(_opts: CreateOptions<'_>) -> Result<(Container, Option<OwnedFd>)> {
+        todo!("runtime: create")
+    }
+
+    /// Lets the created init exec the user process.
+    pub fn start(&self) -> Result<()> {
+        todo!("runtime: start")
+    }
+
+    /// Sends `signal` to the init, or with `all` to every process of the container.
+    pub fn kill(&self, _signal: i32, _all: bool) -> Result<()> {
+        todo!("runtime: kill")
+    }
+
+    /// Runs another process in the running container (all its namespaces,
+    /// cgroup, capabilities, user, env, terminal). Returns once it has exec'd.
+    pub fn exec(&self, _process: &Process, _stdio: Stdio) -> Result<ExecProcess> {
+        todo!("runtime: exec")
+    }
+
+    /// Freezes every process of the container.
+    pub fn pause(&self) -> Result<()> {
+        todo!("runtime: pause")
+    }
+
+    /// Thaws a paused container.
+    pub fn resume(&self) -> Result<()> {
+        todo!("runtime: resume")
+    }
+
+    /// Applies new resource limits to the running container.
+    pub fn update(&self, _resources: &LinuxResources) -> Result<()> {
+        todo!("runtime: update")
+    }
+
+    /// Pids of every process in the container's cgroup.
+    pub fn pids(&self) -> Result<Vec<i32>> {
+        todo!("runtime: pids")
+    }
+
+    /// Cgroup statistics.
+    pub fn stats(&self) -> Result<Stats> {
+        todo!("runtime: stats")
+    }
+
+    /// An fd that becomes readable each time the container hits an OOM kill
+    /// (v1: eventfd on memory.oom_control; v2: inotify on memory.events).
+    /// Read it to clear; then check [`Stats::oom_kills`].
+    pub fn oom_notifier(&self) -> Result<OwnedFd> {
+        todo!("runtime: oom notifier")
+    }
+
+    /// Removes everything the runtime created for the container (cgroup,
+    /// state). Kills what is left first. Idempotent.
+    pub fn delete(&self) -> Result<()> {
+        todo!("runtime: delete")
+    }
+}

@@ -1,0 +1,1 @@
+//! CRI container/sandbox config + image config → OCI runtime spec. Pure functions.

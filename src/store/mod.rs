@@ -1,0 +1,1 @@
+//! Persisted metadata (pods, containers, images) and crash recovery.

@@ -1,0 +1,1 @@
+//! The exec / attach / port-forward streaming server.

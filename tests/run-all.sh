@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Runs berth's whole test suite on a fresh Debian 12 machine, as root.
+# Installs what the tests need (Debian packages, by name), builds every
+# binary, then runs unit and integration tests. .ci/run calls exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(
+  containerd runc                 # containerd as a shim client, runc for side-by-side benches
+  busybox-static                  # the test images are built from it
+  docker-registry apache2-utils   # a local registry (htpasswd for auth tests)
+  containernetworking-plugins     # CNI plugins for the network tests
+  iproute2 iptables nftables      # inspection in network tests
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "== installing: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if [[ $(id -u) -ne 0 ]]; then
+  echo "the test suite creates namespaces, mounts and cgroups: run it as root" >&2
+  exit 1
+fi
+
+echo "== build"
+cargo build --workspace --all-targets
+
+echo "== tests"
+# Integration tests each start their own containerd/registry/berthd in temp
+# dirs; two test threads keep a 2-core machine responsive.
+cargo test --workspace -- --test-threads="${BERTH_TEST_THREADS:-2}"
