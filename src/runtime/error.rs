@@ -24,8 +24,8 @@ pub enum RuntimeError {
         source: std::io::Error,
     },
     /// A cgroup operation failed.
-    #[error("cgroup: {0}")]
-    Cgroup(String),
+    #[error(transparent)]
+    Cgroup(#[from] super::cgroups::CgroupError),
     /// The init helper reported a failure while setting up the container.
     #[error("container setup failed: {0}")]
     Setup(String),

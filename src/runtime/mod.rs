@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::{LinuxResources, Process, Spec};
 use serde::{Deserialize, Serialize};
 
+pub mod cgroups;
 mod error;
 pub use error::RuntimeError;
 

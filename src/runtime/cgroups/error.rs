@@ -1,0 +1,22 @@
+//! Errors of the cgroup layer.
+
+/// What can go wrong with a container's cgroup.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// A resource value the kernel or the hierarchy cannot take.
+    #[error("invalid cgroup resources: {0}")]
+    InvalidResources(String),
+    /// The cgroup does not exist.
+    #[error("cgroup {0} not found")]
+    NotFound(String),
+    /// cgroups-rs reported a failure.
+    #[error("cgroup {path}: {message}")]
+    Backend { path: String, message: String },
+    /// Reading or writing a cgroup file failed.
+    #[error("cgroup {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
