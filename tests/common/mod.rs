@@ -17,3 +17,4 @@ pub fn unique_tag(what: &str) -> String {
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
 }
+pub mod cri_images;
