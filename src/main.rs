@@ -13,6 +13,7 @@ use berth::cri::CriServer;
 use clap::{Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::FmtSpan;
 
 /// berthd: a container runtime service for Kubernetes (CRI over a unix socket).
 #[derive(Debug, Parser)]
@@ -144,6 +145,7 @@ fn init_logging(cli: &Cli, config: &Config) -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(true)
+        .with_span_events(FmtSpan::CLOSE)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     Ok(())

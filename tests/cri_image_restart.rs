@@ -9,7 +9,7 @@ use common::oci_image::{ImageSpec, busybox_image};
 use common::registry::Registry;
 use nix::sys::signal::Signal;
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_survive_restart() -> Result<()> {
     let registry = Registry::start()?;
     let a = busybox_image(&ImageSpec {

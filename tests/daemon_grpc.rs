@@ -12,7 +12,7 @@ use k8s_cri::v1 as cri;
 use nix::sys::signal::Signal;
 use tonic::Code;
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn version_over_grpc() -> Result<()> {
     let dirs = BerthdDirs::new("version")?;
     let berthd = Berthd::start(&dirs)?;
@@ -28,10 +28,14 @@ async fn version_over_grpc() -> Result<()> {
     assert_eq!(v.runtime_version, env!("CARGO_PKG_VERSION"));
     assert_eq!(v.runtime_api_version, "v1");
     assert!(!v.version.is_empty());
+    // Each RPC runs in a span whose close (at debug level) logs its duration.
+    berthd.wait_for_log(|l| {
+        l.contains("rpc{rpc=Version") && l.contains("close") && l.contains("time.busy")
+    })?;
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_over_grpc() -> Result<()> {
     let dirs = BerthdDirs::new("status")?;
     let berthd = Berthd::start(&dirs)?;
@@ -68,7 +72,7 @@ async fn status_over_grpc() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unbuilt_call_is_unimplemented_with_its_name() -> Result<()> {
     let dirs = BerthdDirs::new("unimpl")?;
     let berthd = Berthd::start(&dirs)?;
@@ -90,7 +94,7 @@ async fn unbuilt_call_is_unimplemented_with_its_name() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_is_0660_in_a_0711_dir() -> Result<()> {
     let dirs = BerthdDirs::new("mode")?;
     let _berthd = Berthd::start(&dirs)?;
@@ -139,7 +143,7 @@ async fn sigterm_shuts_down_cleanly_and_removes_the_socket() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_shuts_down_cleanly() -> Result<()> {
     let dirs = BerthdDirs::new("sigint")?;
     let mut berthd = Berthd::start(&dirs)?;
@@ -153,7 +157,7 @@ async fn sigint_shuts_down_cleanly() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_side_by_side() -> Result<()> {
     let a_dirs = BerthdDirs::new("side-a")?;
     let b_dirs = BerthdDirs::new("side-b")?;
@@ -177,12 +181,17 @@ async fn two_instances_side_by_side() -> Result<()> {
     assert_eq!(b_daemon["pid"].as_u64(), Some(b.pid().as_raw() as u64));
     // Stopping one leaves the other serving.
     assert!(a.stop(Signal::SIGTERM)?.success());
+    assert!(
+        !a.log_text().contains("did not finish in time"),
+        "{}",
+        a.log_text()
+    );
     b_rt.version(cri::VersionRequest::default()).await?;
     assert!(b_dirs.socket.exists());
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_instance_on_same_root_is_refused() -> Result<()> {
     let dirs = BerthdDirs::new("sameroot")?;
     let first = Berthd::start(&dirs)?;
@@ -210,7 +219,7 @@ async fn second_instance_on_same_root_is_refused() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_instance_on_same_socket_is_refused() -> Result<()> {
     let dirs = BerthdDirs::new("samesock")?;
     let first = Berthd::start(&dirs)?;
@@ -238,7 +247,7 @@ async fn second_instance_on_same_socket_is_refused() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_socket_is_replaced() -> Result<()> {
     let dirs = BerthdDirs::new("stale")?;
     std::fs::create_dir_all(dirs.socket.parent().unwrap())?;
@@ -254,7 +263,7 @@ async fn stale_socket_is_replaced() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_leaves_a_socket_the_next_start_replaces() -> Result<()> {
     let dirs = BerthdDirs::new("sigkill")?;
     let mut berthd = Berthd::start(&dirs)?;
@@ -269,7 +278,7 @@ async fn sigkill_leaves_a_socket_the_next_start_replaces() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flags_override_the_config_file() -> Result<()> {
     let dirs = BerthdDirs::new("override")?;
     let file_socket = dirs.tmp.path().join("from-file.sock");

@@ -91,7 +91,19 @@ pub fn required_image_ref(spec: Option<&cri::ImageSpec>, call: &str) -> Result<S
             "{call}: the image spec is missing or names no image"
         )));
     }
+    check_runtime_handler(spec, call)?;
     Ok(image.to_owned())
+}
+
+/// CRI: "If the runtime handler is unknown, the request should be
+/// rejected." berth has one handler, the default (empty name).
+pub fn check_runtime_handler(spec: Option<&cri::ImageSpec>, call: &str) -> Result<(), Status> {
+    match spec.map(|s| s.runtime_handler.as_str()) {
+        None | Some("") => Ok(()),
+        Some(other) => Err(invalid_argument(format!(
+            "{call}: unknown runtime handler {other:?}; berth has only the default handler (empty name)"
+        ))),
+    }
 }
 
 /// Decodes a CRI `AuthConfig` into credentials for one pull. An empty

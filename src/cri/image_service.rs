@@ -53,10 +53,9 @@ impl ImageService for CriImageService {
         &self,
         request: Request<cri::ListImagesRequest>,
     ) -> Result<Response<cri::ListImagesResponse>, Status> {
-        let filter = request
-            .into_inner()
-            .filter
-            .and_then(|f| f.image)
+        let spec = request.into_inner().filter.and_then(|f| f.image);
+        super::image_convert::check_runtime_handler(spec.as_ref(), "ListImages")?;
+        let filter = spec
             .map(|spec| spec.image.trim().to_owned())
             .filter(|image| !image.is_empty());
         let records = match filter {

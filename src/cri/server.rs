@@ -143,12 +143,14 @@ impl CriServer {
     }
 }
 
-/// The span every RPC runs in. Handlers fill in `image`, `pod` and
-/// `container` where the request names one.
+/// The span every RPC runs in (debug level: kubelet polls Status and
+/// ListImages every few seconds). Handlers fill in `image`, `pod` and
+/// `container` where the request names one; at debug level the span's close
+/// event logs each RPC's duration.
 fn rpc_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span {
     let path = request.uri().path();
     let rpc = path.rsplit('/').next().unwrap_or(path);
-    tracing::info_span!(
+    tracing::debug_span!(
         "rpc",
         rpc = %rpc,
         image = tracing::field::Empty,

@@ -130,10 +130,38 @@ impl Berthd {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits until a line of berthd's log satisfies `pred`.
+    pub fn wait_for_log(&self, pred: impl Fn(&str) -> bool) -> Result<()> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if self.log_text().lines().any(&pred) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "berthd never logged the expected line; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends `signal` and waits for berthd to exit.
     pub fn stop(&mut self, signal: Signal) -> Result<ExitStatus> {
+        self.signal(signal)?;
+        self.wait_exit()
+    }
+
+    /// Sends `signal` without waiting.
+    pub fn signal(&self, signal: Signal) -> Result<()> {
+        kill(self.pid(), signal)?;
+        Ok(())
+    }
+
+    /// Waits for berthd to exit (after a signal sent earlier).
+    pub fn wait_exit(&mut self) -> Result<ExitStatus> {
         let mut child = self.child.take().context("berthd already stopped")?;
-        kill(Pid::from_raw(child.id() as i32), signal)?;
         let deadline = Instant::now() + PATIENCE;
         loop {
             if let Some(status) = child.try_wait()? {
@@ -142,10 +170,7 @@ impl Berthd {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                bail!(
-                    "berthd did not exit after {signal}; log:\n{}",
-                    self.log_text()
-                );
+                bail!("berthd did not exit; log:\n{}", self.log_text());
             }
             std::thread::sleep(Duration::from_millis(20));
         }

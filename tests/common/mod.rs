@@ -18,3 +18,4 @@ pub fn unique_tag(what: &str) -> String {
     )
 }
 pub mod cri_images;
+pub mod gate_proxy;
