@@ -182,15 +182,14 @@ impl Config {
         for line in body.lines() {
             if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
                 table = name;
-            } else if let Some((key, _)) = line.split_once(" = ") {
-                if let Some((_, _, doc)) =
+            } else if let Some((key, _)) = line.split_once(" = ")
+                && let Some((_, _, doc)) =
                     KEY_DOCS.iter().find(|(t, k, _)| *t == table && *k == key)
-                {
-                    for doc_line in doc.lines() {
-                        out.push_str("# ");
-                        out.push_str(doc_line);
-                        out.push('\n');
-                    }
+            {
+                for doc_line in doc.lines() {
+                    out.push_str("# ");
+                    out.push_str(doc_line);
+                    out.push('\n');
                 }
             }
             out.push_str(line);
