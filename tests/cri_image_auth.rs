@@ -6,8 +6,8 @@ mod common;
 use anyhow::Result;
 use base64::Engine as _;
 use common::berthd::{Berthd, BerthdDirs};
-use common::cri_images::{basic_auth, list, pull, status};
-use common::oci_image::{ImageSpec, busybox_image};
+use common::cri_images::{basic_auth, busybox_image, list, pull, push, status};
+use common::oci_image::Compression;
 use common::registry::Registry;
 use k8s_cri::v1 as cri;
 use tonic::Code;
@@ -22,12 +22,9 @@ fn is_auth_refusal(code: Code) -> bool {
 #[tokio::test]
 async fn auth_registry() -> Result<()> {
     let registry = Registry::start_with_auth(USER, PASSWORD)?;
-    let image = busybox_image(&ImageSpec {
-        marker: "auth",
-        ..Default::default()
-    })?;
-    registry.push_image("berth-test/private", "v1", &image)?;
-    let reference = registry.reference("berth-test/private", "v1");
+    let image = busybox_image("", "auth", Compression::Gzip);
+    push(&registry, "berth-test/private", "v1", &image).await?;
+    let reference = format!("{}/berth-test/private:v1", registry.host);
 
     let dirs = BerthdDirs::new("img-auth")?;
     let berthd = Berthd::start(&dirs)?;
@@ -51,7 +48,7 @@ async fn auth_registry() -> Result<()> {
         err.message()
     );
     assert!(
-        err.message().contains(&registry.addr),
+        err.message().contains(&registry.host),
         "names the registry: {}",
         err.message()
     );
@@ -60,7 +57,7 @@ async fn auth_registry() -> Result<()> {
     // Username and password.
     assert_eq!(
         pull(&mut images, &reference, basic_auth(USER, PASSWORD)).await?,
-        image.id()
+        image.config_digest.as_str()
     );
     assert!(status(&mut images, &reference).await?.is_some());
     Ok(())
@@ -69,12 +66,9 @@ async fn auth_registry() -> Result<()> {
 #[tokio::test]
 async fn docker_style_auth_field() -> Result<()> {
     let registry = Registry::start_with_auth(USER, PASSWORD)?;
-    let image = busybox_image(&ImageSpec {
-        marker: "auth-field",
-        ..Default::default()
-    })?;
-    registry.push_image("berth-test/private", "v2", &image)?;
-    let reference = registry.reference("berth-test/private", "v2");
+    let image = busybox_image("", "auth-field", Compression::Gzip);
+    push(&registry, "berth-test/private", "v2", &image).await?;
+    let reference = format!("{}/berth-test/private:v2", registry.host);
     let dirs = BerthdDirs::new("img-authfield")?;
     let berthd = Berthd::start(&dirs)?;
     let mut images = berthd.images().await?;
@@ -82,10 +76,13 @@ async fn docker_style_auth_field() -> Result<()> {
     let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
     let auth = cri::AuthConfig {
         auth: encoded,
-        server_address: registry.addr.clone(),
+        server_address: registry.host.clone(),
         ..Default::default()
     };
-    assert_eq!(pull(&mut images, &reference, Some(auth)).await?, image.id());
+    assert_eq!(
+        pull(&mut images, &reference, Some(auth)).await?,
+        image.config_digest.as_str()
+    );
 
     // An `auth` field that is not base64 of user:password is a bad request.
     let bad = cri::AuthConfig {

@@ -6,50 +6,49 @@ mod common;
 
 use anyhow::Result;
 use common::berthd::{Berthd, BerthdDirs};
-use common::cri_images::{list, pull};
+use common::cri_images::{busybox_image, list, pull, push};
 use common::gate_proxy::GateProxy;
-use common::oci_image::{ImageSpec, busybox_image};
+use common::oci_image::Compression;
 use common::registry::Registry;
 use nix::sys::signal::Signal;
 
 /// The fixture itself: manifests pass, a blob request is held until released.
-#[test]
-fn gate_proxy_holds_blob_requests_until_released() -> Result<()> {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gate_proxy_holds_blob_requests_until_released() -> Result<()> {
     let registry = Registry::start()?;
-    let image = busybox_image(&ImageSpec {
-        marker: "gate",
-        ..Default::default()
-    })?;
-    registry.push_image("berth-test/gate", "v1", &image)?;
-    let proxy = GateProxy::start(&registry.addr)?;
-    let manifest = common::http::request(
-        &proxy.addr,
-        "GET",
-        "/v2/berth-test/gate/manifests/v1",
-        &[("Accept", image.manifest_media_type.clone())],
-        &[],
-    )?;
-    assert_eq!(manifest.body, image.manifest.bytes);
-    let addr = proxy.addr.clone();
-    let target = format!("/v2/berth-test/gate/blobs/{}", image.config.digest);
-    let held = std::thread::spawn(move || common::http::request(&addr, "GET", &target, &[], &[]));
-    proxy.wait_blob_requested()?;
+    let image = busybox_image("", "gate", Compression::Gzip);
+    push(&registry, "berth-test/gate", "v1", &image).await?;
+    let proxy = GateProxy::start(&registry.host)?;
+    let http = reqwest::Client::new();
+    let manifest = http
+        .get(format!(
+            "http://{}/v2/berth-test/gate/manifests/v1",
+            proxy.addr
+        ))
+        .header("Accept", &image.manifest_media_type)
+        .send()
+        .await?
+        .bytes()
+        .await?;
+    assert_eq!(manifest.as_ref(), image.manifest.as_slice());
+    let url = format!(
+        "http://{}/v2/berth-test/gate/blobs/{}",
+        proxy.addr, image.config_digest
+    );
+    let held = tokio::spawn(async move { http.get(url).send().await?.bytes().await });
+    tokio::task::block_in_place(|| proxy.wait_blob_requested())?;
     proxy.release();
-    let blob = held.join().expect("request thread")?;
-    assert_eq!(blob.status, 200);
-    assert_eq!(blob.body, image.config.bytes);
+    let blob = held.await??;
+    assert_eq!(blob.as_ref(), image.config.as_slice());
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_an_inflight_pull_finish() -> Result<()> {
     let registry = Registry::start()?;
-    let image = busybox_image(&ImageSpec {
-        marker: "inflight",
-        ..Default::default()
-    })?;
-    registry.push_image("berth-test/inflight", "v1", &image)?;
-    let proxy = GateProxy::start(&registry.addr)?;
+    let image = busybox_image("", "inflight", Compression::Gzip);
+    push(&registry, "berth-test/inflight", "v1", &image).await?;
+    let proxy = GateProxy::start(&registry.host)?;
     let reference = format!("{}/berth-test/inflight:v1", proxy.addr);
 
     let dirs = BerthdDirs::new("img-inflight")?;
@@ -71,7 +70,7 @@ async fn sigterm_lets_an_inflight_pull_finish() -> Result<()> {
     proxy.release();
 
     let image_ref = in_flight.await??;
-    assert_eq!(image_ref, image.id());
+    assert_eq!(image_ref, image.config_digest.as_str());
     let status = tokio::task::block_in_place(|| berthd.wait_exit())?;
     assert!(
         status.success(),
@@ -83,6 +82,6 @@ async fn sigterm_lets_an_inflight_pull_finish() -> Result<()> {
     let berthd = Berthd::start_with(&dirs, args, &dirs.socket)?;
     let mut images = berthd.images().await?;
     let ids: Vec<String> = list(&mut images).await?.into_iter().map(|i| i.id).collect();
-    assert_eq!(ids, vec![image.id().to_owned()]);
+    assert_eq!(ids, vec![image.config_digest.as_str().to_owned()]);
     Ok(())
 }

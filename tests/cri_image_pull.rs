@@ -6,60 +6,19 @@ mod common;
 
 use anyhow::Result;
 use common::berthd::{Berthd, BerthdDirs};
-use common::cri_images::{fs_usage, list, pull, remove, spec, status};
-use common::http;
-use common::oci_image::{ImageSpec, busybox_image};
+use common::cri_images::{busybox_image, fs_usage, list, pull, push, remove, spec, status};
+use common::oci_image::Compression;
 use common::registry::Registry;
 use k8s_cri::v1 as cri;
 use tonic::Code;
 
-/// The fixture itself: what the test pushes, the registry serves back.
-/// (Independent of berth; proves the other tests' setup.)
-#[test]
-fn registry_fixture_serves_pushed_image() -> Result<()> {
-    let registry = Registry::start()?;
-    let image = busybox_image(&ImageSpec {
-        marker: "fixture",
-        ..Default::default()
-    })?;
-    registry.push_image("berth-test/fixture", "v1", &image)?;
-    let resp = http::request(
-        &registry.addr,
-        "GET",
-        "/v2/berth-test/fixture/manifests/v1",
-        &[("Accept", image.manifest_media_type.clone())],
-        &[],
-    )?;
-    assert_eq!(resp.status, 200);
-    assert_eq!(resp.body, image.manifest.bytes);
-    assert_eq!(
-        resp.header("Docker-Content-Digest"),
-        Some(image.manifest.digest.as_str())
-    );
-    let layer = &image.layers[0];
-    let blob = http::request(
-        &registry.addr,
-        "GET",
-        &format!("/v2/berth-test/fixture/blobs/{}", layer.digest),
-        &[],
-        &[],
-    )?;
-    assert_eq!(blob.status, 200);
-    assert_eq!(blob.body, layer.bytes);
-    Ok(())
-}
-
 #[tokio::test]
 async fn pull_list_status_remove() -> Result<()> {
     let registry = Registry::start()?;
-    let image = busybox_image(&ImageSpec {
-        user: "1234",
-        marker: "pull-basic",
-        ..Default::default()
-    })?;
-    registry.push_image("berth-test/app", "v1", &image)?;
-    let reference = registry.reference("berth-test/app", "v1");
-    let digest_ref = format!("{}/berth-test/app@{}", registry.addr, image.manifest.digest);
+    let image = busybox_image("1234", "pull-basic", Compression::Gzip);
+    push(&registry, "berth-test/app", "v1", &image).await?;
+    let reference = format!("{}/berth-test/app:v1", registry.host);
+    let digest_ref = format!("{}/berth-test/app@{}", registry.host, image.manifest_digest);
 
     let dirs = BerthdDirs::new("img-basic")?;
     let berthd = Berthd::start(&dirs)?;
@@ -70,12 +29,16 @@ async fn pull_list_status_remove() -> Result<()> {
         "nothing before the pull"
     );
     let image_ref = pull(&mut images, &reference, None).await?;
-    assert_eq!(image_ref, image.id(), "PullImage returns the image id");
+    assert_eq!(
+        image_ref,
+        image.config_digest.as_str(),
+        "PullImage returns the image id"
+    );
 
     let all = list(&mut images).await?;
     assert_eq!(all.len(), 1, "{all:?}");
     let listed = &all[0];
-    assert_eq!(listed.id, image.id());
+    assert_eq!(listed.id, image.config_digest.as_str());
     assert!(
         listed.repo_tags.contains(&reference),
         "{:?}",
@@ -91,15 +54,19 @@ async fn pull_list_status_remove() -> Result<()> {
     assert_eq!(listed.username, "");
     assert_eq!(
         listed.spec.as_ref().map(|s| s.image.as_str()),
-        Some(image.id())
+        Some(image.config_digest.as_str())
     );
 
     // Every name of the image finds it: tag, id, digest reference.
-    for name in [reference.as_str(), image.id(), digest_ref.as_str()] {
+    for name in [
+        reference.as_str(),
+        image.config_digest.as_str(),
+        digest_ref.as_str(),
+    ] {
         let found = status(&mut images, name).await?;
         assert_eq!(
             found.map(|i| i.id),
-            Some(image.id().to_owned()),
+            Some(image.config_digest.as_str().to_owned()),
             "ImageStatus({name})"
         );
     }
@@ -132,12 +99,12 @@ async fn pull_list_status_remove() -> Result<()> {
         .images;
     assert_eq!(
         filtered.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
-        vec![image.id()]
+        vec![image.config_digest.as_str()]
     );
     let none = images
         .list_images(cri::ListImagesRequest {
             filter: Some(cri::ImageFilter {
-                image: spec(&registry.reference("berth-test/other", "v1")),
+                image: spec(&format!("{}/berth-test/other:v1", registry.host)),
             }),
         })
         .await?
@@ -151,33 +118,35 @@ async fn pull_list_status_remove() -> Result<()> {
 
     remove(&mut images, &reference).await?;
     assert!(status(&mut images, &reference).await?.is_none());
-    assert!(status(&mut images, image.id()).await?.is_none());
+    assert!(
+        status(&mut images, image.config_digest.as_str())
+            .await?
+            .is_none()
+    );
     assert!(list(&mut images).await?.is_empty());
     // Removing what is not there is success (CRI).
     remove(&mut images, &reference).await?;
-    remove(&mut images, image.id()).await?;
+    remove(&mut images, image.config_digest.as_str()).await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn named_user_is_reported_as_username() -> Result<()> {
     let registry = Registry::start()?;
-    let image = busybox_image(&ImageSpec {
-        user: "nobody:nogroup",
-        marker: "named-user",
-        ..Default::default()
-    })?;
-    registry.push_image("berth-test/named", "latest", &image)?;
+    let image = busybox_image("nobody:nogroup", "named-user", Compression::Gzip);
+    push(&registry, "berth-test/named", "latest", &image).await?;
     let dirs = BerthdDirs::new("img-user")?;
     let berthd = Berthd::start(&dirs)?;
     let mut images = berthd.images().await?;
     pull(
         &mut images,
-        &registry.reference("berth-test/named", "latest"),
+        &format!("{}/berth-test/named:latest", registry.host),
         None,
     )
     .await?;
-    let img = status(&mut images, image.id()).await?.expect("pulled");
+    let img = status(&mut images, image.config_digest.as_str())
+        .await?
+        .expect("pulled");
     assert_eq!(img.username, "nobody");
     assert_eq!(img.uid, None);
     Ok(())
@@ -186,25 +155,31 @@ async fn named_user_is_reported_as_username() -> Result<()> {
 #[tokio::test]
 async fn untag_keeps_image_until_last_name_or_id_removed() -> Result<()> {
     let registry = Registry::start()?;
-    let image = busybox_image(&ImageSpec {
-        marker: "two-tags",
-        ..Default::default()
-    })?;
-    registry.push_image("berth-test/tags", "v1", &image)?;
-    registry.push_manifest(
-        "berth-test/tags",
-        "v2",
-        &image.manifest_media_type,
-        &image.manifest.bytes,
-    )?;
-    let v1 = registry.reference("berth-test/tags", "v1");
-    let v2 = registry.reference("berth-test/tags", "v2");
+    let image = busybox_image("", "two-tags", Compression::Gzip);
+    push(&registry, "berth-test/tags", "v1", &image).await?;
+    registry
+        .pusher()
+        .push_manifest(
+            "berth-test/tags",
+            "v2",
+            &image.manifest_media_type,
+            &image.manifest,
+        )
+        .await?;
+    let v1 = format!("{}/berth-test/tags:v1", registry.host);
+    let v2 = format!("{}/berth-test/tags:v2", registry.host);
 
     let dirs = BerthdDirs::new("img-tags")?;
     let berthd = Berthd::start(&dirs)?;
     let mut images = berthd.images().await?;
-    assert_eq!(pull(&mut images, &v1, None).await?, image.id());
-    assert_eq!(pull(&mut images, &v2, None).await?, image.id());
+    assert_eq!(
+        pull(&mut images, &v1, None).await?,
+        image.config_digest.as_str()
+    );
+    assert_eq!(
+        pull(&mut images, &v2, None).await?,
+        image.config_digest.as_str()
+    );
     let all = list(&mut images).await?;
     assert_eq!(all.len(), 1, "one image with two tags: {all:?}");
     assert!(
@@ -214,7 +189,7 @@ async fn untag_keeps_image_until_last_name_or_id_removed() -> Result<()> {
     );
 
     remove(&mut images, &v1).await?;
-    let left = status(&mut images, image.id())
+    let left = status(&mut images, image.config_digest.as_str())
         .await?
         .expect("still tagged v2");
     assert_eq!(left.repo_tags, vec![v2.clone()]);
@@ -222,7 +197,7 @@ async fn untag_keeps_image_until_last_name_or_id_removed() -> Result<()> {
 
     // Re-tag, then removal by id removes the image with all its tags.
     pull(&mut images, &v1, None).await?;
-    remove(&mut images, image.id()).await?;
+    remove(&mut images, image.config_digest.as_str()).await?;
     assert!(list(&mut images).await?.is_empty());
     assert!(status(&mut images, &v2).await?.is_none());
     Ok(())
@@ -231,16 +206,10 @@ async fn untag_keeps_image_until_last_name_or_id_removed() -> Result<()> {
 #[tokio::test]
 async fn removed_images_are_garbage_collected() -> Result<()> {
     let registry = Registry::start()?;
-    let a = busybox_image(&ImageSpec {
-        marker: "gc-a",
-        ..Default::default()
-    })?;
-    let b = busybox_image(&ImageSpec {
-        marker: "gc-b",
-        ..Default::default()
-    })?;
-    registry.push_image("berth-test/gc-a", "v1", &a)?;
-    registry.push_image("berth-test/gc-b", "v1", &b)?;
+    let a = busybox_image("", "gc-a", Compression::Gzip);
+    let b = busybox_image("", "gc-b", Compression::Gzip);
+    push(&registry, "berth-test/gc-a", "v1", &a).await?;
+    push(&registry, "berth-test/gc-b", "v1", &b).await?;
 
     let dirs = BerthdDirs::new("img-gc")?;
     let berthd = Berthd::start(&dirs)?;
@@ -263,14 +232,14 @@ async fn removed_images_are_garbage_collected() -> Result<()> {
 
     pull(
         &mut images,
-        &registry.reference("berth-test/gc-a", "v1"),
+        &format!("{}/berth-test/gc-a:v1", registry.host),
         None,
     )
     .await?;
     let (bytes_one, inodes_one) = fs_usage(&mut images).await?;
     pull(
         &mut images,
-        &registry.reference("berth-test/gc-b", "v1"),
+        &format!("{}/berth-test/gc-b:v1", registry.host),
         None,
     )
     .await?;
@@ -285,16 +254,20 @@ async fn removed_images_are_garbage_collected() -> Result<()> {
     );
 
     // Removing one image keeps the shared layer for the other.
-    remove(&mut images, a.id()).await?;
+    remove(&mut images, a.config_digest.as_str()).await?;
     let (bytes_b, _) = fs_usage(&mut images).await?;
     assert!(bytes_b < bytes_two);
     assert!(
         bytes_b > bytes_empty + (bytes_two - bytes_one),
         "shared layer must stay for b"
     );
-    assert!(status(&mut images, b.id()).await?.is_some());
+    assert!(
+        status(&mut images, b.config_digest.as_str())
+            .await?
+            .is_some()
+    );
 
-    remove(&mut images, b.id()).await?;
+    remove(&mut images, b.config_digest.as_str()).await?;
     let (bytes_none, inodes_none) = fs_usage(&mut images).await?;
     assert!(
         bytes_none < bytes_b && inodes_none < inodes_two,
@@ -315,7 +288,7 @@ async fn missing_image_and_bad_requests() -> Result<()> {
     let berthd = Berthd::start(&dirs)?;
     let mut images = berthd.images().await?;
 
-    let missing = registry.reference("berth-test/absent", "v1");
+    let missing = format!("{}/berth-test/absent:v1", registry.host);
     let err = pull(&mut images, &missing, None)
         .await
         .expect_err("no such image");

@@ -4,27 +4,20 @@ mod common;
 
 use anyhow::Result;
 use common::berthd::{Berthd, BerthdDirs};
-use common::cri_images::{list, pull, remove, status};
-use common::oci_image::{ImageSpec, busybox_image};
+use common::cri_images::{busybox_image, list, pull, push, remove, status};
+use common::oci_image::Compression;
 use common::registry::Registry;
 use nix::sys::signal::Signal;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_survive_restart() -> Result<()> {
     let registry = Registry::start()?;
-    let a = busybox_image(&ImageSpec {
-        user: "4321",
-        marker: "restart-a",
-        ..Default::default()
-    })?;
-    let b = busybox_image(&ImageSpec {
-        marker: "restart-b",
-        ..Default::default()
-    })?;
-    registry.push_image("berth-test/restart-a", "v1", &a)?;
-    registry.push_image("berth-test/restart-b", "v1", &b)?;
-    let a_ref = registry.reference("berth-test/restart-a", "v1");
-    let b_ref = registry.reference("berth-test/restart-b", "v1");
+    let a = busybox_image("4321", "restart-a", Compression::Gzip);
+    let b = busybox_image("", "restart-b", Compression::Gzip);
+    push(&registry, "berth-test/restart-a", "v1", &a).await?;
+    push(&registry, "berth-test/restart-b", "v1", &b).await?;
+    let a_ref = format!("{}/berth-test/restart-a:v1", registry.host);
+    let b_ref = format!("{}/berth-test/restart-b:v1", registry.host);
 
     let dirs = BerthdDirs::new("img-restart")?;
     let mut berthd = Berthd::start(&dirs)?;
@@ -58,7 +51,7 @@ async fn images_survive_restart() -> Result<()> {
     let mut images = berthd.images().await?;
     let after = list(&mut images).await?;
     assert_eq!(after.len(), 1, "{after:?}");
-    assert_eq!(after[0].id, a.id());
+    assert_eq!(after[0].id, a.config_digest.as_str());
     assert!(status(&mut images, &b_ref).await?.is_none());
     let a_status = status(&mut images, &a_ref).await?.expect("a survives");
     assert_eq!(a_status.uid.map(|u| u.value), Some(4321));

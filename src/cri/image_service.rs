@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use crate::cri::image_convert::{
     decode_auth, filesystem_usage, required_image_ref, to_cri_image, verbose_info,
 };
-use crate::image::{ImageError, ImageStore};
+use crate::image::{ImageError, ImageRecord, ImageStore, RegistryAuth};
 
 /// The CRI ImageService of berthd.
 #[derive(Debug, Clone)]
@@ -40,6 +40,27 @@ impl CriImageService {
             .await
             .map_err(|e| Status::internal(format!("image store task failed: {e}")))?
             .map_err(Status::from)
+    }
+}
+
+impl CriImageService {
+    /// Runs `ImageStore::pull` on a blocking-pool thread that drives it with
+    /// `Handle::block_on`. The pull future is not provably `Send` (rustc's
+    /// higher-ranked lifetime limitation with closures returning async
+    /// blocks, rust-lang/rust#102211), and a tonic handler's future must be;
+    /// `block_on` has no such requirement. The pull's own tasks still run
+    /// on the shared runtime.
+    async fn pull(&self, image: String, auth: Option<RegistryAuth>) -> Result<ImageRecord, Status> {
+        let store = Arc::clone(&self.store);
+        let handle = tokio::runtime::Handle::current();
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            handle.block_on(store.pull(&image, auth.as_ref()))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("image pull task failed: {e}")))?
+        .map_err(Status::from)
     }
 }
 
@@ -104,7 +125,7 @@ impl ImageService for CriImageService {
         let auth = decode_auth(req.auth.as_ref())?;
         let started = Instant::now();
         tracing::info!(image = %image, authenticated = auth.is_some(), "pulling image");
-        let record = self.store.pull(&image, auth.as_ref()).await?;
+        let record = self.pull(image.clone(), auth).await?;
         tracing::info!(
             image = %image,
             id = %record.id,

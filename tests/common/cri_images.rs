@@ -80,3 +80,48 @@ pub fn basic_auth(user: &str, password: &str) -> Option<cri::AuthConfig> {
         ..Default::default()
     })
 }
+
+/// A two-layer OCI image for the CRI tests: busybox, then a small layer
+/// with /etc/berth-test-image holding `marker` (which makes ids distinct);
+/// `config.User` is `user`.
+pub fn busybox_image(
+    user: &str,
+    marker: &str,
+    compression: super::oci_image::Compression,
+) -> super::oci_image::Image {
+    use super::oci_image::{Format, LayerBuilder, host_arch, image_with_config};
+    let layers = vec![
+        LayerBuilder::new().busybox().finish(compression),
+        LayerBuilder::new()
+            .dir("etc")
+            .file(
+                "etc/berth-test-image",
+                format!("{marker}\n").as_bytes(),
+                0o644,
+            )
+            .finish(compression),
+    ];
+    image_with_config(
+        layers,
+        Format::Oci,
+        host_arch(),
+        serde_json::json!({
+            "User": user,
+            "Env": ["PATH=/bin"],
+            "Cmd": ["/bin/sh"],
+            "Labels": {"berth.test/marker": marker},
+        }),
+    )
+}
+
+/// Pushes `image` as `repo:tag` and returns its reference
+/// (`127.0.0.1:<port>/<repo>:<tag>`).
+pub async fn push(
+    registry: &super::registry::Registry,
+    repo: &str,
+    tag: &str,
+    image: &super::oci_image::Image,
+) -> anyhow::Result<String> {
+    super::oci_image::push(&registry.pusher(), repo, Some(tag), image).await?;
+    Ok(format!("{}/{repo}:{tag}", registry.host))
+}

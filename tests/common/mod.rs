@@ -1,9 +1,9 @@
-//! Shared fixtures of the integration tests, one module per topic.
-//! Every test binary uses a different subset.
+//! Shared helpers of the integration tests (a module per topic).
 #![allow(dead_code)]
 
 pub mod berthd;
-pub mod http;
+pub mod cri_images;
+pub mod gate_proxy;
 pub mod oci_image;
 pub mod registry;
 
@@ -17,5 +17,3 @@ pub fn unique_tag(what: &str) -> String {
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
 }
-pub mod cri_images;
-pub mod gate_proxy;

@@ -1,45 +1,89 @@
-//! Debian's `docker-registry` (distribution v2) on 127.0.0.1 and a free
-//! port, with filesystem storage in a temp dir and optional htpasswd auth;
-//! killed by pid in Drop. Images are pushed through the registry HTTP API.
+//! A real Debian `docker-registry` (distribution v2) on 127.0.0.1, started
+//! per test with its own config and storage in a temp dir, optionally with
+//! htpasswd auth; killed by pid on drop. Plus a minimal push client (plain
+//! HTTP registry API: monolithic blob upload, manifest PUT).
+
+#![allow(dead_code)]
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use base64::Engine as _;
 
-use super::http;
-use super::oci_image::{Blob, TestImage};
-
-pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
-
+/// A running registry.
 pub struct Registry {
     child: Child,
-    /// `127.0.0.1:<port>`
-    pub addr: String,
-    pub dir: tempfile::TempDir,
-    /// (user, password) when started with htpasswd auth.
+    /// The token server, when the registry uses bearer tokens.
+    pub token: Option<TokenServer>,
+    dir: tempfile::TempDir,
+    /// `127.0.0.1:<port>`.
+    pub host: String,
+    /// Credentials when started with auth.
     pub credentials: Option<(String, String)>,
 }
 
+/// A port nobody listens on right now.
+pub fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
 impl Registry {
-    /// An anonymous registry.
+    /// Anonymous access.
     pub fn start() -> Result<Self> {
         Self::start_inner(None)
     }
 
-    /// A registry that requires basic auth for `user`/`password`.
+    /// htpasswd (bcrypt) auth with one user.
     pub fn start_with_auth(user: &str, password: &str) -> Result<Self> {
         Self::start_inner(Some((user.to_owned(), password.to_owned())))
     }
 
+    /// Bearer-token auth (distribution's `auth: token`), with a token server
+    /// on another loopback port that issues RS256 JWTs for `user`/`password`
+    /// (GET with basic auth) and for the OAuth2 refresh token `identity_token`
+    /// (POST `grant_type=refresh_token`).
+    pub fn start_with_token_auth(user: &str, password: &str, identity_token: &str) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-test-registry-")
+            .tempdir()?;
+        let token = TokenServer::start(dir.path(), user, password, identity_token)?;
+        let yaml = format!(
+            "auth:\n  token:\n    realm: http://{}/token\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+            token.host,
+            TOKEN_SERVICE,
+            TOKEN_ISSUER,
+            dir.path().join("token-cert.pem").display()
+        );
+        let mut reg = Self::start_in(dir, None, Some(yaml))?;
+        reg.token = Some(token);
+        Ok(reg)
+    }
+
     fn start_inner(credentials: Option<(String, String)>) -> Result<Self> {
         let dir = tempfile::Builder::new()
-            .prefix(&format!("{}-", super::unique_tag("daemon-registry")))
-            .tempdir_in("/tmp")?;
+            .prefix("berth-test-registry-")
+            .tempdir()?;
+        Self::start_in(dir, credentials, None)
+    }
+
+    fn start_in(
+        dir: tempfile::TempDir,
+        credentials: Option<(String, String)>,
+        extra: Option<String>,
+    ) -> Result<Self> {
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data)?;
+        let port = free_port()?;
+        let mut yaml = format!(
+            "version: 0.1\nlog:\n  level: {level}\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: berth-test-secret\n",
+            data.display(),
+            level = std::env::var("BERTH_TEST_REGISTRY_LOG").unwrap_or_else(|_| "warn".into()),
+        );
         if let Some((user, password)) = &credentials {
+            let htpasswd = dir.path().join("htpasswd");
             let out = Command::new("htpasswd")
                 .args(["-Bbn", user, password])
                 .output()
@@ -47,197 +91,455 @@ impl Registry {
             if !out.status.success() {
                 bail!("htpasswd failed: {}", String::from_utf8_lossy(&out.stderr));
             }
-            std::fs::write(dir.path().join("htpasswd"), &out.stdout)?;
+            std::fs::write(&htpasswd, &out.stdout)?;
+            yaml.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n",
+                htpasswd.display()
+            ));
         }
-        // The free port is found by binding :0 and releasing it; another
-        // process may take it meanwhile, so a registry that dies at start is
-        // retried on a fresh port.
-        let mut last_log = String::new();
-        for _ in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-            let addr = format!("127.0.0.1:{port}");
-            let config = dir.path().join("config.yml");
-            std::fs::write(
-                &config,
-                config_yaml(
-                    &dir.path().display().to_string(),
-                    &addr,
-                    credentials.is_some(),
-                ),
-            )?;
-            let log_path = dir.path().join("registry.log");
-            let child = Command::new(REGISTRY_BIN)
-                .arg("serve")
-                .arg(&config)
-                .stdin(Stdio::null())
-                .stdout(std::fs::File::create(&log_path)?)
-                .stderr(std::fs::File::create(dir.path().join("registry.err"))?)
-                .spawn()
-                .context("spawn docker-registry")?;
-            let mut child = child;
-            match wait_ready(&mut child, &addr, dir.path()) {
-                Ok(()) => {
-                    return Ok(Registry {
-                        child,
-                        addr,
-                        dir,
-                        credentials,
-                    });
-                }
-                Err(e) => {
-                    last_log = format!("{e:#}");
-                    let _ = child.kill();
-                    let _ = child.wait();
-                }
+        if let Some(extra) = extra {
+            yaml.push_str(&extra);
+        }
+        let config = dir.path().join("config.yml");
+        std::fs::write(&config, yaml)?;
+        let log = std::fs::File::create(dir.path().join("registry.log"))?;
+        let child = Command::new("/usr/bin/docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("start /usr/bin/docker-registry")?;
+        let mut reg = Registry {
+            child,
+            token: None,
+            dir,
+            host: format!("127.0.0.1:{port}"),
+            credentials,
+        };
+        if let Err(e) = reg.wait_ready() {
+            let log = reg.log();
+            reg.stop();
+            return Err(e).with_context(|| format!("registry did not start; log: {log}"));
+        }
+        Ok(reg)
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("docker-registry exited: {status}");
             }
+            if std::net::TcpStream::connect(&self.host).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("docker-registry not listening on {} after 30 s", self.host);
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        bail!("docker-registry did not start: {last_log}")
     }
 
-    fn auth_headers(&self) -> Vec<(&'static str, String)> {
+    fn stop(&mut self) {
+        // Our own child, by pid.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The registry's storage root (`docker/registry/v2/...` lies below).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The file holding a blob's bytes in the registry's storage.
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.data_dir()
+            .join("docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
+    /// The registry's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    pub fn pusher(&self) -> Pusher {
+        Pusher {
+            base: format!("http://{}", self.host),
+            http: reqwest::Client::new(),
+            credentials: self.credentials.clone(),
+            minter: self.token.as_ref().map(|t| t.minter.clone()),
+            log: self.dir.path().join("registry.log"),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Pushes blobs and manifests over the plain-HTTP registry API.
+pub struct Pusher {
+    base: String,
+    http: reqwest::Client,
+    credentials: Option<(String, String)>,
+    minter: Option<TokenMinter>,
+    log: PathBuf,
+}
+
+impl Pusher {
+    fn auth_for(&self, repo: &str, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        if let Some(m) = &self.minter {
+            return req.bearer_auth(m.mint(repo, &["pull", "push"]).expect("mint push token"));
+        }
+        self.auth(req)
+    }
+
+    fn auth(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match &self.credentials {
-            Some((u, p)) => vec![(
-                "Authorization",
-                format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
-                ),
-            )],
-            None => vec![],
+            Some((u, p)) => req.basic_auth(u, Some(p)),
+            None => req,
         }
     }
 
-    /// Uploads one blob (POST an upload, then PUT it whole with its digest).
-    pub fn push_blob(&self, repo: &str, blob: &Blob) -> Result<()> {
-        let mut headers = self.auth_headers();
-        let start = http::request(
-            &self.addr,
-            "POST",
-            &format!("/v2/{repo}/blobs/uploads/"),
-            &headers,
-            &[],
-        )?;
-        if start.status != 202 {
+    /// Monolithic upload: POST /v2/<repo>/blobs/uploads/ then PUT ?digest=.
+    pub async fn push_blob(&self, repo: &str, digest: &str, bytes: &[u8]) -> Result<()> {
+        let r = self
+            .auth_for(
+                repo,
+                self.http
+                    .post(format!("{}/v2/{repo}/blobs/uploads/", self.base)),
+            )
+            .send()
+            .await?;
+        if r.status().as_u16() != 202 {
             bail!(
-                "start upload of {}: HTTP {}: {}",
-                blob.digest,
-                start.status,
-                String::from_utf8_lossy(&start.body)
+                "start upload: {} {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
             );
         }
-        let location = start
-            .header("Location")
-            .context("upload without Location")?;
-        let path = location
-            .strip_prefix(&format!("http://{}", self.addr))
-            .unwrap_or(location);
-        let sep = if path.contains('?') { '&' } else { '?' };
-        let target = format!("{path}{sep}digest={}", blob.digest);
-        headers.push(("Content-Type", "application/octet-stream".into()));
-        let done = http::request(&self.addr, "PUT", &target, &headers, &blob.bytes)?;
-        if done.status != 201 {
+        let location = r
+            .headers()
+            .get("location")
+            .context("upload without Location")?
+            .to_str()?
+            .to_owned();
+        let url = if location.starts_with("http") {
+            location
+        } else {
+            format!("{}{location}", self.base)
+        };
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let r = self
+            .auth_for(repo, self.http.put(format!("{url}{sep}digest={digest}")))
+            .header("content-type", "application/octet-stream")
+            .body(bytes.to_vec())
+            .send()
+            .await?;
+        if r.status().as_u16() != 201 {
             bail!(
-                "upload of {}: HTTP {}: {}",
-                blob.digest,
-                done.status,
-                String::from_utf8_lossy(&done.body)
+                "finish upload of {digest}: {} {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
             );
         }
         Ok(())
     }
 
-    /// Uploads a manifest under `reference` (a tag or a digest).
-    pub fn push_manifest(
+    /// PUT /v2/<repo>/manifests/<reference>.
+    pub async fn push_manifest(
         &self,
         repo: &str,
         reference: &str,
         media_type: &str,
         bytes: &[u8],
     ) -> Result<()> {
-        let mut headers = self.auth_headers();
-        headers.push(("Content-Type", media_type.to_owned()));
-        let resp = http::request(
-            &self.addr,
-            "PUT",
-            &format!("/v2/{repo}/manifests/{reference}"),
-            &headers,
-            bytes,
-        )?;
-        if resp.status != 201 {
+        let r = self
+            .auth_for(
+                repo,
+                self.http
+                    .put(format!("{}/v2/{repo}/manifests/{reference}", self.base)),
+            )
+            .header("content-type", media_type)
+            .body(bytes.to_vec())
+            .send()
+            .await?;
+        if r.status().as_u16() != 201 {
             bail!(
-                "push manifest {repo}:{reference}: HTTP {}: {}",
-                resp.status,
-                String::from_utf8_lossy(&resp.body)
+                "push manifest {repo}:{reference}: {} {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
             );
         }
         Ok(())
     }
-
-    /// Pushes an image (layers, config, manifest) as `repo:tag`.
-    pub fn push_image(&self, repo: &str, tag: &str, image: &TestImage) -> Result<()> {
-        for layer in &image.layers {
-            self.push_blob(repo, layer)?;
-        }
-        self.push_blob(repo, &image.config)?;
-        self.push_manifest(repo, tag, &image.manifest_media_type, &image.manifest.bytes)
-    }
-
-    /// `127.0.0.1:<port>/<repo>:<tag>`
-    pub fn reference(&self, repo: &str, tag: &str) -> String {
-        format!("{}/{repo}:{tag}", self.addr)
-    }
-
-    /// Where the registry keeps the bytes of blob `digest`.
-    pub fn blob_data_path(&self, digest: &str) -> PathBuf {
-        let hex = digest.strip_prefix("sha256:").expect("sha256 digest");
-        self.dir
-            .path()
-            .join("data/docker/registry/v2/blobs/sha256")
-            .join(&hex[..2])
-            .join(hex)
-            .join("data")
-    }
 }
 
-fn wait_ready(child: &mut Child, addr: &str, dir: &std::path::Path) -> Result<()> {
-    let deadline = Instant::now() + super::berthd::PATIENCE;
-    loop {
-        if let Ok(resp) = http::request(addr, "GET", "/v2/", &[], &[]) {
-            // Make sure it is our registry that answers, not another
-            // process that took the port.
-            if (resp.status == 200 || resp.status == 401) && child.try_wait()?.is_none() {
-                return Ok(());
+pub const TOKEN_SERVICE: &str = "berth-test-registry";
+pub const TOKEN_ISSUER: &str = "berth-test-issuer";
+
+/// A minimal token server for distribution's token auth: RS256 JWTs with the
+/// signing certificate in `x5c`, signed with the `openssl` CLI.
+pub struct TokenServer {
+    pub host: String,
+    pub minter: TokenMinter,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Requests served (for assertions that a flow did or did not use it).
+    pub requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+fn b64(data: &[u8], url: bool) -> String {
+    const STD: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let t = if url { URL } else { STD };
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(t[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else if !url {
+                out.push('=');
             }
         }
-        if let Some(status) = child.try_wait()? {
-            let err = std::fs::read_to_string(dir.join("registry.err")).unwrap_or_default();
-            bail!("docker-registry exited with {status}: {err}");
+    }
+    out
+}
+
+impl TokenServer {
+    fn start(dir: &Path, user: &str, password: &str, identity_token: &str) -> Result<Self> {
+        let key = dir.join("token-key.pem");
+        let cert = dir.join("token-cert.pem");
+        let out = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=berth-test-token",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .context("openssl req")?;
+        if !out.status.success() {
+            bail!("openssl req: {}", String::from_utf8_lossy(&out.stderr));
         }
-        if Instant::now() > deadline {
-            bail!("docker-registry on {addr} did not answer");
+        let der = Command::new("openssl")
+            .args(["x509", "-outform", "DER", "-in"])
+            .arg(&cert)
+            .output()
+            .context("openssl x509")?;
+        if !der.status.success() {
+            bail!("openssl x509 failed");
         }
-        std::thread::sleep(Duration::from_millis(20));
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let host = listener.local_addr()?.to_string();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let minter = TokenMinter {
+            key,
+            cert_der_b64: b64(&der.stdout, false),
+        };
+        let mut server = TokenServer {
+            host,
+            minter: minter.clone(),
+            stop: stop.clone(),
+            thread: None,
+            requests: requests.clone(),
+        };
+        let basic = format!(
+            "Basic {}",
+            b64(format!("{user}:{password}").as_bytes(), false)
+        );
+        let identity = identity_token.to_owned();
+        server.thread = Some(std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = minter.serve(conn, &basic, &identity);
+            }
+        }));
+        Ok(server)
     }
 }
 
-impl Drop for Registry {
+/// Signs registry tokens.
+#[derive(Clone)]
+pub struct TokenMinter {
+    key: PathBuf,
+    cert_der_b64: String,
+}
+
+impl TokenMinter {
+    fn serve(&self, mut conn: std::net::TcpStream, basic: &str, identity: &str) -> Result<()> {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let mut reader = BufReader::new(conn.try_clone()?);
+        let mut request_line = String::new();
+        reader.read_line(&mut request_line)?;
+        let mut headers = Vec::new();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line)?;
+            let line = line.trim_end().to_owned();
+            if line.is_empty() {
+                break;
+            }
+            headers.push(line);
+        }
+        let header = |name: &str| {
+            headers.iter().find_map(|h| {
+                let (k, v) = h.split_once(':')?;
+                k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+            })
+        };
+        let len: usize = header("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        reader.read_exact(&mut body)?;
+        let body = String::from_utf8_lossy(&body).into_owned();
+        let target = request_line
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("")
+            .to_owned();
+        let query = target
+            .split_once('?')
+            .map(|(_, q)| q.to_owned())
+            .unwrap_or_default();
+        let params = |s: &str, key: &str| {
+            s.split('&').find_map(|kv| {
+                let (k, v) = kv.split_once('=')?;
+                (k == key).then(|| {
+                    v.replace("%3A", ":")
+                        .replace("%2F", "/")
+                        .replace("%2C", ",")
+                })
+            })
+        };
+        let (status, json) = if request_line.starts_with("POST") {
+            let ok = params(&body, "grant_type").as_deref() == Some("refresh_token")
+                && params(&body, "refresh_token").as_deref() == Some(identity);
+            let scope = params(&body, "scope").unwrap_or_default();
+            if ok {
+                (
+                    "200 OK",
+                    format!(r#"{{"access_token":"{}"}}"#, self.mint_scope(&scope)?),
+                )
+            } else {
+                (
+                    "401 Unauthorized",
+                    r#"{"error":"invalid refresh token"}"#.to_owned(),
+                )
+            }
+        } else if header("authorization").as_deref() == Some(basic) {
+            let scope = params(&query, "scope").unwrap_or_default();
+            (
+                "200 OK",
+                format!(r#"{{"token":"{}"}}"#, self.mint_scope(&scope)?),
+            )
+        } else {
+            (
+                "401 Unauthorized",
+                r#"{"error":"bad credentials"}"#.to_owned(),
+            )
+        };
+        write!(
+            conn,
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
+            json.len()
+        )?;
+        Ok(())
+    }
+
+    fn mint_scope(&self, scope: &str) -> Result<String> {
+        // repository:<name>:<actions>
+        let name = scope
+            .strip_prefix("repository:")
+            .and_then(|s| s.rsplit_once(':'))
+            .map(|(n, _)| n)
+            .unwrap_or("");
+        self.mint(name, &["pull"])
+    }
+
+    /// A token for repository `name` with `actions`.
+    pub fn mint(&self, name: &str, actions: &[&str]) -> Result<String> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs();
+        let header = serde_json::json!({"alg": "RS256", "typ": "JWT", "x5c": [self.cert_der_b64]});
+        let claims = serde_json::json!({
+            "iss": TOKEN_ISSUER, "sub": "berth", "aud": TOKEN_SERVICE,
+            "exp": now + 600, "nbf": now - 60, "iat": now - 60,
+            "jti": format!("{now}-{}", rand_suffix()),
+            "access": [{"type": "repository", "name": name, "actions": actions}],
+        });
+        let signing_input = format!(
+            "{}.{}",
+            b64(&serde_json::to_vec(&header)?, true),
+            b64(&serde_json::to_vec(&claims)?, true)
+        );
+        let mut child = Command::new("openssl")
+            .args(["dgst", "-sha256", "-sign"])
+            .arg(&self.key)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(signing_input.as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!("openssl dgst -sign failed");
+        }
+        Ok(format!("{signing_input}.{}", b64(&out.stdout, true)))
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id() as u64);
+    h.finish()
+}
+
+impl Drop for TokenServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(t) = self.thread.take() {
+            self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            let _ = std::net::TcpStream::connect(&self.host);
+            let _ = t.join();
+        }
     }
-}
-
-fn config_yaml(dir: &str, addr: &str, auth: bool) -> String {
-    let mut yaml = format!(
-        "version: 0.1\n\
-         log:\n  level: warn\n  accesslog:\n    disabled: true\n\
-         storage:\n  filesystem:\n    rootdirectory: {dir}/data\n  delete:\n    enabled: true\n\
-         http:\n  addr: {addr}\n"
-    );
-    if auth {
-        yaml.push_str(&format!(
-            "auth:\n  htpasswd:\n    realm: berth-test\n    path: {dir}/htpasswd\n"
-        ));
-    }
-    yaml
 }
