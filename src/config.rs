@@ -64,6 +64,12 @@ const KEY_DOCS: &[(&str, &str, &str)] = &[
         "stall_timeout_secs",
         "A pull that receives no byte for this long fails.",
     ),
+    (
+        "image",
+        "max_layer_bytes",
+        "A layer whose uncompressed content exceeds this many bytes is refused\n\
+         (decompression bombs).",
+    ),
 ];
 
 /// The whole berthd configuration.
