@@ -41,15 +41,14 @@ impl CriImageService {
             .map_err(|e| Status::internal(format!("image store task failed: {e}")))?
             .map_err(Status::from)
     }
-}
 
-impl CriImageService {
     /// Runs `ImageStore::pull` on a blocking-pool thread that drives it with
     /// `Handle::block_on`. The pull future is not provably `Send` (rustc's
     /// higher-ranked lifetime limitation with closures returning async
     /// blocks, rust-lang/rust#102211), and a tonic handler's future must be;
     /// `block_on` has no such requirement. The pull's own tasks still run
-    /// on the shared runtime.
+    /// on the shared runtime. A pull whose client goes away (kubelet's
+    /// timeout) still completes, so kubelet's retry finds the image stored.
     async fn pull(&self, image: String, auth: Option<RegistryAuth>) -> Result<ImageRecord, Status> {
         let store = Arc::clone(&self.store);
         let handle = tokio::runtime::Handle::current();
