@@ -1,5 +1,152 @@
 //! berthd: the CRI server.
+//!
+//! Flags in containerd's style override the config file; `berthd config
+//! default` prints the defaults as TOML.
 
-fn main() {
-    println!("berthd {}", berth::VERSION);
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use berth::config::{Config, DEFAULT_CONFIG_PATH, Overrides};
+use berth::cri::CriServer;
+use clap::{Parser, Subcommand};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::FmtSpan;
+
+/// berthd: a container runtime service for Kubernetes (CRI over a unix socket).
+#[derive(Debug, Parser)]
+#[command(name = "berthd", version = berth::VERSION, about, long_about = None)]
+struct Cli {
+    /// Config file (TOML); without this flag, /etc/berth/berthd.toml if it exists
+    #[arg(long, short = 'c', value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
+    /// Unix socket of the CRI server [default: /run/berth/berth.sock]
+    #[arg(long, short = 'a', value_name = "SOCKET", global = true)]
+    address: Option<PathBuf>,
+    /// Persistent data directory (images, snapshots, metadata) [default: /var/lib/berth]
+    #[arg(long, value_name = "DIR", global = true)]
+    root: Option<PathBuf>,
+    /// Runtime state directory (pinned namespaces, sockets) [default: /run/berth]
+    #[arg(long, value_name = "DIR", global = true)]
+    state: Option<PathBuf>,
+    /// Log level or tracing directives (error, warn, info, debug, trace,
+    /// "berth=debug,tonic=info"); overrides RUST_LOG and the config file
+    #[arg(long, short = 'l', value_name = "LEVEL", global = true)]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Inspect berthd's configuration
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigAction {
+    /// Print the default configuration as TOML
+    Default,
+    /// Print the effective configuration (config file plus flags) as TOML
+    Dump,
+}
+
+impl Cli {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            address: self.address.clone(),
+            root: self.root.clone(),
+            state: self.state.clone(),
+            log_level: self.log_level.clone(),
+        }
+    }
+
+    /// The config file plus the flags.
+    fn effective_config(&self) -> anyhow::Result<Config> {
+        let (path, required) = match &self.config {
+            Some(path) => (path.clone(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        };
+        let mut config = Config::load(&path, required)?;
+        config.apply(self.overrides())?;
+        Ok(config)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Some(Command::Config {
+            action: ConfigAction::Default,
+        }) => {
+            print!("{}", Config::default_toml());
+            Ok(())
+        }
+        Some(Command::Config {
+            action: ConfigAction::Dump,
+        }) => cli.effective_config().and_then(|config| {
+            print!("{}", toml::to_string_pretty(&config)?);
+            Ok(())
+        }),
+        None => run_daemon(&cli),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "berthd failed");
+            eprintln!("berthd: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_daemon(cli: &Cli) -> anyhow::Result<()> {
+    let config = cli.effective_config()?;
+    init_logging(cli, &config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("berthd")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+        let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+        let server = CriServer::start(config).await?;
+        server
+            .serve(async move {
+                let name = tokio::select! {
+                    _ = sigterm.recv() => "SIGTERM",
+                    _ = sigint.recv() => "SIGINT",
+                };
+                tracing::info!(signal = name, "received shutdown signal");
+            })
+            .await?;
+        Ok(())
+    })
+}
+
+/// Logs go to stderr. Precedence: --log-level, then RUST_LOG, then the
+/// config file's `log_level`.
+fn init_logging(cli: &Cli, config: &Config) -> anyhow::Result<()> {
+    let directives = match (&cli.log_level, std::env::var("RUST_LOG")) {
+        (Some(level), _) => level.clone(),
+        (None, Ok(env)) if !env.trim().is_empty() => env,
+        _ => config.log_level.clone(),
+    };
+    let filter = EnvFilter::builder()
+        .parse(&directives)
+        .with_context(|| format!("invalid log level {directives:?}"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(true)
+        .with_span_events(FmtSpan::CLOSE)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    Ok(())
 }

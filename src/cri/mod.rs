@@ -1,1 +1,23 @@
 //! The CRI gRPC services: thin adapters from CRI messages to the subsystems.
+//!
+//! - [`server`]: the unix socket, the tonic server, graceful shutdown.
+//! - [`runtime_service`]: `runtime.v1.RuntimeService` (Version, Status; the
+//!   pod and container calls answer Unimplemented until they are built).
+//! - [`image_service`]: `runtime.v1.ImageService` on [`crate::image::ImageStore`].
+//! - [`error`]: the one place subsystem errors become gRPC statuses.
+
+pub mod error;
+pub mod image_convert;
+pub mod image_service;
+pub mod runtime_service;
+pub mod server;
+pub mod socket;
+
+pub use image_service::CriImageService;
+pub use runtime_service::CriRuntimeService;
+pub use server::{CriServer, ServerError};
+
+/// The name berthd reports in `Version`.
+pub const RUNTIME_NAME: &str = "berth";
+/// The CRI API version berthd serves.
+pub const RUNTIME_API_VERSION: &str = "v1";

@@ -3,15 +3,40 @@
 //! [`ImageStore`] is what the rest of berthd uses: the CRI ImageService
 //! adapter (`cri/`) and, later, container creation (rootfs mounts).
 //!
-//! Status: CONTRACT — bodies are being filled in by the image work; keep the
-//! signatures stable, or change them together with `cri/` and `config.rs`.
+//! Layout under the store root:
+//!
+//! ```text
+//! metadata.redb          images, refs, snapshots, blobs, container holds
+//! blobs/sha256/<hex>     the content store (manifests, configs, layers)
+//! snapshots/<chain hex>  one unpacked layer each, shared between images
+//! containers/<id>/       upper/ and work/ of one container's rootfs
+//! tmp/                   ingests and unpacks in progress (wiped at open)
+//! ```
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+mod content;
 mod error;
+mod gc;
+mod layer;
+pub mod manifest;
+mod metadata;
+mod pull;
+pub mod reference;
+pub mod registries_conf;
+mod registry;
+mod snapshots;
+pub mod unpack;
+
 pub use error::ImageError;
+
+use content::{ContentStore, io_err};
+use metadata::{ContainerHold, Metadata};
+use snapshots::SnapshotStore;
 
 /// Result of image operations.
 pub type Result<T> = std::result::Result<T, ImageError>;
@@ -26,6 +51,9 @@ pub struct ImageConfig {
     pub max_concurrent_downloads: usize,
     /// A pull that receives no byte for this long fails.
     pub stall_timeout_secs: u64,
+    /// A layer whose uncompressed content exceeds this many bytes is refused
+    /// (decompression bombs).
+    pub max_layer_bytes: u64,
 }
 
 impl Default for ImageConfig {
@@ -34,6 +62,7 @@ impl Default for ImageConfig {
             registries_config: PathBuf::from("/etc/containers/registries.conf"),
             max_concurrent_downloads: 3,
             stall_timeout_secs: 60,
+            max_layer_bytes: 64 << 30,
         }
     }
 }
@@ -92,18 +121,65 @@ pub struct RootfsMount {
 }
 
 /// Images, blobs and snapshots under one root directory.
-#[derive(Debug)]
 pub struct ImageStore {
     root: PathBuf,
+    config: ImageConfig,
+    client: registry::RegistryClient,
+    meta: Arc<Metadata>,
+    content: ContentStore,
+    snapshots: SnapshotStore,
+    inflight: Arc<tokio::sync::Mutex<pull::InFlight>>,
+    layer_locks: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    gc_lock: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for ImageStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageStore")
+            .field("root", &self.root)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn is_full_id(s: &str) -> Option<String> {
+    let hex = s.strip_prefix("sha256:").unwrap_or(s);
+    (hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    .then(|| format!("sha256:{hex}"))
 }
 
 impl ImageStore {
     /// Opens (creating if needed) the store under `root` (berthd's
     /// `--root`/images), recovering from an unclean stop.
-    pub async fn open(root: &Path, _config: &ImageConfig) -> Result<Self> {
-        Ok(Self {
+    pub async fn open(root: &Path, config: &ImageConfig) -> Result<Self> {
+        for d in ["blobs/sha256", "snapshots", "containers", "tmp"] {
+            let p = root.join(d);
+            std::fs::create_dir_all(&p).map_err(io_err(format!("create {}", p.display())))?;
+        }
+        let db_path = root.join("metadata.redb");
+        let meta = tokio::task::spawn_blocking(move || Metadata::open(&db_path))
+            .await
+            .map_err(|e| ImageError::Database(e.to_string()))??;
+        // Fail early on a broken registries.conf.
+        registries_conf::RegistriesConf::load(&config.registries_config)?;
+        let store = Self {
             root: root.to_owned(),
-        })
+            config: config.clone(),
+            client: registry::RegistryClient::new(std::time::Duration::from_secs(
+                config.stall_timeout_secs.max(1),
+            ))?,
+            meta: Arc::new(meta),
+            content: ContentStore::new(root),
+            snapshots: SnapshotStore::new(root),
+            inflight: Arc::default(),
+            layer_locks: Default::default(),
+            gc_lock: Default::default(),
+        };
+        store.recover()?;
+        Ok(store)
     }
 
     /// The store's root directory.
@@ -113,45 +189,130 @@ impl ImageStore {
 
     /// Pulls `reference` (Docker-style name, normalised), verifies and unpacks
     /// it, and records it. Returns the stored image.
-    pub async fn pull(&self, _reference: &str, _auth: Option<&RegistryAuth>) -> Result<ImageRecord> {
-        todo!("image: pull")
+    pub async fn pull(&self, reference: &str, auth: Option<&RegistryAuth>) -> Result<ImageRecord> {
+        let span = tracing::info_span!("pull", image = %reference);
+        let _e = span.enter();
+        drop(_e);
+        use tracing::Instrument;
+        self.pull_impl(reference, auth).instrument(span).await
     }
 
     /// Every image.
     pub fn list(&self) -> Result<Vec<ImageRecord>> {
-        todo!("image: list")
+        let mut v: Vec<ImageRecord> = self.meta.images()?.into_iter().map(|s| s.record).collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(v)
+    }
+
+    /// The id of the image `reference_or_id` names, if any.
+    fn resolve(&self, reference_or_id: &str) -> Result<Option<String>> {
+        if let Some(id) = is_full_id(reference_or_id)
+            && self.meta.image(&id)?.is_some()
+        {
+            return Ok(Some(id));
+        }
+        if let Ok(r) = reference::normalize(reference_or_id)
+            && let Some(id) = self.meta.resolve_ref(&r.to_string())?
+        {
+            return Ok(Some(id));
+        }
+        // A unique prefix of an id (as `crictl` shows them).
+        let prefix = reference_or_id
+            .strip_prefix("sha256:")
+            .unwrap_or(reference_or_id);
+        if prefix.len() >= 4 && prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let matches: Vec<String> = self
+                .meta
+                .images()?
+                .into_iter()
+                .map(|s| s.record.id)
+                .filter(|id| id["sha256:".len()..].starts_with(prefix))
+                .collect();
+            if matches.len() == 1 {
+                return Ok(matches.into_iter().next());
+            }
+        }
+        Ok(None)
     }
 
     /// The image a reference, an image id or a digest reference names.
-    pub fn get(&self, _reference_or_id: &str) -> Result<Option<ImageRecord>> {
-        todo!("image: get")
+    pub fn get(&self, reference_or_id: &str) -> Result<Option<ImageRecord>> {
+        match self.resolve(reference_or_id)? {
+            Some(id) => Ok(self.meta.image(&id)?.map(|s| s.record)),
+            None => Ok(None),
+        }
     }
 
     /// Removes a tag (the image stays while other tags reference it) or, given
     /// an id or digest, the image with all its tags. Removing an unknown image
     /// is not an error (CRI semantics). Unreferenced content is collected.
-    pub async fn remove(&self, _reference_or_id: &str) -> Result<()> {
-        todo!("image: remove")
+    pub async fn remove(&self, reference_or_id: &str) -> Result<()> {
+        let tag = reference::normalize(reference_or_id)
+            .ok()
+            .filter(|r| r.digest.is_none())
+            .map(|r| r.to_string())
+            .filter(|t| self.meta.resolve_ref(t).ok().flatten().is_some());
+        let changed = match tag {
+            Some(t) if is_full_id(reference_or_id).is_none() => self.meta.untag(&t)?,
+            _ => match self.resolve(reference_or_id)? {
+                Some(id) => self.meta.delete_image(&id)?,
+                None => false,
+            },
+        };
+        if changed {
+            tracing::info!(image = %reference_or_id, "image removed");
+            self.gc().await?;
+        }
+        Ok(())
     }
 
     /// Usage of the image filesystem.
     pub fn fs_usage(&self) -> Result<FsUsage> {
-        todo!("image: fs usage")
+        self.fs_usage_impl()
     }
 
     /// Removes blobs and snapshots no image references.
     pub async fn gc(&self) -> Result<GcStats> {
-        todo!("image: gc")
+        self.gc_impl().await
     }
 
     /// Prepares a fresh upper/work dir for container `container_id` on top of
     /// the image's snapshots.
-    pub fn prepare_rootfs(&self, _image_id: &str, _container_id: &str) -> Result<RootfsMount> {
-        todo!("image: prepare rootfs")
+    pub fn prepare_rootfs(&self, image_id: &str, container_id: &str) -> Result<RootfsMount> {
+        self.snapshots.container_path(container_id)?;
+        let id = self
+            .resolve(image_id)?
+            .ok_or_else(|| ImageError::NotFound(image_id.to_owned()))?;
+        let image = self
+            .meta
+            .image(&id)?
+            .ok_or_else(|| ImageError::NotFound(image_id.to_owned()))?;
+        let chain_ids = image.record.chain_ids.clone();
+        self.meta.hold(
+            container_id,
+            &ContainerHold {
+                image_id: id,
+                chain_ids: chain_ids.clone(),
+            },
+        )?;
+        match self.snapshots.prepare(container_id, &chain_ids) {
+            Ok(m) => Ok(m),
+            Err(e) => {
+                let _ = self.snapshots.remove(container_id);
+                let _ = self.meta.release(container_id);
+                Err(e)
+            }
+        }
     }
 
     /// Removes what [`ImageStore::prepare_rootfs`] made. Idempotent.
-    pub fn remove_rootfs(&self, _container_id: &str) -> Result<()> {
-        todo!("image: remove rootfs")
+    pub fn remove_rootfs(&self, container_id: &str) -> Result<()> {
+        self.meta.release(container_id)?;
+        self.snapshots.remove(container_id)
+    }
+
+    /// The directory of one snapshot (an unpacked layer), by chain ID.
+    pub fn snapshot_path(&self, chain_id: &str) -> PathBuf {
+        self.snapshots.path(chain_id)
     }
 }

@@ -1,0 +1,190 @@
+//! The one place where subsystem errors become gRPC statuses.
+//!
+//! Handlers return `Result<_, tonic::Status>` and use `?` on subsystem calls:
+//! every subsystem error has exactly one `From` impl here that picks the code
+//! and writes a message a kubelet/crictl user can act on. When a subsystem
+//! grows a new error variant, the exhaustive matches below stop compiling
+//! until it is mapped.
+
+use tonic::{Code, Status};
+
+use crate::image::ImageError;
+
+/// A call of the CRI that berth does not implement yet.
+pub fn unimplemented(call: &str) -> Status {
+    Status::unimplemented(format!(
+        "berth: {call} is not built yet (this version of berthd serves Version, Status and the ImageService)"
+    ))
+}
+
+/// A request that lacks a required field or has an unusable value.
+pub fn invalid_argument(message: impl Into<String>) -> Status {
+    Status::invalid_argument(message.into())
+}
+
+impl From<ImageError> for Status {
+    fn from(err: ImageError) -> Self {
+        let code = image_error_code(&err);
+        let message = match &err {
+            ImageError::Unauthenticated { .. } => format!(
+                "{err} (check the username/password or token the pull was given, e.g. the pod's imagePullSecrets)"
+            ),
+            ImageError::Registry { .. } => format!(
+                "{err} (check that the image name and tag exist and that the credentials grant access)"
+            ),
+            ImageError::Blocked(_) => format!(
+                "{err} (see the `registries_config` file named in the [image] table of berthd's config)"
+            ),
+            ImageError::Verification { .. } => format!(
+                "{err}: the registry served content that does not match its digest; nothing was stored"
+            ),
+            ImageError::UnsafeLayer { .. } => {
+                format!("{err}: refusing to unpack this image; nothing was stored")
+            }
+            ImageError::Config { .. } => {
+                format!("{err} (fix the file; berthd rereads it on the next pull)")
+            }
+            ImageError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
+                format!("{err} (the image filesystem is full; remove unused images)")
+            }
+            _ => err.to_string(),
+        };
+        if code == Code::Internal {
+            tracing::error!(error = %err, "image store failure");
+        } else {
+            tracing::debug!(error = %err, code = ?code, "image request refused");
+        }
+        Status::new(code, message)
+    }
+}
+
+/// The gRPC code for an image error.
+fn image_error_code(err: &ImageError) -> Code {
+    match err {
+        ImageError::InvalidReference { .. } => Code::InvalidArgument,
+        ImageError::NotFound(_) => Code::NotFound,
+        ImageError::Unauthenticated { .. } => Code::Unauthenticated,
+        // "does not have the image or refused access to it": a registry
+        // never tells which, as Docker's "pull access denied" says.
+        ImageError::Registry { .. } => Code::NotFound,
+        ImageError::Blocked(_) => Code::PermissionDenied,
+        ImageError::Verification { .. } => Code::DataLoss,
+        ImageError::UnsafeLayer { .. } => Code::FailedPrecondition,
+        ImageError::Stalled { .. } => Code::DeadlineExceeded,
+        ImageError::Config { .. } => Code::FailedPrecondition,
+        ImageError::Database(_) => Code::Internal,
+        ImageError::Io { source, .. } => match source.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => Code::ResourceExhausted,
+            _ => Code::Internal,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(err: ImageError) -> Status {
+        Status::from(err)
+    }
+
+    #[test]
+    fn codes_per_image_error() {
+        let cases: Vec<(ImageError, Code)> = vec![
+            (
+                ImageError::InvalidReference {
+                    reference: "UPPER".into(),
+                    reason: "uppercase repository".into(),
+                },
+                Code::InvalidArgument,
+            ),
+            (ImageError::NotFound("busybox".into()), Code::NotFound),
+            (
+                ImageError::Unauthenticated {
+                    registry: "127.0.0.1:5000".into(),
+                    message: "401".into(),
+                },
+                Code::Unauthenticated,
+            ),
+            (
+                ImageError::Registry {
+                    registry: "r".into(),
+                    message: "manifest unknown".into(),
+                },
+                Code::NotFound,
+            ),
+            (ImageError::Blocked("r".into()), Code::PermissionDenied),
+            (
+                ImageError::Verification {
+                    digest: "sha256:00".into(),
+                    reason: "digest mismatch".into(),
+                },
+                Code::DataLoss,
+            ),
+            (
+                ImageError::UnsafeLayer {
+                    digest: "sha256:00".into(),
+                    reason: "entry ../x".into(),
+                },
+                Code::FailedPrecondition,
+            ),
+            (
+                ImageError::Stalled {
+                    reference: "busybox".into(),
+                    secs: 60,
+                },
+                Code::DeadlineExceeded,
+            ),
+            (
+                ImageError::Config {
+                    path: "/etc/containers/registries.conf".into(),
+                    reason: "bad".into(),
+                },
+                Code::FailedPrecondition,
+            ),
+            (ImageError::Database("torn".into()), Code::Internal),
+            (
+                ImageError::Io {
+                    context: "write blob".into(),
+                    source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+                },
+                Code::ResourceExhausted,
+            ),
+            (
+                ImageError::Io {
+                    context: "write blob".into(),
+                    source: std::io::Error::from_raw_os_error(libc::EIO),
+                },
+                Code::Internal,
+            ),
+        ];
+        for (err, code) in cases {
+            let text = err.to_string();
+            let st = status(err);
+            assert_eq!(st.code(), code, "{text}");
+            assert!(
+                st.message().contains(&text),
+                "message {:?} lacks {text:?}",
+                st.message()
+            );
+        }
+    }
+
+    #[test]
+    fn auth_failure_says_what_to_check() {
+        let st = status(ImageError::Unauthenticated {
+            registry: "127.0.0.1:5000".into(),
+            message: "401 Unauthorized".into(),
+        });
+        assert!(st.message().contains("127.0.0.1:5000"));
+        assert!(st.message().contains("credentials") || st.message().contains("password"));
+    }
+
+    #[test]
+    fn unimplemented_names_the_call() {
+        let st = unimplemented("RunPodSandbox");
+        assert_eq!(st.code(), Code::Unimplemented);
+        assert!(st.message().contains("RunPodSandbox"));
+        assert!(st.message().contains("not built yet"));
+    }
+}

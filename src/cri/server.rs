@@ -1,0 +1,186 @@
+//! berthd's gRPC server: directories, instance locks, the subsystems, the
+//! unix socket, and a graceful shutdown.
+//!
+//! Several instances run side by side as long as each has its own root,
+//! state and socket: the root and state directories are locked, so a second
+//! instance on the same ones is refused with a clear error instead of
+//! corrupting the first one's data.
+
+use std::fs::{File, OpenOptions};
+use std::future::Future;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_cri::v1::image_service_server::ImageServiceServer;
+use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
+use nix::fcntl::{Flock, FlockArg};
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::Server;
+
+use crate::config::Config;
+use crate::cri::socket::{self, BoundSocket, SocketError};
+use crate::cri::{CriImageService, CriRuntimeService};
+use crate::image::{ImageError, ImageStore};
+
+/// Why berthd could not start or serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    #[error(
+        "{dir} is in use by another berthd (lock {lock} is held); give this instance its own --root and --state"
+    )]
+    Locked { dir: PathBuf, lock: PathBuf },
+    #[error("cannot lock {path}: {source}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the image store: {0}")]
+    Images(#[from] ImageError),
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// A started berthd: everything opened and the socket bound, not yet serving.
+#[derive(Debug)]
+pub struct CriServer {
+    config: Arc<Config>,
+    images: Arc<ImageStore>,
+    listener: UnixListener,
+    socket: BoundSocket,
+    _locks: Vec<Flock<File>>,
+}
+
+/// Subdirectory of the root that holds the image store.
+pub const IMAGES_DIR: &str = "images";
+const LOCK_FILE: &str = "berthd.lock";
+
+impl CriServer {
+    /// Creates the root and state directories (0711), takes their locks,
+    /// opens the subsystems, and binds the socket last, so that a client
+    /// that can connect is served.
+    pub async fn start(config: Config) -> Result<Self, ServerError> {
+        socket::create_dir(&config.root)?;
+        socket::create_dir(&config.state)?;
+        let mut locks = vec![lock_dir(&config.root)?];
+        // root == state is allowed: one lock covers both.
+        if config.state != config.root {
+            locks.push(lock_dir(&config.state)?);
+        }
+        let images = ImageStore::open(&config.root.join(IMAGES_DIR), &config.image).await?;
+        let (listener, socket) = socket::bind(&config.address)?;
+        tracing::info!(
+            address = %config.address.display(),
+            root = %config.root.display(),
+            state = %config.state.display(),
+            version = crate::VERSION,
+            "berthd serving CRI"
+        );
+        Ok(Self {
+            config: Arc::new(config),
+            images: Arc::new(images),
+            listener,
+            socket,
+            _locks: locks,
+        })
+    }
+
+    /// The socket the server listens on.
+    pub fn address(&self) -> &Path {
+        self.socket.path()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting connections,
+    /// lets in-flight RPCs finish (at most `shutdown_timeout_secs`) and
+    /// removes the socket. Containers are not touched.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
+        let CriServer {
+            config,
+            images,
+            listener,
+            socket,
+            _locks,
+        } = self;
+        let runtime = CriRuntimeService::new(Arc::clone(&config));
+        let image = CriImageService::new(images);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = Server::builder()
+            .trace_fn(rpc_span)
+            .add_service(RuntimeServiceServer::new(runtime))
+            .add_service(ImageServiceServer::new(image))
+            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+                let _ = stop_rx.await;
+            });
+        tokio::pin!(server);
+        tokio::select! {
+            result = &mut server => {
+                result?;
+                return Ok(());
+            }
+            () = shutdown => {}
+        }
+        let grace = Duration::from_secs(config.shutdown_timeout_secs);
+        tracing::info!(
+            grace_secs = grace.as_secs(),
+            "shutting down: no new connections, finishing in-flight RPCs; containers keep running"
+        );
+        let _ = stop_tx.send(());
+        match tokio::time::timeout(grace, server).await {
+            Ok(result) => result?,
+            Err(_) => tracing::warn!(
+                grace_secs = grace.as_secs(),
+                "in-flight RPCs did not finish in time; exiting anyway"
+            ),
+        }
+        drop(socket);
+        tracing::info!("berthd stopped");
+        Ok(())
+    }
+}
+
+/// The span every RPC runs in (debug level: kubelet polls Status and
+/// ListImages every few seconds). Handlers fill in `image`, `pod` and
+/// `container` where the request names one; at debug level the span's close
+/// event logs each RPC's duration.
+fn rpc_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span {
+    let path = request.uri().path();
+    let rpc = path.rsplit('/').next().unwrap_or(path);
+    tracing::debug_span!(
+        "rpc",
+        rpc = %rpc,
+        image = tracing::field::Empty,
+        pod = tracing::field::Empty,
+        container = tracing::field::Empty,
+    )
+}
+
+/// Takes an exclusive lock on `dir/berthd.lock` for the life of the process.
+fn lock_dir(dir: &Path) -> Result<Flock<File>, ServerError> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|source| ServerError::Lock {
+            path: path.clone(),
+            source,
+        })?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(lock),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(ServerError::Locked {
+            dir: dir.to_owned(),
+            lock: path,
+        }),
+        Err((_, errno)) => Err(ServerError::Lock {
+            path,
+            source: std::io::Error::from(errno),
+        }),
+    }
+}

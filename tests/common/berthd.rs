@@ -1,0 +1,228 @@
+//! Starts the built berthd binary on a temp socket/root/state and connects
+//! the `k8s-cri` clients to it over the unix socket.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// Upper bound for waiting on a process to come up or go down: only there
+/// to turn a hang into a failure, never a performance assertion.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The berthd binary cargo built for this test run.
+pub fn berthd_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_berthd")
+}
+
+/// A temp directory holding one berthd instance's root, state and socket;
+/// several `Berthd` processes can use it one after another.
+pub struct BerthdDirs {
+    pub tmp: tempfile::TempDir,
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub socket: PathBuf,
+}
+
+impl BerthdDirs {
+    pub fn new(test: &str) -> Result<Self> {
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!(
+                "{}-",
+                super::unique_tag(&format!("daemon-{test}"))
+            ))
+            .tempdir_in("/tmp")?;
+        Ok(Self {
+            root: tmp.path().join("root"),
+            state: tmp.path().join("state"),
+            socket: tmp.path().join("run/berth.sock"),
+            tmp,
+        })
+    }
+
+    /// The flags that point berthd at these directories.
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "--root".into(),
+            self.root.display().to_string(),
+            "--state".into(),
+            self.state.display().to_string(),
+            "--address".into(),
+            self.socket.display().to_string(),
+        ]
+    }
+}
+
+/// A running berthd; SIGKILLed in Drop if the test did not stop it.
+pub struct Berthd {
+    child: Option<Child>,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Berthd {
+    /// Starts berthd on `dirs` and waits until its socket accepts connections.
+    pub fn start(dirs: &BerthdDirs) -> Result<Self> {
+        Self::start_with(dirs, dirs.args(), &dirs.socket)
+    }
+
+    /// Starts berthd with exactly `args`, expecting it to listen on `socket`.
+    pub fn start_with(dirs: &BerthdDirs, args: Vec<String>, socket: &Path) -> Result<Self> {
+        let log = next_log_path(dirs.tmp.path());
+        let stderr = File::create(&log)?;
+        let child = Command::new(berthd_bin())
+            .args(&args)
+            .arg("--log-level")
+            .arg("debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .context("spawn berthd")?;
+        let mut berthd = Berthd {
+            child: Some(child),
+            socket: socket.to_owned(),
+            log,
+        };
+        berthd.wait_ready()?;
+        Ok(berthd)
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().expect("berthd running").id() as i32)
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return Ok(());
+            }
+            let child = self.child.as_mut().expect("berthd running");
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                bail!(
+                    "berthd exited with {status} before serving; log:\n{}",
+                    self.log_text()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "berthd did not serve on {} in time; log:\n{}",
+                    self.socket.display(),
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until a line of berthd's log satisfies `pred`.
+    pub fn wait_for_log(&self, pred: impl Fn(&str) -> bool) -> Result<()> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if self.log_text().lines().any(&pred) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "berthd never logged the expected line; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `signal` and waits for berthd to exit.
+    pub fn stop(&mut self, signal: Signal) -> Result<ExitStatus> {
+        self.signal(signal)?;
+        self.wait_exit()
+    }
+
+    /// Sends `signal` without waiting.
+    pub fn signal(&self, signal: Signal) -> Result<()> {
+        kill(self.pid(), signal)?;
+        Ok(())
+    }
+
+    /// Waits for berthd to exit (after a signal sent earlier).
+    pub fn wait_exit(&mut self) -> Result<ExitStatus> {
+        let mut child = self.child.take().context("berthd already stopped")?;
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("berthd did not exit; log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub async fn channel(&self) -> Result<Channel> {
+        connect(&self.socket).await
+    }
+
+    pub async fn runtime(&self) -> Result<RuntimeServiceClient<Channel>> {
+        Ok(RuntimeServiceClient::new(self.channel().await?))
+    }
+
+    pub async fn images(&self) -> Result<ImageServiceClient<Channel>> {
+        Ok(ImageServiceClient::new(self.channel().await?))
+    }
+}
+
+impl Drop for Berthd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn next_log_path(dir: &Path) -> PathBuf {
+    (0..)
+        .map(|n| dir.join(format!("berthd-{n}.log")))
+        .find(|p| !p.exists())
+        .expect("a free log name")
+}
+
+/// A gRPC channel to a unix socket.
+pub async fn connect(socket: &Path) -> Result<Channel> {
+    let socket = socket.to_owned();
+    let channel = Endpoint::from_static("http://[::]:50051")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }
+        }))
+        .await
+        .context("connect to berthd")?;
+    Ok(channel)
+}
+
+/// Runs `berthd ARGS` to completion (for the CLI tests).
+pub fn run_cli(args: &[&str]) -> Result<std::process::Output> {
+    Command::new(berthd_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("run berthd")
+}

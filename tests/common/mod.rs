@@ -1,0 +1,19 @@
+//! Shared helpers of the integration tests (a module per topic).
+#![allow(dead_code)]
+
+pub mod berthd;
+pub mod cri_images;
+pub mod gate_proxy;
+pub mod oci_image;
+pub mod registry;
+
+/// A unique, short tag for temp names: helper area, test pid and a counter.
+pub fn unique_tag(what: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "berth-{what}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
