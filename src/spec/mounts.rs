@@ -179,8 +179,9 @@ pub(crate) fn container_mounts(
         .into_iter()
         .filter(|m| {
             let dest = m.destination().to_string_lossy().into_owned();
-            !bind_dests.contains(&dest)
-                && !(bind_dests.contains("/dev") && dest.starts_with("/dev/"))
+            let replaced = bind_dests.contains(&dest);
+            let under_cri_dev = bind_dests.contains("/dev") && dest.starts_with("/dev/");
+            !replaced && !under_cri_dev
         })
         .collect();
 

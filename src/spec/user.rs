@@ -282,7 +282,7 @@ pub(crate) fn resolve_user(
                 gids.extend(
                     parse_group(group)
                         .into_iter()
-                        .filter(|g| g.name != name && g.members.iter().any(|m| *m == name))
+                        .filter(|g| g.name != name && g.members.contains(&name))
                         .map(|g| g.gid),
                 );
             }
