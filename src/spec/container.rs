@@ -20,6 +20,10 @@ use super::security::{apparmor_profile, check_selinux};
 use super::sysctls::container_sysctls;
 use super::user::resolve_user;
 
+/// The runtime-spec version of the specs berth writes (1.2 has `rro` and
+/// idmapped mounts).
+pub const OCI_VERSION: &str = "1.2.0";
+
 /// The cgroup path of a container: `<cgroup_parent>/<container_id>` (the
 /// cgroupfs layout kubelet expects), or `None` when the pod has no parent.
 pub fn container_cgroups_path(cgroup_parent: &str, container_id: &str) -> Option<PathBuf> {
@@ -232,7 +236,8 @@ pub fn container_spec(input: &ContainerSpecInput<'_>) -> Result<Spec, SpecError>
     );
 
     let mut spec = Spec::default();
-    spec.set_root(Some(root))
+    spec.set_version(OCI_VERSION.to_string())
+        .set_root(Some(root))
         .set_mounts(Some(mounts))
         .set_process(Some(process))
         .set_hostname(if host_uts || pod_hostname.is_empty() {

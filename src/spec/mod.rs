@@ -31,7 +31,7 @@ pub use capabilities::{
     ALL_CAPABILITIES, DEFAULT_CAPABILITIES, capability_set, is_all, parse_capability,
     process_capabilities,
 };
-pub use container::{container_cgroups_path, container_spec};
+pub use container::{OCI_VERSION, container_cgroups_path, container_spec};
 pub use devices::default_device_rules;
 pub use error::SpecError;
 pub use input::{

@@ -178,9 +178,12 @@ fn annotations_and_identity() {
             expect: Expect::Err("is not allowed in a pod that is not privileged"),
         },
         Case {
-            name: "no hooks",
+            name: "no hooks, runtime-spec 1.2.0",
             setup: |_| {},
-            expect: Expect::Spec(|s| assert!(s.hooks().is_none())),
+            expect: Expect::Spec(|s| {
+                assert!(s.hooks().is_none());
+                assert_eq!(s.version(), "1.2.0");
+            }),
         },
     ]);
 }
