@@ -12,6 +12,7 @@ mod capabilities;
 mod container;
 mod devices;
 mod error;
+mod exec;
 mod input;
 mod mounts;
 mod namespaces;
@@ -34,6 +35,7 @@ pub use capabilities::{
 pub use container::{OCI_VERSION, container_cgroups_path, container_spec};
 pub use devices::default_device_rules;
 pub use error::SpecError;
+pub use exec::exec_process;
 pub use input::{
     ContainerSpecInput, DeviceKind, HostDevice, HostFacts, ImageInput, PodFiles, PodNamespace,
     PodNamespaces, RuntimeOptions,
@@ -41,11 +43,12 @@ pub use input::{
 pub use mounts::{clean_path, default_mounts};
 pub use pod_files::{pod_hostname_file, pod_hosts_file, pod_resolv_conf, validate_hostname};
 pub use process::{DEFAULT_PATH_ENV, process_args, process_cwd, process_env};
-pub use resources::oom_score_adj;
+pub use resources::{oci_resources, oom_score_adj};
 pub use seccomp::{
     SeccompSelection, default_seccomp_profile, parse_seccomp_profile, seccomp_selection,
 };
 pub use sysctls::{SysctlNamespace, normalize_sysctl_name, sysctl_namespace};
 pub use user::{
-    GroupEntry, PasswdEntry, ResolvedUser, parse_group, parse_passwd, resolve_user_spec,
+    GroupEntry, PasswdEntry, ResolvedUser, linux_container_user, parse_group, parse_passwd,
+    resolve_user_spec,
 };

@@ -200,3 +200,15 @@ pub fn oom_score_adj(requested: i64, min: Option<i32>) -> Result<i32, SpecError>
         _ => Ok(adj),
     }
 }
+
+/// The OCI resources for a CRI resources message, for
+/// UpdateContainerResources: the same rules as at creation (zero means "not
+/// set"), without device rules.
+pub fn oci_resources(
+    r: &LinuxContainerResources,
+    host: &HostFacts,
+) -> Result<LinuxResources, SpecError> {
+    let mut out = LinuxResources::default();
+    apply_resources(r, host, &mut out)?;
+    Ok(out)
+}

@@ -3,7 +3,8 @@
 //! contents, plus supplemental groups (containerd's `WithUser` and
 //! `WithAdditionalGIDs`).
 
-use k8s_cri::v1::{LinuxContainerSecurityContext, SupplementalGroupsPolicy};
+use k8s_cri::v1::{LinuxContainerSecurityContext, LinuxContainerUser, SupplementalGroupsPolicy};
+use oci_spec::runtime::Spec;
 
 use super::SpecError;
 
@@ -309,5 +310,21 @@ pub(crate) fn resolve_user(
         uid,
         gid,
         additional_gids: gids,
+    })
+}
+
+/// The identity a container's process runs with, as ContainerStatus reports
+/// it (`user.linux`), read back from the container's spec.
+pub fn linux_container_user(spec: &Spec) -> Option<LinuxContainerUser> {
+    let user = spec.process().as_ref()?.user();
+    Some(LinuxContainerUser {
+        uid: i64::from(user.uid()),
+        gid: i64::from(user.gid()),
+        supplemental_groups: user
+            .additional_gids()
+            .iter()
+            .flatten()
+            .map(|g| i64::from(*g))
+            .collect(),
     })
 }

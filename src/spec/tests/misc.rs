@@ -198,3 +198,45 @@ fn cgroups_path_helper() {
     );
     assert_eq!(container_cgroups_path("", "c9"), None);
 }
+
+#[test]
+fn exec_and_status_helpers() {
+    use crate::spec::{exec_process, linux_container_user, oci_resources};
+
+    let mut f = super::Fixture::new();
+    f.sc().run_as_user = Some(k8s_cri::v1::Int64Value { value: 1000 });
+    f.sc().no_new_privs = true;
+    f.resources().oom_score_adj = 100;
+    let spec = f.build().unwrap();
+
+    let cmd = vec!["cat".to_string(), "/etc/hostname".to_string()];
+    let p = exec_process(&spec, &cmd, true).unwrap();
+    assert_eq!(p.args().as_ref().unwrap(), &cmd);
+    assert_eq!(p.terminal(), Some(true));
+    assert_eq!(p.user().uid(), 1000);
+    assert_eq!(p.no_new_privileges(), Some(true));
+    assert_eq!(p.env(), spec.process().as_ref().unwrap().env());
+    assert_eq!(p.oom_score_adj(), None);
+    assert!(exec_process(&spec, &[], false).is_err());
+    assert!(exec_process(&spec, &["".to_string()], false).is_err());
+
+    let u = linux_container_user(&spec).unwrap();
+    assert_eq!((u.uid, u.gid), (1000, 1000));
+    assert_eq!(u.supplemental_groups, [10, 44, 50, 1000]);
+
+    let r = k8s_cri::v1::LinuxContainerResources {
+        cpu_quota: 20_000,
+        cpu_period: 100_000,
+        memory_limit_in_bytes: 1 << 27,
+        ..Default::default()
+    };
+    let o = oci_resources(&r, &f.host).unwrap();
+    assert_eq!(o.cpu().as_ref().unwrap().quota(), Some(20_000));
+    assert_eq!(o.memory().unwrap().limit(), Some(1 << 27));
+    assert!(o.devices().is_none());
+    let bad = k8s_cri::v1::LinuxContainerResources {
+        cpu_shares: 1 << 40,
+        ..Default::default()
+    };
+    assert!(oci_resources(&bad, &f.host).is_err());
+}
