@@ -145,22 +145,19 @@ pub fn capability_set(
 
 /// The OCI capability sets of the container's process.
 ///
-/// Bounding holds the set. Inheritable and ambient are empty (as containerd
-/// has them since CVE-2022-24769). For uid 0, effective and permitted hold the
-/// set; for any other uid they are empty: the kernel clears them at execve
-/// anyway, and clearing them first means the program is executed with the
-/// user's own rights, not with CAP_DAC_OVERRIDE (Docker's behaviour, moby#36587).
-pub fn process_capabilities(set: &HashSet<Capability>, uid: u32) -> LinuxCapabilities {
+/// Bounding, effective and permitted hold the set, whatever the user
+/// (containerd's behaviour: for a non-root user the kernel clears effective
+/// and permitted at execve unless the program has file capabilities, which
+/// then still work; Docker's earlier clearing, moby#36587, broke such
+/// programs, moby#45491, and containerd#4669 to copy it was not merged).
+/// Inheritable and ambient are empty (containerd since CVE-2022-24769;
+/// ambient per kubernetes#56374).
+pub fn process_capabilities(set: &HashSet<Capability>) -> LinuxCapabilities {
     let all: Capabilities = set.iter().copied().collect();
-    let live = if uid == 0 {
-        all.clone()
-    } else {
-        Capabilities::new()
-    };
     let mut caps = LinuxCapabilities::default();
-    caps.set_bounding(Some(all))
-        .set_effective(Some(live.clone()))
-        .set_permitted(Some(live))
+    caps.set_bounding(Some(all.clone()))
+        .set_effective(Some(all.clone()))
+        .set_permitted(Some(all))
         .set_inheritable(Some(Capabilities::new()))
         .set_ambient(Some(Capabilities::new()));
     caps

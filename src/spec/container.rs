@@ -110,7 +110,7 @@ pub fn container_spec(input: &ContainerSpecInput<'_>) -> Result<Spec, SpecError>
         .set_args(Some(args))
         .set_env(Some(env))
         .set_cwd(PathBuf::from(cwd))
-        .set_capabilities(Some(process_capabilities(&caps, user.uid)))
+        .set_capabilities(Some(process_capabilities(&caps)))
         .set_rlimits(None)
         .set_no_new_privileges(Some(sc.is_some_and(|s| s.no_new_privs)))
         .set_apparmor_profile(apparmor)

@@ -143,7 +143,7 @@ fn capabilities_in_spec() {
             expect: Expect::Err("unknown capability \"FLY\""),
         },
         Case {
-            name: "non-root user: bounding kept, effective and permitted empty",
+            name: "non-root user: the same sets (the kernel drops them at execve)",
             setup: |f| {
                 f.sc().run_as_user = Some(Int64Value { value: 1000 });
                 f.sc().capabilities = cri(&["NET_ADMIN"], &[]);
