@@ -169,7 +169,11 @@ pub(crate) fn container_namespaces(
                     "a privileged container cannot run in a user namespace".to_string(),
                 ));
             }
-            let u = c_userns.expect("mode POD comes from Some");
+            let Some(u) = c_userns else {
+                return Err(SpecError::Namespace(
+                    "user namespace mode POD without user namespace options".to_string(),
+                ));
+            };
             plan.uid_mappings = mappings(&u.uids, "uid")?;
             plan.gid_mappings = mappings(&u.gids, "gid")?;
             plan.cri_uid_mappings = u.uids.clone();
