@@ -133,6 +133,7 @@ pub fn container_spec(input: &ContainerSpecInput<'_>) -> Result<Spec, SpecError>
         &config.mounts,
         &MountContext {
             pod_files: input.pod_files,
+            image_volumes: input.image_volumes,
             ipc: &ns.ipc,
             privileged,
             readonly_rootfs,

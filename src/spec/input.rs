@@ -48,6 +48,16 @@ pub struct PodFiles {
     pub shm: Option<PathBuf>,
 }
 
+/// A directory the caller created for one of the image's volumes (see
+/// [`super::image_volume_paths`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageVolume {
+    /// Where the volume is in the container (absolute).
+    pub container_path: String,
+    /// The empty directory on the host.
+    pub host_path: PathBuf,
+}
+
 /// The kind of a device node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceKind {
@@ -174,6 +184,9 @@ pub struct ContainerSpecInput<'a> {
     pub target_pid_namespace: Option<&'a Path>,
     /// The pod's files (hostname, hosts, resolv.conf, shm).
     pub pod_files: &'a PodFiles,
+    /// Directories for the image's volumes (empty: the volumes are left
+    /// in the container's writable layer).
+    pub image_volumes: &'a [ImageVolume],
     /// The contents of the Localhost seccomp profile the security context
     /// names (see [`super::seccomp_selection`] for which file to read).
     pub seccomp_localhost_profile: Option<&'a str>,

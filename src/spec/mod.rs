@@ -37,10 +37,10 @@ pub use devices::default_device_rules;
 pub use error::SpecError;
 pub use exec::exec_process;
 pub use input::{
-    ContainerSpecInput, DeviceKind, HostDevice, HostFacts, ImageInput, PodFiles, PodNamespace,
-    PodNamespaces, RuntimeOptions,
+    ContainerSpecInput, DeviceKind, HostDevice, HostFacts, ImageInput, ImageVolume, PodFiles,
+    PodNamespace, PodNamespaces, RuntimeOptions,
 };
-pub use mounts::{clean_path, default_mounts};
+pub use mounts::{clean_path, default_mounts, image_volume_paths};
 pub use pod_files::{pod_hostname_file, pod_hosts_file, pod_resolv_conf, validate_hostname};
 pub use process::{DEFAULT_PATH_ENV, process_args, process_cwd, process_env};
 pub use resources::{oci_resources, oom_score_adj};

@@ -9,7 +9,7 @@ use k8s_cri::v1::{IdMapping, Mount as CriMount, MountPropagation};
 use oci_spec::runtime::{LinuxIdMapping, LinuxIdMappingBuilder, Mount};
 
 use super::SpecError;
-use super::input::{PodFiles, PodNamespace};
+use super::input::{ImageVolume, PodFiles, PodNamespace};
 
 /// Lexically cleans an absolute path: removes `.`, empty components and
 /// resolves `..` (never above `/`), like Go's `filepath.Clean`.
@@ -108,6 +108,8 @@ pub(crate) struct MountContext<'a> {
     pub readonly_rootfs: bool,
     pub userns_on_host_network: bool,
     pub recursive_read_only_supported: bool,
+    /// Directories for the image's volumes.
+    pub image_volumes: &'a [ImageVolume],
     /// The pod's user namespace mappings, given to the pod's file mounts.
     pub uid_mappings: &'a [IdMapping],
     pub gid_mappings: &'a [IdMapping],
@@ -167,6 +169,20 @@ pub(crate) fn container_mounts(
     // tmpfs supports idmapped mounts only since Linux 6.3; the pod's shm is
     // empty, so containerd leaves it unmapped and so does berth.
     extra.extend(pod_file("/dev/shm", &shm, false, false));
+    // The image's volumes: directories the caller created for this container.
+    for v in ctx.image_volumes {
+        let dest = clean_path(&v.container_path);
+        if !v.host_path.is_absolute() {
+            return Err(SpecError::Mount {
+                container_path: dest,
+                reason: format!(
+                    "the image volume's host directory {:?} must be absolute",
+                    v.host_path
+                ),
+            });
+        }
+        extra.extend(pod_file(&dest, &Some(v.host_path.clone()), false, true));
+    }
     extra.retain(|m| !cri_dests.contains(&m.container_path));
 
     let mut binds: Vec<&CriMount> = cri_mounts.iter().chain(extra.iter()).collect();
@@ -313,4 +329,29 @@ fn bind_mount(
         .set_uid_mappings(id_mappings(&m.uid_mappings))
         .set_gid_mappings(id_mappings(&m.gid_mappings));
     Ok(out)
+}
+
+/// The image's volumes (`VOLUME` in the Dockerfile) that need a directory:
+/// those no CRI mount covers, as cleaned absolute paths, sorted. The caller
+/// creates an empty directory for each (containerd puts them under the
+/// container's directory) and passes them back as
+/// [`ContainerSpecInput::image_volumes`](super::ContainerSpecInput).
+pub fn image_volume_paths(
+    cri_mounts: &[CriMount],
+    image: Option<&oci_spec::image::Config>,
+) -> Vec<String> {
+    let cri: HashSet<String> = cri_mounts
+        .iter()
+        .map(|m| clean_path(&m.container_path))
+        .collect();
+    let mut out: Vec<String> = image
+        .and_then(|c| c.volumes().as_ref())
+        .into_iter()
+        .flatten()
+        .map(|v| clean_path(v))
+        .filter(|v| v != "/" && !cri.contains(v))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }

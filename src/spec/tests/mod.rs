@@ -27,8 +27,8 @@ use oci_spec::image::ImageConfiguration;
 use oci_spec::runtime::{Capability, LinuxNamespaceType, Mount, Spec};
 
 use super::{
-    ContainerSpecInput, DeviceKind, HostDevice, HostFacts, ImageInput, PodFiles, PodNamespace,
-    PodNamespaces, RuntimeOptions, SpecError, container_spec,
+    ContainerSpecInput, DeviceKind, HostDevice, HostFacts, ImageInput, ImageVolume, PodFiles,
+    PodNamespace, PodNamespaces, RuntimeOptions, SpecError, container_spec,
 };
 
 pub(super) const PASSWD: &str = "\
@@ -68,6 +68,7 @@ pub(super) struct Fixture {
     pub target_pid: Option<PathBuf>,
     pub seccomp_profile: Option<String>,
     pub cgroups_path: Option<PathBuf>,
+    pub image_volumes: Vec<ImageVolume>,
 }
 
 fn ns_opts() -> NamespaceOption {
@@ -168,6 +169,7 @@ impl Fixture {
             target_pid: None,
             seccomp_profile: None,
             cgroups_path: Some("/kubepods/pod-uid-1/c1".into()),
+            image_volumes: Vec::new(),
         }
     }
 
@@ -228,6 +230,7 @@ impl Fixture {
             namespaces: &self.namespaces,
             target_pid_namespace: self.target_pid.as_deref(),
             pod_files: &self.pod_files,
+            image_volumes: &self.image_volumes,
             seccomp_localhost_profile: self.seccomp_profile.as_deref(),
             host: &self.host,
             options: &self.options,

@@ -396,3 +396,74 @@ fn path_cleaning() {
         assert_eq!(clean_path(input), want, "{input}");
     }
 }
+
+#[test]
+fn image_volumes() {
+    use crate::spec::{ImageVolume, image_volume_paths};
+    use serde_json::json;
+
+    let image: oci_spec::image::Config = serde_json::from_value(
+        json!({"Volumes": {"/data": {}, "/cache/": {}, "logs": {}, "/": {}}}),
+    )
+    .unwrap();
+    assert_eq!(
+        image_volume_paths(&[], Some(&image)),
+        ["/cache", "/data", "/logs"]
+    );
+    assert_eq!(
+        image_volume_paths(&[bind("/data/", "/h")], Some(&image)),
+        ["/cache", "/logs"]
+    );
+    assert!(image_volume_paths(&[], None).is_empty());
+
+    run(&[
+        Case {
+            name: "image volume directories are bind-mounted read-write",
+            setup: |f| {
+                f.image_volumes = vec![ImageVolume {
+                    container_path: "/data".to_string(),
+                    host_path: "/var/lib/berth/c1/volumes/data".into(),
+                }]
+            },
+            expect: Expect::Spec(|s| {
+                let m = mount(s, "/data").unwrap();
+                assert_eq!(
+                    m.source().as_ref().unwrap().to_str(),
+                    Some("/var/lib/berth/c1/volumes/data")
+                );
+                assert_eq!(options(m), ["rbind", "rprivate", "rw"]);
+            }),
+        },
+        Case {
+            name: "a CRI mount wins over an image volume",
+            setup: |f| {
+                f.config.mounts = vec![bind("/data", "/kubelet/vol")];
+                f.image_volumes = vec![ImageVolume {
+                    container_path: "/data".to_string(),
+                    host_path: "/var/lib/berth/c1/volumes/data".into(),
+                }]
+            },
+            expect: Expect::Spec(|s| {
+                let all: Vec<_> = mounts(s)
+                    .iter()
+                    .filter(|m| m.destination().to_str() == Some("/data"))
+                    .collect();
+                assert_eq!(all.len(), 1);
+                assert_eq!(
+                    all[0].source().as_ref().unwrap().to_str(),
+                    Some("/kubelet/vol")
+                );
+            }),
+        },
+        Case {
+            name: "relative image volume directory",
+            setup: |f| {
+                f.image_volumes = vec![ImageVolume {
+                    container_path: "/data".to_string(),
+                    host_path: "volumes/data".into(),
+                }]
+            },
+            expect: Expect::Err("must be absolute"),
+        },
+    ]);
+}
