@@ -240,3 +240,126 @@ fn exec_and_status_helpers() {
     };
     assert!(oci_resources(&bad, &f.host).is_err());
 }
+
+/// A request shaped like the ones kubelet sends for a restricted pod: the
+/// whole spec is checked on the points that matter and survives a JSON
+/// round trip (the shim reads it back from config.json).
+#[test]
+fn kubelet_restricted_pod() {
+    use k8s_cri::v1::{
+        Capability as CriCapability, Int64Value, Mount, SecurityProfile,
+        security_profile::ProfileType,
+    };
+    use oci_spec::runtime::{Capability, Spec};
+
+    let mut f = super::Fixture::new();
+    let sc = f.sc();
+    sc.run_as_user = Some(Int64Value { value: 1000 });
+    sc.run_as_group = Some(Int64Value { value: 3000 });
+    sc.supplemental_groups = vec![2000];
+    sc.no_new_privs = true;
+    sc.readonly_rootfs = true;
+    sc.capabilities = Some(CriCapability {
+        add_capabilities: vec!["NET_BIND_SERVICE".to_string()],
+        drop_capabilities: vec!["ALL".to_string()],
+        ..Default::default()
+    });
+    sc.seccomp = Some(SecurityProfile {
+        profile_type: ProfileType::RuntimeDefault as i32,
+        localhost_ref: String::new(),
+    });
+    sc.masked_paths = [
+        "/proc/asound",
+        "/proc/acpi",
+        "/proc/kcore",
+        "/proc/keys",
+        "/proc/latency_stats",
+        "/proc/timer_list",
+        "/proc/timer_stats",
+        "/proc/sched_debug",
+        "/proc/scsi",
+        "/sys/firmware",
+        "/sys/devices/virtual/powercap",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    sc.readonly_paths = [
+        "/proc/bus",
+        "/proc/fs",
+        "/proc/irq",
+        "/proc/sys",
+        "/proc/sysrq-trigger",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    f.config.mounts = vec![
+        Mount {
+            container_path: "/var/run/secrets/kubernetes.io/serviceaccount".to_string(),
+            host_path: "/var/lib/kubelet/pods/u1/volumes/kubernetes.io~projected/kube-api-access"
+                .to_string(),
+            readonly: true,
+            ..Default::default()
+        },
+        Mount {
+            container_path: "/etc/hosts".to_string(),
+            host_path: "/var/lib/kubelet/pods/u1/etc-hosts".to_string(),
+            ..Default::default()
+        },
+        Mount {
+            container_path: "/dev/termination-log".to_string(),
+            host_path: "/var/lib/kubelet/pods/u1/containers/app/0a1b".to_string(),
+            ..Default::default()
+        },
+    ];
+    f.config.log_path = "app/0.log".to_string();
+    let r = f.resources();
+    r.cpu_period = 100_000;
+    r.cpu_quota = 50_000;
+    r.cpu_shares = 512;
+    r.memory_limit_in_bytes = 128 << 20;
+    r.oom_score_adj = 999;
+    f.options.oom_score_adj_min = Some(0);
+
+    let spec = f.build().unwrap();
+    let json = serde_json::to_string(&spec).unwrap();
+    let back: Spec = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, spec);
+
+    let p = spec.process().as_ref().unwrap();
+    assert_eq!((p.user().uid(), p.user().gid()), (1000, 3000));
+    assert_eq!(
+        p.user().additional_gids().as_ref().unwrap(),
+        &[10, 44, 50, 2000, 3000]
+    );
+    assert_eq!(p.no_new_privileges(), Some(true));
+    let bounding = p
+        .capabilities()
+        .as_ref()
+        .unwrap()
+        .bounding()
+        .clone()
+        .unwrap();
+    assert_eq!(bounding, [Capability::NetBindService].into_iter().collect());
+    assert_eq!(p.oom_score_adj(), Some(999));
+    assert_eq!(spec.root().as_ref().unwrap().readonly(), Some(true));
+    let l = linux(&spec);
+    assert_eq!(l.masked_paths().as_ref().unwrap().len(), 11);
+    assert_eq!(l.readonly_paths().as_ref().unwrap().len(), 5);
+    let seccomp = l.seccomp().as_ref().unwrap();
+    let allowed = super::syscall_names(seccomp);
+    assert!(!allowed.contains("chroot"), "CAP_SYS_CHROOT was dropped");
+    // kubelet's /etc/hosts replaces the pod's; the pod's hostname and
+    // resolv.conf stay, read-only with the read-only rootfs.
+    let hosts = super::mount(&spec, "/etc/hosts").unwrap();
+    assert_eq!(
+        hosts.source().as_ref().unwrap().to_str(),
+        Some("/var/lib/kubelet/pods/u1/etc-hosts")
+    );
+    assert!(
+        super::options(super::mount(&spec, "/etc/resolv.conf").unwrap())
+            .contains(&"ro".to_string())
+    );
+    assert!(super::mount(&spec, "/dev/termination-log").is_some());
+}
