@@ -326,3 +326,6 @@ fn remove_tree(dir: &Path) -> Result<()> {
     }
     unreachable!("the loop returns")
 }
+
+#[cfg(test)]
+mod tests;
