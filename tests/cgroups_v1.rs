@@ -336,8 +336,9 @@ fn freeze_and_thaw() -> Result<()> {
     if !cg.v2() {
         ensure!(cg.file("freezer", "freezer.state") == "THAWED");
     }
+    // Woken by the thaw: running or back asleep, never frozen ('D').
     let thawed = proc_state(pid)?;
-    ensure!(thawed == 'S', "thawed task state {thawed}");
+    ensure!(thawed == 'S' || thawed == 'R', "thawed task state {thawed}");
     Ok(())
 }
 

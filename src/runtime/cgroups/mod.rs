@@ -275,8 +275,18 @@ fn enable_v2_controllers(parent: &Path) -> Result<()> {
         .filter(|c| !enabled.split_whitespace().any(|e| e == *c))
         .map(|c| format!("+{c}"))
         .collect();
-    if !missing.is_empty() {
-        fsio::write(parent, "cgroup.subtree_control", &missing.join(" "))?;
+    if missing.is_empty()
+        || fsio::write(parent, "cgroup.subtree_control", &missing.join(" ")).is_ok()
+    {
+        return Ok(());
+    }
+    // One controller the kernel refuses (e.g. a domain controller in a
+    // cgroup with processes) must not cost the others: one at a time.
+    for c in &missing {
+        if let Err(e) = fsio::write(parent, "cgroup.subtree_control", c) {
+            tracing::debug!(parent = %parent.display(), controller = %c, error = %e,
+                "controller not delegated");
+        }
     }
     Ok(())
 }
