@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use cgroups_rs::fs::hierarchies;
 
@@ -34,8 +35,14 @@ pub enum Hierarchy {
 }
 
 impl Hierarchy {
-    /// Detects the hierarchy of this machine (as this process sees it).
+    /// Detects the hierarchy of this machine (as this process sees it),
+    /// once per process: mounts of cgroup hierarchies do not move.
     pub fn detect() -> Self {
+        static DETECTED: OnceLock<Hierarchy> = OnceLock::new();
+        DETECTED.get_or_init(Self::probe).clone()
+    }
+
+    fn probe() -> Self {
         if hierarchies::is_cgroup2_unified_mode() {
             return Hierarchy::V2 {
                 root: PathBuf::from(hierarchies::UNIFIED_MOUNTPOINT),

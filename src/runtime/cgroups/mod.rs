@@ -148,7 +148,9 @@ impl CgroupManager {
         Ok(pids)
     }
 
-    /// Statistics (cpu, memory, pids, oom kills).
+    /// Statistics (cpu, memory, pids, oom kills). Unlimited limits ("max",
+    /// v1's page-rounded i64::MAX) read as `u64::MAX`; controllers that are
+    /// not there read as zeros. v1 swap is memsw usage minus memory usage.
     pub fn stats(&self) -> Result<Stats> {
         self.existing_dirs()?;
         stats::read(&self.hierarchy, &self.path)
@@ -156,6 +158,9 @@ impl CgroupManager {
 
     /// An fd that becomes readable on each OOM kill in the cgroup
     /// (v1: eventfd registered on memory.oom_control; v2: inotify on memory.events).
+    /// Non-blocking and close-on-exec. It may also fire without a kill (v1:
+    /// once when the cgroup is removed; v2: on any memory.events change):
+    /// drain it, then compare [`Stats::oom_kills`].
     pub fn oom_notifier(&self) -> Result<OwnedFd> {
         self.existing_dirs()?;
         oom::notifier(&self.hierarchy, &self.path)
