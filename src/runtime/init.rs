@@ -6,7 +6,7 @@
 use std::ffi::CString;
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -428,10 +428,4 @@ fn exec(sock: BorrowedFd<'_>, t: &ExecTarget) -> ! {
     let _ = protocol::send(sock, &Report::Error(msg.clone()), &[]);
     let _ = nix::unistd::write(std::io::stderr(), format!("berth: {msg}\n").as_bytes());
     sys::exit_now(127)
-}
-
-/// A path inside the rootfs as the caller sees it (for messages).
-#[allow(dead_code)]
-pub fn host_path(rootfs: &Path, p: &Path) -> PathBuf {
-    rootfs.join(super::path::relative(p))
 }
