@@ -432,6 +432,19 @@ fn read_pty(master: OwnedFd) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
+/// Reads the pty until `needle` shows up (or the other side closes).
+fn read_pty_until(master: &OwnedFd, needle: &str) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !String::from_utf8_lossy(&buf).contains(needle) {
+        match nix::unistd::read(master, &mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
 fn terminal_for_init_and_exec() -> Result<()> {
     let bundle = busybox_bundle()?;
     let id = unique_id("tty");
@@ -441,11 +454,18 @@ fn terminal_for_init_and_exec() -> Result<()> {
         &[
             "sh",
             "-c",
-            "tty; test -t 0 && echo stdin-is-tty; sleep 1000",
+            "tty; test -t 0 && echo stdin-is-tty; stty size; echo end-of-init; sleep 1000",
         ],
     );
     set_process(&mut spec, |p| {
         p.set_terminal(Some(true));
+        p.set_console_size(Some(
+            oci_spec::runtime::BoxBuilder::default()
+                .height(33u64)
+                .width(101u64)
+                .build()
+                .unwrap(),
+        ));
     });
     let state = tempfile::tempdir()?;
     let (container, pty) = berth::runtime::Container::create(berth::runtime::CreateOptions {
@@ -461,6 +481,11 @@ fn terminal_for_init_and_exec() -> Result<()> {
     let guard = Guard(&container);
     let master = pty.context("no pty master for a terminal container")?;
     container.start()?;
+    let out = read_pty_until(&master, "end-of-init");
+    ensure!(
+        out.contains("/dev/pts/0") && out.contains("stdin-is-tty") && out.contains("33 101"),
+        "tty output {out:?}"
+    );
     // Exec with a terminal too.
     let mut p = spec.process().clone().unwrap();
     p.set_args(Some(vec![
@@ -484,11 +509,7 @@ fn terminal_for_init_and_exec() -> Result<()> {
     );
     container.kill(libc::SIGKILL, false)?;
     ensure!(wait_exit(container.pid)? == 137);
-    let out = read_pty(master);
-    ensure!(
-        out.contains("/dev/pts/0") && out.contains("stdin-is-tty"),
-        "tty output {out:?}"
-    );
+    drop(master);
     drop(guard);
     Ok(())
 }

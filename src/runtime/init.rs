@@ -112,7 +112,7 @@ fn setup_container(c: &InitContext<'_>) -> SetupResult<Never> {
     rootfs::pivot(&c.req.rootfs)?;
     rootfs::finish(spec)?;
     let tty = if process.terminal().unwrap_or(false) {
-        Some(open_pty(sock)?)
+        Some(open_pty(sock, process)?)
     } else {
         None
     };
@@ -150,7 +150,7 @@ pub fn exec_init(c: ExecContext<'_>) -> ! {
         ctx(nix::unistd::setsid(), || "setsid".into())?;
         set_oom_score_adj(sock, c.process)?;
         let tty = if c.process.terminal().unwrap_or(false) {
-            Some(open_pty(sock)?)
+            Some(open_pty(sock, c.process)?)
         } else {
             None
         };
@@ -226,7 +226,7 @@ fn set_oom_score_adj(sock: BorrowedFd<'_>, process: &Process) -> SetupResult<()>
     }
 }
 
-fn open_pty(sock: BorrowedFd<'_>) -> SetupResult<OwnedFd> {
+fn open_pty(sock: BorrowedFd<'_>, process: &Process) -> SetupResult<OwnedFd> {
     let master = ctx(
         nix::fcntl::open(
             "/dev/ptmx",
@@ -244,6 +244,12 @@ fn open_pty(sock: BorrowedFd<'_>) -> SetupResult<OwnedFd> {
         ),
         || format!("open /dev/pts/{n}"),
     )?;
+    if let Some(size) = process.console_size() {
+        ctx(
+            sys::set_winsize(master.as_fd(), size.height() as u16, size.width() as u16),
+            || "set the console size".into(),
+        )?;
+    }
     protocol::send(sock, &Report::PtyMaster, &[master.as_raw_fd()])
         .map_err(|e| format!("send pty master: {e}"))?;
     drop(master);

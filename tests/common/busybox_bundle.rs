@@ -22,7 +22,7 @@ use oci_spec::runtime::Spec;
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "id", "ls", "sleep", "hostname", "touch", "mkdir", "grep", "true",
     "false", "env", "pwd", "wc", "head", "readlink", "stat", "test", "mount", "ps", "kill",
-    "umask", "printf", "tr", "sed", "awk", "ulimit", "dd", "rm", "sort", "cut", "uname",
+    "umask", "printf", "tr", "sed", "awk", "ulimit", "dd", "rm", "sort", "cut", "uname", "stty",
 ];
 
 /// A bundle in a temp dir; removed on drop.
