@@ -59,6 +59,7 @@ const TESTS: &[Test] = &[
         security_symlink_mount_destination_stays_in_rootfs,
     ),
     ("user_namespace", user_namespace),
+    ("time_and_cgroup_namespaces", time_and_cgroup_namespaces),
     ("join_namespaces_by_path", join_namespaces_by_path),
 ];
 
@@ -923,4 +924,57 @@ fn main() {
     if !failed.is_empty() {
         std::process::exit(1);
     }
+}
+
+fn time_and_cgroup_namespaces() -> Result<()> {
+    let bundle = busybox_bundle()?;
+    let id = unique_id("timens");
+    let mut spec = spec(
+        &bundle,
+        &id,
+        &[
+            "sh",
+            "-c",
+            "readlink /proc/self/ns/time; readlink /proc/self/ns/cgroup; cat /proc/self/cgroup | grep ':pids:'; ls /sys/fs/cgroup/pids/cgroup.procs",
+        ],
+    );
+    let mut linux = spec.linux().clone().unwrap();
+    let mut ns = linux.namespaces().clone().unwrap();
+    // The default spec already asks for a cgroup namespace.
+    ns.push(
+        LinuxNamespaceBuilder::default()
+            .typ(LinuxNamespaceType::Time)
+            .build()
+            .unwrap(),
+    );
+    linux.set_namespaces(Some(ns));
+    spec.set_linux(Some(linux));
+    let out = run(&bundle, &id, &spec)?;
+    ensure!(
+        out.code == 0,
+        "exit {} stdout {:?} stderr {}",
+        out.code,
+        out.stdout,
+        out.stderr
+    );
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    ensure!(lines.len() == 4, "stdout {:?}", out.stdout);
+    let host_time = std::fs::read_link("/proc/self/ns/time")?;
+    let host_cg = std::fs::read_link("/proc/self/ns/cgroup")?;
+    ensure!(
+        lines[0] != host_time.to_string_lossy(),
+        "same time namespace as the host"
+    );
+    ensure!(
+        lines[1] != host_cg.to_string_lossy(),
+        "same cgroup namespace as the host"
+    );
+    // In its own cgroup namespace the container's cgroup is the root.
+    ensure!(lines[2].ends_with(":pids:/"), "cgroup line {:?}", lines[2]);
+    ensure!(
+        lines[3] == "/sys/fs/cgroup/pids/cgroup.procs",
+        "{:?}",
+        lines[3]
+    );
+    Ok(())
 }

@@ -105,7 +105,14 @@ fn create(
     } else {
         None
     };
-    let flags = libc::CLONE_PARENT | plan.clone_flags;
+    let mut flags = libc::CLONE_PARENT | plan.clone_flags;
+    if flags & libc::CLONE_NEWTIME != 0 {
+        // CLONE_NEWTIME shares its bit with the exit signal in clone(2):
+        // unshare it here, and the child is born in the new time namespace.
+        nix::sched::unshare(CloneFlags::from_bits_retain(libc::CLONE_NEWTIME))
+            .map_err(|e| format!("create time namespace: {e}"))?;
+        flags &= !libc::CLONE_NEWTIME;
+    }
     match sys::clone_fork(flags).map_err(|e| format!("clone container process: {e}"))? {
         CloneResult::Child => {
             let (sync_r, sync_w) = match sync {
