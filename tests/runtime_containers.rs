@@ -28,6 +28,10 @@ const TESTS: &[Test] = &[
     ("output_and_exit_codes", output_and_exit_codes),
     ("env_cwd_and_args", env_cwd_and_args),
     ("kill_init_and_kill_all", kill_init_and_kill_all),
+    (
+        "lifecycle_errors_and_idempotent_delete",
+        lifecycle_errors_and_idempotent_delete,
+    ),
     ("user_and_groups", user_and_groups),
     ("hostname_and_namespaces", hostname_and_namespaces),
     (
@@ -433,11 +437,23 @@ fn read_pty(master: OwnedFd) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
-/// Reads the pty until `needle` shows up (or the other side closes).
+/// Reads the pty until `needle` shows up, the other side closes, or nothing
+/// came for a minute (a guard against hanging the suite, not a timing check).
 fn read_pty_until(master: &OwnedFd, needle: &str) -> String {
+    use std::os::fd::AsFd;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     while !String::from_utf8_lossy(&buf).contains(needle) {
+        let mut fds = [nix::poll::PollFd::new(
+            master.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        match nix::poll::poll(&mut fds, 60_000u16) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => break,
+        }
         match nix::unistd::read(master, &mut chunk) {
             Ok(0) | Err(_) => break,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
@@ -976,5 +992,45 @@ fn time_and_cgroup_namespaces() -> Result<()> {
         "{:?}",
         lines[3]
     );
+    Ok(())
+}
+
+fn lifecycle_errors_and_idempotent_delete() -> Result<()> {
+    use berth::runtime::RuntimeError;
+    let bundle = busybox_bundle()?;
+    let id = unique_id("life");
+    let spec = spec(&bundle, &id, &["true"]);
+    let mut c = create(&bundle, &id, &spec, Stdio::default())?;
+    c.container.start()?;
+    ensure!(c.wait()? == 0);
+    // Started once: a second start is refused.
+    match c.container.start() {
+        Err(RuntimeError::NotFound(_)) => {}
+        other => bail!("second start: {other:?}"),
+    }
+    // The init is gone (and reaped): kill says so.
+    match c.container.kill(libc::SIGTERM, false) {
+        Err(RuntimeError::NotFound(_)) => {}
+        other => bail!("kill of an exited container: {other:?}"),
+    }
+    c.container.delete()?;
+    c.container.delete()?;
+    ensure!(!cgroup_exists(&id), "cgroup {id} left after delete");
+    ensure!(
+        std::fs::read_dir(c.state.path())?.next().is_none(),
+        "state files left after delete"
+    );
+    // A container whose init died before start: start says so, delete cleans up.
+    let id = unique_id("died");
+    let spec = spec_for(&bundle, &id, &["sleep", "1000"]);
+    let mut c = create(&bundle, &id, &spec, Stdio::default())?;
+    c.container.kill(libc::SIGKILL, false)?;
+    ensure!(c.wait()? == 137);
+    ensure!(
+        c.container.start().is_err(),
+        "start of a dead container succeeded"
+    );
+    c.container.delete()?;
+    ensure!(!cgroup_exists(&id));
     Ok(())
 }
