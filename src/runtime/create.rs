@@ -142,20 +142,14 @@ pub fn create(opts: CreateOptions<'_>) -> Result<(Container, Option<OwnedFd>)> {
         armed: true,
     };
     let stdio = stdio_fds(opts.stdio)?;
-    // Start the helper first: its exec overlaps with the cgroup work.
+    // The helper starts, parses the request and joins namespaces while the
+    // cgroup is made; it clones the container only after `Proceed`.
     let helper = Helper::spawn()?;
-    let t_cg = std::time::Instant::now();
-    let r = cgroup.create(linux.and_then(|l| l.resources().as_ref()));
-    if r.is_ok() {
-        cleanup.cgroup = Some(&cgroup);
-    }
-    let r = r.and_then(|()| cgroup.add_process(helper.child.id() as i32));
-    let cgroup_ms = t_cg.elapsed().as_secs_f64() * 1000.0;
-    if let Err(e) = r {
-        let _ = sys::kill(helper.child.id() as i32, libc::SIGKILL);
+    let hpid = helper.child.id() as i32;
+    let abort = |helper: Helper| {
+        let _ = sys::kill(hpid, libc::SIGKILL);
         helper.reap();
-        return Err(e.into());
-    }
+    };
     let req = Request::Create(Box::new(CreateRequest {
         spec,
         rootfs,
@@ -164,10 +158,27 @@ pub fn create(opts: CreateOptions<'_>) -> Result<(Container, Option<OwnedFd>)> {
     }));
     let raw: Vec<i32> = stdio.iter().map(|f| f.as_raw_fd()).collect();
     if let Err(e) = protocol::send(helper.sock.as_fd(), &req, &raw) {
-        let _ = sys::kill(helper.child.id() as i32, libc::SIGKILL);
-        helper.reap();
+        abort(helper);
         return Err(RuntimeError::Io {
             context: "send request to the init helper".into(),
+            source: e,
+        });
+    }
+    let t_cg = std::time::Instant::now();
+    let r = cgroup.create(linux.and_then(|l| l.resources().as_ref()));
+    if r.is_ok() {
+        cleanup.cgroup = Some(&cgroup);
+    }
+    let r = r.and_then(|()| cgroup.add_process(hpid));
+    let cgroup_ms = t_cg.elapsed().as_secs_f64() * 1000.0;
+    if let Err(e) = r {
+        abort(helper);
+        return Err(e.into());
+    }
+    if let Err(e) = protocol::send(helper.sock.as_fd(), &Request::Proceed, &[]) {
+        abort(helper);
+        return Err(RuntimeError::Io {
+            context: "tell the init helper to proceed".into(),
             source: e,
         });
     }

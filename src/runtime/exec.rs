@@ -26,24 +26,34 @@ pub fn exec(c: &Container, process: &Process, stdio: Stdio) -> Result<ExecProces
     let mut process = process.clone();
     process.set_terminal(Some(terminal));
     let fds = stdio_fds(stdio)?;
+    let cg = CgroupManager::new(&c.cgroup_path)?;
     let helper = Helper::spawn()?;
     let hpid = helper.child.id() as i32;
-    let cg = CgroupManager::new(&c.cgroup_path)?;
-    if let Err(e) = cg.add_process(hpid) {
+    let abort = |helper: Helper| {
         let _ = sys::kill(hpid, libc::SIGKILL);
         helper.reap();
-        return Err(e.into());
-    }
+    };
     let req = Request::Exec(Box::new(ExecRequest {
         process,
         init_pid: c.pid,
     }));
     let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
     if let Err(e) = protocol::send(helper.sock.as_fd(), &req, &raw) {
-        let _ = sys::kill(hpid, libc::SIGKILL);
-        helper.reap();
+        abort(helper);
         return Err(RuntimeError::Io {
             context: "send request to the exec helper".into(),
+            source: e,
+        });
+    }
+    // Into the container's cgroup before it clones the process.
+    if let Err(e) = cg.add_process(hpid) {
+        abort(helper);
+        return Err(e.into());
+    }
+    if let Err(e) = protocol::send(helper.sock.as_fd(), &Request::Proceed, &[]) {
+        abort(helper);
+        return Err(RuntimeError::Io {
+            context: "tell the exec helper to proceed".into(),
             source: e,
         });
     }

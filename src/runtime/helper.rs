@@ -61,6 +61,16 @@ fn helper_main(sock: BorrowedFd<'_>) -> std::result::Result<(), String> {
     match req {
         Request::Create(r) => create(sock, *r, fds),
         Request::Exec(r) => exec(sock, *r, fds),
+        Request::Proceed => Err("unexpected Proceed before a request".into()),
+    }
+}
+
+/// Waits until the caller has put this helper in the container's cgroup.
+fn wait_for_proceed(sock: BorrowedFd<'_>) -> std::result::Result<(), String> {
+    match protocol::recv::<Request>(sock).map_err(|e| format!("read request: {e}"))? {
+        Some((Request::Proceed, _)) => Ok(()),
+        Some(_) => Err("unexpected request while waiting for Proceed".into()),
+        None => Err("the caller closed the socket".into()),
     }
 }
 
@@ -105,6 +115,7 @@ fn create(
     } else {
         None
     };
+    wait_for_proceed(sock)?;
     let mut flags = libc::CLONE_PARENT | plan.clone_flags;
     if flags & libc::CLONE_NEWTIME != 0 {
         // CLONE_NEWTIME shares its bit with the exit signal in clone(2):
@@ -206,6 +217,7 @@ fn exec(
         )?;
     }
     drop(joins);
+    wait_for_proceed(sock)?;
     match sys::clone_fork(libc::CLONE_PARENT).map_err(|e| format!("clone exec process: {e}"))? {
         CloneResult::Child => {
             let sock = sock

@@ -21,6 +21,10 @@ const MAX_MESSAGE: usize = 1 << 20;
 pub enum Request {
     Create(Box<CreateRequest>),
     Exec(Box<ExecRequest>),
+    /// Sent after `Create`/`Exec` once the caller has moved the helper into
+    /// the container's cgroup: the helper parses and joins namespaces
+    /// meanwhile, and clones only after this.
+    Proceed,
 }
 
 /// Set up a new container.
