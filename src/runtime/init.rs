@@ -409,9 +409,24 @@ fn setup_process(sock: BorrowedFd<'_>, process: &Process) -> SetupResult<ExecTar
 
 /// The home directory of `uid` from the container's /etc/passwd, else "/".
 fn home_of(uid: u32) -> String {
-    let Ok(passwd) = std::fs::read_to_string("/etc/passwd") else {
+    // The file belongs to the container: only a regular file, and not much of it
+    // (a FIFO or /dev/zero in its place must not stall the set-up).
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open("/etc/passwd")
+    else {
         return "/".into();
     };
+    if !f.metadata().map(|m| m.is_file()).unwrap_or(false) {
+        return "/".into();
+    }
+    let mut passwd = String::new();
+    if f.take(1 << 20).read_to_string(&mut passwd).is_err() {
+        return "/".into();
+    }
     passwd
         .lines()
         .filter_map(|l| {
