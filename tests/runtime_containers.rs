@@ -44,6 +44,10 @@ const TESTS: &[Test] = &[
         capabilities_visible_in_status,
     ),
     ("rlimits_umask_and_devices", rlimits_umask_and_devices),
+    (
+        "unprivileged_limits_are_clamped",
+        unprivileged_limits_are_clamped,
+    ),
     ("exec_into_running_container", exec_into_running_container),
     ("terminal_for_init_and_exec", terminal_for_init_and_exec),
     (
@@ -1032,5 +1036,49 @@ fn lifecycle_errors_and_idempotent_delete() -> Result<()> {
     );
     c.container.delete()?;
     ensure!(!cgroup_exists(&id));
+    Ok(())
+}
+
+/// Without CAP_SYS_RESOURCE (this machine), a negative oom_score_adj and a
+/// raised hard rlimit cannot be had: the container still starts, with the
+/// runtime's own values (clamped and logged, as containerd does).
+fn unprivileged_limits_are_clamped() -> Result<()> {
+    use oci_spec::runtime::{PosixRlimitBuilder, PosixRlimitType};
+    if caps::has_cap(
+        None,
+        caps::CapSet::Effective,
+        caps::Capability::CAP_SYS_RESOURCE,
+    )? {
+        println!("(skipped: this process has CAP_SYS_RESOURCE) ");
+        return Ok(());
+    }
+    let own_oom = std::fs::read_to_string("/proc/self/oom_score_adj")?;
+    let (_, own_hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
+    let bundle = busybox_bundle()?;
+    let id = unique_id("clamp");
+    let mut spec = spec(
+        &bundle,
+        &id,
+        &[
+            "sh",
+            "-c",
+            "cat /proc/self/oom_score_adj; ulimit -Hn; ulimit -n",
+        ],
+    );
+    set_process(&mut spec, |p| {
+        p.set_oom_score_adj(Some(-999));
+        p.set_rlimits(Some(vec![
+            PosixRlimitBuilder::default()
+                .typ(PosixRlimitType::RlimitNofile)
+                .soft(own_hard + 1000)
+                .hard(own_hard + 1000)
+                .build()
+                .unwrap(),
+        ]));
+    });
+    let out = run(&bundle, &id, &spec)?;
+    ensure!(out.code == 0, "exit {} stderr {}", out.code, out.stderr);
+    let want = format!("{}\n{own_hard}\n{own_hard}\n", own_oom.trim());
+    ensure!(out.stdout == want, "stdout {:?} want {want:?}", out.stdout);
     Ok(())
 }
