@@ -40,6 +40,10 @@ const TESTS: &[Test] = &[
     ),
     ("masked_and_readonly_paths", masked_and_readonly_paths),
     (
+        "bind_mount_options_and_propagation",
+        bind_mount_options_and_propagation,
+    ),
+    (
         "capabilities_visible_in_status",
         capabilities_visible_in_status,
     ),
@@ -578,6 +582,18 @@ fn setup_error_is_reported_and_cleaned_up() -> Result<()> {
     };
     ensure!(err.contains("/bin/nope"), "error: {err}");
     ensure!(!cgroup_exists(&id), "cgroup {id} left behind");
+    // A sysctl that is not namespaced would change the host: refused.
+    let id = unique_id("bad-sysctl");
+    let mut spec = spec_for(&bundle, &id, &["true"]);
+    let mut linux = spec.linux().clone().unwrap();
+    linux.set_sysctl(Some([("kernel.panic".to_string(), "1".to_string())].into()));
+    spec.set_linux(Some(linux));
+    let err = match create(&bundle, &id, &spec, Stdio::default()) {
+        Ok(_) => bail!("create with a host sysctl succeeded"),
+        Err(e) => format!("{e:#}"),
+    };
+    ensure!(err.contains("kernel.panic"), "error: {err}");
+    ensure!(!cgroup_exists(&id), "cgroup {id} left behind");
     // Bad input is refused before anything is made.
     let id = unique_id("bad-id");
     let spec = spec_for(&bundle, &id, &["true"]);
@@ -1080,5 +1096,48 @@ fn unprivileged_limits_are_clamped() -> Result<()> {
     ensure!(out.code == 0, "exit {} stderr {}", out.code, out.stderr);
     let want = format!("{}\n{own_hard}\n{own_hard}\n", own_oom.trim());
     ensure!(out.stdout == want, "stdout {:?} want {want:?}", out.stdout);
+    Ok(())
+}
+
+fn bind_mount_options_and_propagation() -> Result<()> {
+    let bundle = busybox_bundle()?;
+    let src = tempfile::tempdir()?;
+    std::fs::write(src.path().join("data"), "from-host")?;
+    let file_src = src.path().join("data");
+    let id = unique_id("bind");
+    let mut spec = spec(
+        &bundle,
+        &id,
+        &[
+            "sh",
+            "-c",
+            "cat /ro/data; echo; touch /ro/x; echo rc=$?; echo y > /rw/y && echo rw-ok; cat /file; echo; \
+             grep -c ' /rw .*shared:' /proc/self/mountinfo",
+        ],
+    );
+    let mut mounts = spec.mounts().clone().unwrap();
+    let bind = |dest: &str, src: &std::path::Path, opts: &[&str]| {
+        MountBuilder::default()
+            .destination(dest)
+            .typ("bind")
+            .source(src)
+            .options(opts.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .build()
+            .unwrap()
+    };
+    mounts.push(bind("/ro", src.path(), &["rbind", "ro", "nosuid"]));
+    mounts.push(bind("/rw", src.path(), &["bind", "rw", "shared"]));
+    mounts.push(bind("/file", &file_src, &["bind", "ro"]));
+    spec.set_mounts(Some(mounts));
+    let out = run(&bundle, &id, &spec)?;
+    ensure!(
+        out.stdout == "from-host\nrc=1\nrw-ok\nfrom-host\n1\n",
+        "stdout {:?} stderr {:?}",
+        out.stdout,
+        out.stderr
+    );
+    // The rw bind wrote through to the host directory; the ro one did not.
+    ensure!(std::fs::read_to_string(src.path().join("y"))? == "y\n");
+    ensure!(!src.path().join("x").exists());
     Ok(())
 }
