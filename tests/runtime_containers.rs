@@ -811,6 +811,34 @@ fn user_namespace() -> Result<()> {
         c
     };
     drop(c);
+
+    // Exec into a container with its own user namespace joins it first.
+    let id = unique_id("userns-exec");
+    let mut spec2 = spec_for(&bundle, &id, &["sleep", "1000"]);
+    spec2.set_linux(spec.linux().clone());
+    let mut linux = spec2.linux().clone().unwrap();
+    linux.set_cgroups_path(Some(format!("/{id}").into()));
+    spec2.set_linux(Some(linux));
+    let mut c = create(&bundle, &id, &spec2, Stdio::default())?;
+    c.container.start()?;
+    let mut p = spec2.process().clone().unwrap();
+    p.set_args(Some(vec![
+        "sh".into(),
+        "-c".into(),
+        "id -u; cat /proc/self/uid_map".into(),
+    ]));
+    let (stdio, out_r, err_r) = piped()?;
+    let e = c.container.exec(&p, stdio)?;
+    let out = drain(out_r).join().unwrap();
+    let err = drain(err_r).join().unwrap();
+    ensure!(wait_exit(e.pid)? == 0, "exec failed: {err}");
+    let norm: Vec<String> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    ensure!(norm == ["0", "0 200000 65536"], "exec output {out:?}");
+    c.container.kill(libc::SIGKILL, false)?;
+    ensure!(c.wait()? == 137);
     Ok(())
 }
 
