@@ -582,6 +582,23 @@ fn setup_error_is_reported_and_cleaned_up() -> Result<()> {
     };
     ensure!(err.contains("/bin/nope"), "error: {err}");
     ensure!(!cgroup_exists(&id), "cgroup {id} left behind");
+    // The cgroup of a live container is never shared (nor destroyed on failure).
+    let id = unique_id("busy");
+    let live_spec = spec_for(&bundle, &id, &["sleep", "1000"]);
+    let mut live = create(&bundle, &id, &live_spec, Stdio::default())?;
+    let twin = unique_id("twin");
+    let err = match create(&bundle, &twin, &live_spec, Stdio::default()) {
+        Ok(_) => bail!("a second container got the cgroup of a live one"),
+        Err(e) => format!("{e:#}"),
+    };
+    ensure!(err.contains("already holds processes"), "error: {err}");
+    ensure!(
+        cgroup_exists(&id),
+        "the live container's cgroup was destroyed"
+    );
+    live.container.kill(libc::SIGKILL, false)?;
+    ensure!(live.wait()? == 137);
+    drop(live);
     // A sysctl that is not namespaced would change the host: refused.
     let id = unique_id("bad-sysctl");
     let mut spec = spec_for(&bundle, &id, &["true"]);

@@ -135,6 +135,12 @@ pub fn create(opts: CreateOptions<'_>) -> Result<(Container, Option<OwnedFd>)> {
     })?;
     let exec_fifo = state::make_exec_fifo(opts.state_dir)?;
     let cgroup = CgroupManager::new(&cgroup_path)?;
+    // Never share (and, on failure, destroy) the cgroup of a live container.
+    if cgroup.pids().is_ok_and(|p| !p.is_empty()) {
+        return Err(RuntimeError::InvalidSpec(format!(
+            "cgroup {cgroup_path} already holds processes"
+        )));
+    }
     let mut cleanup = Cleanup {
         pid: None,
         cgroup: None,
@@ -165,11 +171,11 @@ pub fn create(opts: CreateOptions<'_>) -> Result<(Container, Option<OwnedFd>)> {
         });
     }
     let t_cg = std::time::Instant::now();
-    let r = cgroup.create(linux.and_then(|l| l.resources().as_ref()));
-    if r.is_ok() {
-        cleanup.cgroup = Some(&cgroup);
-    }
-    let r = r.and_then(|()| cgroup.add_process(hpid));
+    // Destroyed on failure even if only part of it was made (destroy is idempotent).
+    cleanup.cgroup = Some(&cgroup);
+    let r = cgroup
+        .create(linux.and_then(|l| l.resources().as_ref()))
+        .and_then(|()| cgroup.add_process(hpid));
     let cgroup_ms = t_cg.elapsed().as_secs_f64() * 1000.0;
     if let Err(e) = r {
         abort(helper);
