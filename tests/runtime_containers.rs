@@ -419,6 +419,18 @@ fn exec_into_running_container() -> Result<()> {
         out == "exec-box\nfrom-exec\nsleep 1000 \n/tmp\n1000\nCapEff:\t0000000000000020\n",
         "exec stdout {out:?} stderr {err:?}"
     );
+    // A paused container refuses exec (instead of hanging it); resumed, it runs.
+    c.container.pause()?;
+    let err = c
+        .container
+        .exec(&p, Stdio::default())
+        .unwrap_err()
+        .to_string();
+    ensure!(
+        err.contains("paused"),
+        "exec into a paused container: {err}"
+    );
+    c.container.resume()?;
     // A failing exec is an error with a cause, not a process.
     p.set_args(Some(vec!["/no/such/binary".into()]));
     let err = c

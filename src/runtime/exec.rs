@@ -27,6 +27,13 @@ pub fn exec(c: &Container, process: &Process, stdio: Stdio) -> Result<ExecProces
     process.set_terminal(Some(terminal));
     let fds = stdio_fds(stdio)?;
     let cg = CgroupManager::new(&c.cgroup_path)?;
+    if is_frozen(&cg) {
+        // The helper would freeze as soon as it joined the cgroup.
+        return Err(RuntimeError::InvalidSpec(format!(
+            "container {} is paused; resume it before exec",
+            c.id
+        )));
+    }
     let helper = Helper::spawn()?;
     let hpid = helper.child.id() as i32;
     let abort = |helper: Helper| {
@@ -83,5 +90,18 @@ pub fn exec(c: &Container, process: &Process, stdio: Stdio) -> Result<ExecProces
         (None, None) => Err(RuntimeError::Setup(
             "the exec helper exited without starting the process".into(),
         )),
+    }
+}
+
+/// Whether the cgroup is frozen (or freezing).
+fn is_frozen(cg: &CgroupManager) -> bool {
+    if cg.hierarchy().is_v2() {
+        cg.dir("")
+            .and_then(|d| std::fs::read_to_string(d.join("cgroup.freeze")).ok())
+            .is_some_and(|s| s.trim() == "1")
+    } else {
+        cg.dir("freezer")
+            .and_then(|d| std::fs::read_to_string(d.join("freezer.state")).ok())
+            .is_some_and(|s| s.trim() != "THAWED")
     }
 }

@@ -31,9 +31,9 @@
 //! - Errors travel back over the socket with their context and become
 //!   [`RuntimeError::Setup`]; a failed create leaves nothing behind (process
 //!   killed and reaped, cgroup destroyed, state files removed).
-//! - Not implemented: seccomp, OCI hooks, idmapped mounts, exec into a paused
-//!   container (the exec helper would freeze in the cgroup; callers must
-//!   refuse it).
+//! - Exec into a paused container is refused (its helper would freeze).
+//! - Not implemented: seccomp, OCI hooks, idmapped mounts, AppArmor/SELinux
+//!   labels (absent on the target machines).
 //!
 //! Binaries that create containers call [`run_helper_if_requested`] first in
 //! `main`. Integration tests therefore use `harness = false` test binaries
