@@ -47,6 +47,10 @@ const TESTS: &[Test] = &[
         "capabilities_visible_in_status",
         capabilities_visible_in_status,
     ),
+    (
+        "seccomp_profile_for_init_and_exec",
+        seccomp_profile_for_init_and_exec,
+    ),
     ("rlimits_umask_and_devices", rlimits_umask_and_devices),
     (
         "unprivileged_limits_are_clamped",
@@ -1196,5 +1200,65 @@ fn bind_mount_options_and_propagation() -> Result<()> {
     // The rw bind wrote through to the host directory; the ro one did not.
     ensure!(std::fs::read_to_string(src.path().join("y"))? == "y\n");
     ensure!(!src.path().join("x").exists());
+    Ok(())
+}
+
+fn seccomp_profile_for_init_and_exec() -> Result<()> {
+    use oci_spec::runtime::{LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder};
+    let bundle = busybox_bundle()?;
+    // Everything allowed but making directories (EACCES) and chmod (EPERM by default errno).
+    let mut deny_mkdir = LinuxSyscallBuilder::default()
+        .names(vec!["mkdir".to_string(), "mkdirat".to_string()])
+        .action(LinuxSeccompAction::ScmpActErrno)
+        .build()
+        .unwrap();
+    deny_mkdir.set_errno_ret(Some(libc::EACCES as u32));
+    let profile = LinuxSeccompBuilder::default()
+        .default_action(LinuxSeccompAction::ScmpActAllow)
+        .syscalls(vec![deny_mkdir])
+        .build()
+        .unwrap();
+    let script = "mkdir /tmp/d; echo rc=$?; grep Seccomp: /proc/self/status";
+    for nnp in [true, false] {
+        let id = unique_id("seccomp");
+        let mut spec = spec(&bundle, &id, &["sh", "-c", script]);
+        let mut linux = spec.linux().clone().unwrap();
+        linux.set_seccomp(Some(profile.clone()));
+        spec.set_linux(Some(linux));
+        set_process(&mut spec, |p| {
+            p.set_no_new_privileges(Some(nnp));
+        });
+        let out = run(&bundle, &id, &spec)?;
+        ensure!(
+            out.stdout == "rc=1\nSeccomp:\t2\n",
+            "no_new_privs={nnp}: stdout {:?} stderr {:?}",
+            out.stdout,
+            out.stderr
+        );
+        ensure!(
+            out.stderr.contains("Permission denied"),
+            "stderr {:?}",
+            out.stderr
+        );
+        ensure!(!bundle.rootfs.join("tmp/d").exists());
+    }
+    // An exec'd process gets the container's profile too.
+    let id = unique_id("seccomp-exec");
+    let mut spec = spec_for(&bundle, &id, &["sleep", "1000"]);
+    let mut linux = spec.linux().clone().unwrap();
+    linux.set_seccomp(Some(profile.clone()));
+    spec.set_linux(Some(linux));
+    let mut c = create(&bundle, &id, &spec, Stdio::default())?;
+    c.container.start()?;
+    let mut p = spec.process().clone().unwrap();
+    p.set_args(Some(vec!["sh".into(), "-c".into(), script.into()]));
+    let (stdio, out_r, err_r) = piped()?;
+    let e = c.container.exec(&p, stdio)?;
+    let out = drain(out_r).join().unwrap();
+    let _ = drain(err_r).join().unwrap();
+    ensure!(wait_exit(e.pid)? == 0);
+    ensure!(out == "rc=1\nSeccomp:\t2\n", "exec stdout {out:?}");
+    c.container.kill(libc::SIGKILL, false)?;
+    ensure!(c.wait()? == 137);
     Ok(())
 }

@@ -147,6 +147,11 @@ pub fn create(opts: CreateOptions<'_>) -> Result<(Container, Option<OwnedFd>)> {
         state_dir: opts.state_dir,
         armed: true,
     };
+    if let Some(profile) = linux.and_then(|l| l.seccomp().as_ref()) {
+        // Checked here for a clear error; the init compiles it again.
+        super::seccomp::compile(profile).map_err(RuntimeError::InvalidSpec)?;
+        state::save_seccomp(opts.state_dir, profile)?;
+    }
     let stdio = stdio_fds(opts.stdio)?;
     // The helper starts, parses the request and joins namespaces while the
     // cgroup is made; it clones the container only after `Proceed`.

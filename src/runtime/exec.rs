@@ -26,6 +26,7 @@ pub fn exec(c: &Container, process: &Process, stdio: Stdio) -> Result<ExecProces
     let mut process = process.clone();
     process.set_terminal(Some(terminal));
     let fds = stdio_fds(stdio)?;
+    let seccomp = state::load_seccomp(&c.state_dir)?;
     let cg = CgroupManager::new(&c.cgroup_path)?;
     if is_frozen(&cg) {
         // The helper would freeze as soon as it joined the cgroup.
@@ -43,6 +44,7 @@ pub fn exec(c: &Container, process: &Process, stdio: Stdio) -> Result<ExecProces
     let req = Request::Exec(Box::new(ExecRequest {
         process,
         init_pid: c.pid,
+        seccomp,
     }));
     let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
     if let Err(e) = protocol::send(helper.sock.as_fd(), &req, &raw) {

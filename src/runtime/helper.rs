@@ -225,6 +225,7 @@ fn exec(
                 .unwrap_or_else(|_| sys::exit_now(1));
             init::exec_init(ExecContext {
                 process: &req.process,
+                seccomp: req.seccomp.as_ref(),
                 sock,
                 stdio,
             })

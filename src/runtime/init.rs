@@ -12,12 +12,13 @@ use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use nix::unistd::{Gid, Uid};
-use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
+use oci_spec::runtime::{LinuxNamespaceType, LinuxSeccomp, Process, Spec};
 
 use super::namespaces::NamespacePlan;
 use super::process_spec;
 use super::protocol::{self, CreateRequest, Report};
 use super::rootfs::{self, RootfsContext, SetupResult};
+use super::seccomp;
 use super::sys;
 
 fn errno_text(e: Errno) -> String {
@@ -116,7 +117,8 @@ fn setup_container(c: &InitContext<'_>) -> SetupResult<Never> {
     } else {
         None
     };
-    let target = setup_process(sock, process)?;
+    let profile = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
+    let target = setup_process(sock, process, profile)?;
     install_stdio(tty.as_ref(), &c.stdio)?;
     protocol::send(sock, &Report::Ready, &[]).map_err(|e| format!("report ready: {e}"))?;
     // Block until `start` writes to the fifo.
@@ -137,6 +139,8 @@ fn setup_container(c: &InitContext<'_>) -> SetupResult<Never> {
 /// What the exec child needs from the helper.
 pub struct ExecContext<'a> {
     pub process: &'a Process,
+    /// The container's seccomp profile (exec'd processes get it too).
+    pub seccomp: Option<&'a LinuxSeccomp>,
     pub sock: OwnedFd,
     pub stdio: Vec<OwnedFd>,
 }
@@ -154,7 +158,7 @@ pub fn exec_init(c: ExecContext<'_>) -> ! {
         } else {
             None
         };
-        let target = setup_process(sock, c.process)?;
+        let target = setup_process(sock, c.process, c.seccomp)?;
         install_stdio(tty.as_ref(), &c.stdio)?;
         exec(sock, &target)
     })();
@@ -280,6 +284,8 @@ struct ExecTarget {
     path: CString,
     argv: Vec<CString>,
     env: Vec<CString>,
+    /// Seccomp programs still to install right before exec (with no_new_privs).
+    seccomp: Vec<seccompiler::BpfProgram>,
 }
 
 fn cstring(s: &str, what: &str) -> SetupResult<CString> {
@@ -288,7 +294,23 @@ fn cstring(s: &str, what: &str) -> SetupResult<CString> {
 
 /// rlimits, user and groups, capabilities, no_new_privs, umask, cwd, and the
 /// executable lookup; everything up to the exec itself.
-fn setup_process(sock: BorrowedFd<'_>, process: &Process) -> SetupResult<ExecTarget> {
+fn setup_process(
+    sock: BorrowedFd<'_>,
+    process: &Process,
+    seccomp_profile: Option<&LinuxSeccomp>,
+) -> SetupResult<ExecTarget> {
+    let mut programs = match seccomp_profile {
+        Some(p) => seccomp::compile(p)?,
+        None => Vec::new(),
+    };
+    let nnp = process.no_new_privileges().unwrap_or(false);
+    if !nnp && !programs.is_empty() {
+        // Without no_new_privs, installing a filter needs CAP_SYS_ADMIN: do
+        // it before the capabilities go (as runc does). The profile must then
+        // allow the rest of the set-up.
+        seccomp::install(&programs)?;
+        programs.clear();
+    }
     for r in process.rlimits().iter().flatten() {
         let res = process_spec::rlimit_resource(r.typ());
         match sys::setrlimit(res, r.soft(), r.hard()) {
@@ -391,10 +413,11 @@ fn setup_process(sock: BorrowedFd<'_>, process: &Process) -> SetupResult<ExecTar
     })?;
     nix::unistd::access(&path, nix::unistd::AccessFlags::X_OK)
         .map_err(|e| format!("exec {}: {}", path.display(), errno_text(e)))?;
-    if process.no_new_privileges().unwrap_or(false) {
+    if nnp {
         ctx(sys::set_no_new_privs(), || "set no_new_privs".into())?;
     }
     Ok(ExecTarget {
+        seccomp: programs,
         path: cstring(&path.to_string_lossy(), "executable path")?,
         argv: args
             .iter()
@@ -442,6 +465,10 @@ fn exec(sock: BorrowedFd<'_>, t: &ExecTarget) -> ! {
     // Nothing of the runtime may survive into the container (CVE-2024-21626).
     if let Err(e) = sys::cloexec_from(3) {
         fail(sock, format!("mark fds close-on-exec: {}", errno_text(e)));
+    }
+    // As late as possible: only execve itself has to be allowed.
+    if let Err(e) = seccomp::install(&t.seccomp) {
+        fail(sock, e);
     }
     let e = sys::execve(&t.path, &t.argv, &t.env);
     let msg = format!("exec {:?}: {}", t.path, errno_text(e));

@@ -65,6 +65,8 @@ mod path;
 mod process_spec;
 mod protocol;
 mod rootfs;
+mod seccomp;
+mod seccomp_syscalls;
 mod start;
 mod state;
 mod sys;

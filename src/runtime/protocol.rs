@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use nix::sys::socket::{
     ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, sendmsg,
 };
-use oci_spec::runtime::{Process, Spec};
+use oci_spec::runtime::{LinuxSeccomp, Process, Spec};
 use serde::{Deserialize, Serialize};
 
 /// The largest message either side accepts.
@@ -45,6 +45,9 @@ pub struct ExecRequest {
     pub process: Process,
     /// The container init whose namespaces the process joins.
     pub init_pid: i32,
+    /// The container's seccomp profile, applied to this process too.
+    #[serde(default)]
+    pub seccomp: Option<LinuxSeccomp>,
 }
 
 /// What the helper and the container init report back.
@@ -168,6 +171,7 @@ mod tests {
         let req = Request::Exec(Box::new(ExecRequest {
             process: Process::default(),
             init_pid: 7,
+            seccomp: None,
         }));
         let (a, b) = socket_pair().unwrap();
         send(a.as_fd(), &req, &[]).unwrap();
