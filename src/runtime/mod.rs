@@ -32,8 +32,10 @@
 //!   [`RuntimeError::Setup`]; a failed create leaves nothing behind (process
 //!   killed and reaped, cgroup destroyed, state files removed).
 //! - Exec into a paused container is refused (its helper would freeze).
-//! - Not implemented: seccomp, OCI hooks, idmapped mounts, AppArmor/SELinux
-//!   labels (absent on the target machines).
+//! - Seccomp (`seccomp.rs`, x86_64): the container's profile also applies to
+//!   exec'd processes (kept in `<state_dir>/seccomp.json`).
+//! - Not implemented: OCI hooks, idmapped mounts, seccomp notify, AppArmor /
+//!   SELinux labels (absent on the target machines).
 //!
 //! Binaries that create containers call [`run_helper_if_requested`] first in
 //! `main`. Integration tests therefore use `harness = false` test binaries
