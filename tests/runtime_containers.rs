@@ -1213,12 +1213,18 @@ fn seccomp_profile_for_init_and_exec() -> Result<()> {
         .build()
         .unwrap();
     deny_mkdir.set_errno_ret(Some(libc::EACCES as u32));
-    let profile = LinuxSeccompBuilder::default()
-        .default_action(LinuxSeccompAction::ScmpActAllow)
-        .syscalls(vec![deny_mkdir])
+    // A profile may refuse close_range (the runtime then marks fds one by one).
+    let deny_close_range = LinuxSyscallBuilder::default()
+        .names(vec!["close_range".to_string()])
+        .action(LinuxSeccompAction::ScmpActErrno)
         .build()
         .unwrap();
-    let script = "mkdir /tmp/d; echo rc=$?; grep Seccomp: /proc/self/status";
+    let profile = LinuxSeccompBuilder::default()
+        .default_action(LinuxSeccompAction::ScmpActAllow)
+        .syscalls(vec![deny_mkdir, deny_close_range])
+        .build()
+        .unwrap();
+    let script = "ls /proc/$$/fd; mkdir /tmp/d; echo rc=$?; grep Seccomp: /proc/self/status";
     for nnp in [true, false] {
         let id = unique_id("seccomp");
         let mut spec = spec(&bundle, &id, &["sh", "-c", script]);
@@ -1230,7 +1236,7 @@ fn seccomp_profile_for_init_and_exec() -> Result<()> {
         });
         let out = run(&bundle, &id, &spec)?;
         ensure!(
-            out.stdout == "rc=1\nSeccomp:\t2\n",
+            out.stdout == "0\n1\n2\nrc=1\nSeccomp:\t2\n",
             "no_new_privs={nnp}: stdout {:?} stderr {:?}",
             out.stdout,
             out.stderr
@@ -1257,7 +1263,7 @@ fn seccomp_profile_for_init_and_exec() -> Result<()> {
     let out = drain(out_r).join().unwrap();
     let _ = drain(err_r).join().unwrap();
     ensure!(wait_exit(e.pid)? == 0);
-    ensure!(out == "rc=1\nSeccomp:\t2\n", "exec stdout {out:?}");
+    ensure!(out == "0\n1\n2\nrc=1\nSeccomp:\t2\n", "exec stdout {out:?}");
     c.container.kill(libc::SIGKILL, false)?;
     ensure!(c.wait()? == 137);
     Ok(())
