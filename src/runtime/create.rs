@@ -123,6 +123,9 @@ pub fn create(opts: CreateOptions<'_>) -> Result<(Container, Option<OwnedFd>)> {
         .map(|p| p.to_string_lossy().into_owned())
         .filter(|p| !p.is_empty())
         .unwrap_or_else(|| default_cgroup_path(opts.id));
+    if spec_in.hooks().is_some() {
+        tracing::warn!(container = opts.id, "OCI hooks are not supported; ignored");
+    }
     let terminal = opts.stdio.terminal || process.terminal().unwrap_or(false);
     let mut spec = spec_in.clone();
     if let Some(p) = spec.process_mut() {
