@@ -27,6 +27,10 @@ type Test = (&'static str, fn() -> Result<()>);
 const TESTS: &[Test] = &[
     ("output_and_exit_codes", output_and_exit_codes),
     ("env_cwd_and_args", env_cwd_and_args),
+    (
+        "parallel_creates_from_threads",
+        parallel_creates_from_threads,
+    ),
     ("kill_init_and_kill_all", kill_init_and_kill_all),
     (
         "lifecycle_errors_and_idempotent_delete",
@@ -642,14 +646,21 @@ fn security_no_fd_leaks_into_container() -> Result<()> {
         nix::sys::stat::Mode::empty(),
     )?;
     let n = leaked.as_raw_fd();
-    // No pipeline: the shell would hold pipe fds of its own while `ls` looks.
-    let out = run_sh("ls /proc/$$/fd; readlink /proc/$$/cwd")?;
+    // `ls` itself as the container process (a shell may hold fds of its own
+    // for a moment): its fds are the three stdio ones and the directory it reads.
+    let out = run_args(&["ls", "/proc/self/fd"])?;
+    let cwd = run_args(&["readlink", "/proc/self/cwd"])?;
     drop(leaked);
     ensure!(out.code == 0, "exit {} stderr {}", out.code, out.stderr);
     ensure!(
-        out.stdout == "0\n1\n2\n/\n",
+        out.stdout == "0\n1\n2\n3\n",
         "fds in the container (leaked fd was {n}): {:?}",
         out.stdout
+    );
+    ensure!(
+        cwd.stdout == "/\n",
+        "cwd of the container: {:?}",
+        cwd.stdout
     );
     Ok(())
 }
@@ -1266,5 +1277,31 @@ fn seccomp_profile_for_init_and_exec() -> Result<()> {
     ensure!(out == "0\n1\n2\nrc=1\nSeccomp:\t2\n", "exec stdout {out:?}");
     c.container.kill(libc::SIGKILL, false)?;
     ensure!(c.wait()? == 137);
+    Ok(())
+}
+
+/// The shim creates containers from several threads at once.
+fn parallel_creates_from_threads() -> Result<()> {
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            std::thread::spawn(move || -> Result<String> {
+                let out = run_args(&["ls", "/proc/self/fd"])?;
+                ensure!(
+                    out.code == 0,
+                    "thread {i}: exit {} stderr {}",
+                    out.code,
+                    out.stderr
+                );
+                Ok(out.stdout)
+            })
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        let out = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("thread {i} panicked"))??;
+        // No fd of a sibling container's set-up leaks in either.
+        ensure!(out == "0\n1\n2\n3\n", "thread {i}: {out:?}");
+    }
     Ok(())
 }

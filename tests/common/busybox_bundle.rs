@@ -211,6 +211,14 @@ pub fn run(bundle: &Bundle, id: &str, spec: &Spec) -> Result<Output> {
     })
 }
 
+/// Runs `args` (no shell) in a default busybox container.
+pub fn run_args(args: &[&str]) -> Result<Output> {
+    let bundle = busybox_bundle()?;
+    let id = unique_id("args");
+    let spec = spec(&bundle, &id, args);
+    run(&bundle, &id, &spec)
+}
+
 /// Runs `sh -c script` in a default busybox container.
 pub fn run_sh(script: &str) -> Result<Output> {
     let bundle = busybox_bundle()?;
