@@ -125,7 +125,8 @@ fn kill_init_and_kill_all() -> Result<()> {
     c.container.start()?;
     // Wait until all three processes are in the cgroup.
     let mut pids = vec![];
-    for _ in 0..500 {
+    // A bound against hanging, not a timing check.
+    for _ in 0..6000 {
         pids = c.container.pids()?;
         if pids.len() >= 3 {
             break;
