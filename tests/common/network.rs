@@ -527,8 +527,13 @@ pub fn survives_crash(mode: Mode, idx: u32) -> Result<()> {
         assert!(!s1.ips.contains(ip), "{ip} handed out twice across a crash");
     }
     fx.remove_pod(&p1)?;
-    // The namespace file is gone before the teardown (a half-removed pod).
-    remove_netns(&p2.netns_path)?;
+    if mode == Mode::Builtin {
+        // The namespace file is gone before the teardown (a half-removed pod).
+        // Not for CNI: Debian's bridge plugin (1.1.1) skips its masquerade
+        // rules on DEL without a namespace, so berth's pod lifecycle always
+        // runs DEL before it removes the namespace.
+        remove_netns(&p2.netns_path)?;
+    }
     fx.rt
         .block_on(fx.pn().teardown(&p2.pod_id, &p2.netns_path))?;
     // Idempotent.
