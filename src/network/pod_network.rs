@@ -495,8 +495,10 @@ impl PodNetwork {
         if st.is_none_or(|s| !s.port_mappings.is_empty()) {
             self.nft.remove_ports(&ips).await?;
         }
+        let t_nft = Instant::now();
         let h = netns::netlink_host()?;
         links::delete_link(&h, &links::host_veth_name(pod_id)).await?;
+        debug!(pod = %pod_id, veth_delete_us = t_nft.elapsed().as_micros() as u64, "built-in teardown: veth");
         ipam::release(self.pods.dir(), pod_id)?;
         Ok(())
     }
