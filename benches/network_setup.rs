@@ -85,7 +85,7 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or(100);
     println!("pod network setup + teardown, {iters} iterations each (dual stack, after 3 warm-up)");
     println!(
-        "{:<28} {:>10} {:>10} {:>10} {:>10}",
+        "{:<36} {:>10} {:>10} {:>10} {:>10}",
         "", "setup med", "tdown med", "total med", "total mean"
     );
     for (row, with_port) in [("no hostPort", false), ("1 hostPort", true)] {
@@ -93,7 +93,7 @@ fn main() -> anyhow::Result<()> {
         let c = run(Mode::Cni, 1, iters, with_port)?;
         for (name, f) in [("built-in", &b), ("CNI (bridge+portmap)", &c)] {
             println!(
-                "{:<28} {:>8.2}ms {:>8.2}ms {:>8.2}ms {:>8.2}ms",
+                "{:<36} {:>8.2}ms {:>8.2}ms {:>8.2}ms {:>8.2}ms",
                 format!("{name}, {row}"),
                 ms(median(&f.setup)),
                 ms(median(&f.teardown)),
@@ -108,7 +108,7 @@ fn main() -> anyhow::Result<()> {
         );
     }
     println!(
-        "containerd 1.6 CRI + the same CNI plugins: not measured yet (needs the RuntimeService); see the README"
+        "containerd 1.6 CRI + the same CNI plugins: not measured yet (comes with the RuntimeService)"
     );
     Ok(())
 }
