@@ -686,7 +686,26 @@ pub fn read_state(bundle: &Path) -> Option<Container> {
     serde_json::from_slice(&data).ok()
 }
 
-fn log_rpc<T>(rpc: &str, id: &str, r: Result<T>) -> TtrpcResult<T> {
+/// Runs one RPC: a panic becomes an Internal error instead of a request
+/// containerd waits on forever; failures are logged.
+fn rpc<T>(rpc: &str, id: &str, f: impl FnOnce() -> Result<T>) -> TtrpcResult<T> {
+    let r = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".into());
+            tracing::error!(rpc, container = %id, panic = %msg, "rpc panicked");
+            return Err(containerd_shim::protos::ttrpc::Error::RpcStatus(
+                containerd_shim::protos::ttrpc::get_status(
+                    containerd_shim::protos::ttrpc::Code::INTERNAL,
+                    format!("{rpc} panicked: {msg}"),
+                ),
+            ));
+        }
+    };
     if let Err(e) = &r {
         tracing::warn!(rpc, container = %id, error = %e, "rpc failed");
     }
@@ -699,106 +718,87 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: CreateTaskRequest,
     ) -> TtrpcResult<CreateTaskResponse> {
-        log_rpc("Create", &req.id, self.inner.create(&req))
+        rpc("Create", &req.id, || self.inner.create(&req))
     }
 
     fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
-        log_rpc("Start", &req.id, self.inner.start(&req))
+        rpc("Start", &req.id, || self.inner.start(&req))
     }
 
     fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
-        log_rpc("Delete", &req.id, self.inner.delete(&req))
+        rpc("Delete", &req.id, || self.inner.delete(&req))
     }
 
     fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
-        log_rpc(
-            "Exec",
-            &req.id,
-            self.inner.exec(&req).map(|()| Empty::new()),
-        )
+        rpc("Exec", &req.id, || {
+            self.inner.exec(&req).map(|()| Empty::new())
+        })
     }
 
     fn resize_pty(&self, _ctx: &TtrpcContext, req: ResizePtyRequest) -> TtrpcResult<Empty> {
-        log_rpc(
-            "ResizePty",
-            &req.id,
-            self.inner.resize_pty(&req).map(|()| Empty::new()),
-        )
+        rpc("ResizePty", &req.id, || {
+            self.inner.resize_pty(&req).map(|()| Empty::new())
+        })
     }
 
     fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> TtrpcResult<Empty> {
-        log_rpc(
-            "CloseIO",
-            &req.id,
-            self.inner.close_io(&req).map(|()| Empty::new()),
-        )
+        rpc("CloseIO", &req.id, || {
+            self.inner.close_io(&req).map(|()| Empty::new())
+        })
     }
 
     fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
-        log_rpc(
-            "Kill",
-            &req.id,
-            self.inner.kill(&req).map(|()| Empty::new()),
-        )
+        rpc("Kill", &req.id, || {
+            self.inner.kill(&req).map(|()| Empty::new())
+        })
     }
 
     fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
-        log_rpc("Pids", &req.id, self.inner.pids(&req))
+        rpc("Pids", &req.id, || self.inner.pids(&req))
     }
 
     fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {
-        self.inner.state(&req).map_err(Into::into)
+        rpc("State", &req.id, || self.inner.state(&req))
     }
 
     fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> TtrpcResult<Empty> {
-        log_rpc(
-            "Pause",
-            &req.id,
-            self.inner.pause(&req.id).map(|()| Empty::new()),
-        )
+        rpc("Pause", &req.id, || {
+            self.inner.pause(&req.id).map(|()| Empty::new())
+        })
     }
 
     fn resume(&self, _ctx: &TtrpcContext, req: ResumeRequest) -> TtrpcResult<Empty> {
-        log_rpc(
-            "Resume",
-            &req.id,
-            self.inner.resume(&req.id).map(|()| Empty::new()),
-        )
+        rpc("Resume", &req.id, || {
+            self.inner.resume(&req.id).map(|()| Empty::new())
+        })
     }
 
     fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> TtrpcResult<Empty> {
-        log_rpc(
-            "Update",
-            &req.id,
-            self.inner.update(&req).map(|()| Empty::new()),
-        )
+        rpc("Update", &req.id, || {
+            self.inner.update(&req).map(|()| Empty::new())
+        })
     }
 
     fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
-        let r = self
-            .inner
-            .container(&req.id)
-            .and_then(|c| c.process(&req.exec_id))
-            .map(|p| {
-                let exit = p.wait();
-                WaitResponse {
-                    exit_status: exit.status,
-                    exited_at: MessageField::some(exit.at),
-                    ..Default::default()
-                }
-            });
-        log_rpc("Wait", &req.id, r)
+        rpc("Wait", &req.id, || {
+            let p = self.inner.container(&req.id)?.process(&req.exec_id)?;
+            let exit = p.wait();
+            Ok(WaitResponse {
+                exit_status: exit.status,
+                exited_at: MessageField::some(exit.at),
+                ..Default::default()
+            })
+        })
     }
 
     fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
-        let r = self.inner.container(&req.id).and_then(|c| {
-            let stats = c.runtime.stats()?;
+        rpc("Stats", &req.id, || {
+            let stats = self.inner.container(&req.id)?.runtime.stats()?;
             Ok(StatsResponse {
                 stats: MessageField::some(metrics::to_any(&stats)?),
                 ..Default::default()
             })
-        });
-        log_rpc("Stats", &req.id, r)
+        })
     }
 
     fn connect(&self, _ctx: &TtrpcContext, req: ConnectRequest) -> TtrpcResult<ConnectResponse> {
@@ -825,13 +825,11 @@ impl Task for TaskService {
     }
 
     fn checkpoint(&self, _ctx: &TtrpcContext, req: CheckpointTaskRequest) -> TtrpcResult<Empty> {
-        log_rpc(
-            "Checkpoint",
-            &req.id,
+        rpc("Checkpoint", &req.id, || {
             Err(ShimError::Unimplemented(
                 "checkpoint is not supported by berth (no CRIU integration)".into(),
-            )),
-        )
+            ))
+        })
     }
 }
 
