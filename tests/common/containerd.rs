@@ -33,7 +33,8 @@ pub fn shim_binary() -> PathBuf {
     assert!(
         bin.exists(),
         "{} is missing: build it first with `cargo build -p containerd-shim-berth-v2` \
-         (tests/run-all.sh runs `cargo build --workspace` before the tests)",
+         (`--release` for benches; tests/run-all.sh runs `cargo build --workspace` \
+         before the tests)",
         bin.display()
     );
     bin
