@@ -270,11 +270,14 @@ fn env_cwd_user_and_read_only_rootfs() {
 fn hostname_from_the_spec() {
     let c = setup();
     let id = unique("host");
+    // ctr takes either an image or a whole spec: the spec brings its own root.
+    let rootfs = c.dir.join("host-rootfs");
+    busybox_archive::write_rootfs(&rootfs).unwrap();
     let spec = serde_json::json!({
         "ociVersion": "1.0.2",
         "process": { "user": {"uid": 0, "gid": 0}, "args": ["hostname"], "cwd": "/",
                      "env": ["PATH=/bin"] },
-        "root": { "path": "rootfs" },
+        "root": { "path": rootfs, "readonly": true },
         "hostname": "berth-test-host",
         "mounts": [
             {"destination": "/proc", "type": "proc", "source": "proc"},
@@ -291,12 +294,22 @@ fn hostname_from_the_spec() {
     });
     let path = c.dir.join("hostname-spec.json");
     std::fs::write(&path, serde_json::to_vec(&spec).unwrap()).unwrap();
-    let r = run(
-        &c,
-        &["--config", path.to_str().unwrap()],
-        &id,
-        &["hostname"],
-    );
+    let out = c
+        .ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            BERTH_RUNTIME,
+            "--config",
+            path.to_str().unwrap(),
+            &id,
+        ])
+        .unwrap();
+    let r = Ran {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.stdout, "berth-test-host\n");
     c.assert_no_leftovers(&[&id]);
@@ -352,12 +365,23 @@ fn ctr_on_pty(c: &Containerd, args: &[&str], rows: u16, cols: u16) -> (i32, Stri
         ws_ypixel: 0,
     };
     let pty = nix::pty::openpty(Some(&ws), None).expect("openpty");
+    // Other tests spawn containerds concurrently: they must not inherit
+    // this pty, or its slave never closes and the reader never ends.
+    for fd in [&pty.master, &pty.slave] {
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )
+        .expect("set CLOEXEC");
+    }
     let slave: OwnedFd = pty.slave;
     let mut cmd = c.ctr_cmd(args);
     cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
         .stdout(Stdio::from(slave.try_clone().unwrap()))
         .stderr(Stdio::from(slave));
     let mut child = cmd.spawn().expect("spawn ctr on a pty");
+    // Our copies of the slave went into `cmd`: drop them so EIO can come.
+    drop(cmd);
     let master = std::fs::File::from(pty.master);
     let out = Arc::new(Mutex::new(Vec::new()));
     let out2 = out.clone();
