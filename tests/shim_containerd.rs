@@ -691,3 +691,71 @@ fn shim_fds_do_not_leak_into_containers() {
     );
     c.assert_no_leftovers(&[&id]);
 }
+
+#[test]
+fn containers_survive_a_containerd_restart() {
+    let mut c = setup();
+    let id = unique("restart");
+    // Output keeps flowing into the fifo while containerd is away.
+    let child = spawn_ctr(
+        &c,
+        &[
+            "run",
+            "--rm",
+            "--runtime",
+            BERTH_RUNTIME,
+            IMAGE_REF,
+            &id,
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 100000 ]; do echo line $i; i=$((i+1)); sleep 0.01; done",
+        ],
+    );
+    wait_status(&c, &id, "RUNNING");
+    let (pid, _) = task_state(&c, &id).unwrap();
+    let shims = c.shim_pids();
+    c.restart().unwrap();
+    // The ctr client lost its containerd; the task and its shim did not.
+    let mut child = child;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(task_state(&c, &id), Some((pid, "RUNNING".to_string())));
+    assert_eq!(c.shim_pids(), shims);
+    // The shim still answers and still reports events after the restart.
+    let mut events = spawn_ctr(&c, &["events"]);
+    let mut stdout = events.stdout.take().unwrap();
+    let seen = Arc::new(Mutex::new(String::new()));
+    let seen2 = seen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen2
+                .lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    // `ctr events` subscribes asynchronously: give it a moment to be in place.
+    std::thread::sleep(Duration::from_millis(500));
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", &id]).unwrap();
+    wait_status(&c, &id, "STOPPED");
+    let got = wait_until(LONG, || {
+        seen.lock()
+            .unwrap()
+            .lines()
+            .any(|l| l.contains("/tasks/exit") && l.contains(&id))
+    });
+    let _ = events.kill();
+    let _ = events.wait();
+    assert!(
+        got,
+        "no /tasks/exit after the restart:\n{}",
+        seen.lock().unwrap()
+    );
+    c.ctr_ok(&["task", "rm", &id]).unwrap();
+    c.ctr_ok(&["containers", "rm", &id]).unwrap();
+    c.assert_no_leftovers(&[&id]);
+}

@@ -20,18 +20,21 @@ pub struct EventSender {
 }
 
 impl EventSender {
-    /// Starts the publishing thread for `namespace`.
-    pub fn start(publisher: RemotePublisher, namespace: String) -> Result<EventSender> {
+    /// Starts the publishing thread for `namespace`. When containerd
+    /// restarts, the thread reconnects to `ttrpc_address` and retries.
+    pub fn start(
+        publisher: RemotePublisher,
+        ttrpc_address: String,
+        namespace: String,
+    ) -> Result<EventSender> {
         let (tx, rx) = channel::<Envelope>();
         std::thread::Builder::new()
             .name("events".into())
             .stack_size(256 * 1024)
             .spawn(move || {
+                let mut publisher = Some(publisher);
                 for (topic, event) in rx {
-                    if let Err(e) = publisher.publish(Context::default(), &topic, &namespace, event)
-                    {
-                        tracing::warn!(topic = %topic, error = %e, "publish event failed");
-                    }
+                    publish(&mut publisher, &ttrpc_address, &namespace, &topic, event);
                 }
             })
             .map_err(ShimError::io("spawn events thread"))?;
@@ -54,6 +57,43 @@ impl EventSender {
             tracing::warn!("events thread is gone");
         }
     }
+}
+
+/// Attempts before an event is given up (containerd down for good).
+const PUBLISH_ATTEMPTS: u32 = 20;
+
+fn publish(
+    publisher: &mut Option<RemotePublisher>,
+    address: &str,
+    namespace: &str,
+    topic: &str,
+    event: Box<dyn MessageDyn>,
+) {
+    for attempt in 0..PUBLISH_ATTEMPTS {
+        if publisher.is_none() {
+            match RemotePublisher::new(address) {
+                Ok(p) => *publisher = Some(p),
+                Err(e) => {
+                    tracing::debug!(attempt, error = %e, "reconnect to containerd");
+                    std::thread::sleep(std::time::Duration::from_millis(250));
+                    continue;
+                }
+            }
+        }
+        let Some(p) = publisher.as_ref() else {
+            continue;
+        };
+        // The message is re-sent as is: clone it through its bytes.
+        let copy = event.clone_box();
+        match p.publish(Context::default(), topic, namespace, copy) {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(topic, attempt, error = %e, "publish event failed; reconnecting");
+                *publisher = None;
+            }
+        }
+    }
+    tracing::error!(topic, "event dropped: containerd unreachable");
 }
 
 /// The current time as a protobuf timestamp.

@@ -145,8 +145,12 @@ impl Shim for BerthShim {
     }
 
     fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
-        let events =
-            EventSender::start(publisher, self.namespace.clone()).expect("start the events thread");
+        let events = EventSender::start(
+            publisher,
+            std::env::var("TTRPC_ADDRESS").unwrap_or_default(),
+            self.namespace.clone(),
+        )
+        .expect("start the events thread");
         TaskService::new(&self.namespace, events, self.exit.clone())
             .expect("start the task service")
     }
