@@ -759,3 +759,28 @@ fn containers_survive_a_containerd_restart() {
     c.ctr_ok(&["containers", "rm", &id]).unwrap();
     c.assert_no_leftovers(&[&id]);
 }
+
+#[test]
+fn a_dead_shim_is_cleaned_up_by_the_delete_command() {
+    let c = setup();
+    let id = unique("dead");
+    run_detached(&c, &[], &id, &["sleep", "1000"]);
+    wait_status(&c, &id, "RUNNING");
+    let (pid, _) = task_state(&c, &id).unwrap();
+    let shims = c.shim_pids();
+    assert_eq!(shims.len(), 1);
+    // SAFETY: kill(2) of the shim our containerd started for this test.
+    unsafe { libc::kill(shims[0], libc::SIGKILL) };
+    // containerd notices, runs `containerd-shim-berth-v2 delete` in the bundle,
+    // which kills the container and removes its cgroup and rootfs mount.
+    let gone = wait_until(LONG, || task_state(&c, &id).is_none());
+    assert!(gone, "task still listed: {:?}", task_state(&c, &id));
+    let dead = wait_until(LONG, || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.split_whitespace().nth(2) == Some("Z"))
+            .unwrap_or(true)
+    });
+    assert!(dead, "container process {pid} survived its shim");
+    c.ctr_ok(&["containers", "rm", &id]).unwrap();
+    c.assert_no_leftovers(&[&id]);
+}

@@ -132,6 +132,13 @@ impl Shim for BerthShim {
         }
         crate::rootfs::unmount_all(&bundle.join("rootfs"));
         let _ = std::fs::remove_file(bundle.join(service::STATE_FILE));
+        // The dead shim's socket, unless another container's shim serves it.
+        if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {
+            let path = socket_path(address.trim());
+            if Path::new(path).exists() && UnixStream::connect(path).is_err() {
+                let _ = std::fs::remove_file(path);
+            }
+        }
         Ok(DeleteResponse {
             pid,
             exit_status: signal_exit_code(libc::SIGKILL),
