@@ -275,6 +275,10 @@ fn spawn_copy(
         .spawn(move || {
             let _done = tx;
             let mut buf = [0u8; COPY_BUF];
+            let mut total = 0usize;
+            let name = std::thread::current().name().unwrap_or("copy").to_string();
+            let end =
+                |why: &str, total: usize| tracing::debug!(copy = %name, total, why, "copy ended");
             loop {
                 let mut fds = [
                     PollFd::new(src.as_fd(), PollFlags::POLLIN),
@@ -286,19 +290,20 @@ fn spawn_copy(
                     Err(_) => return,
                 }
                 if fds[1].any().unwrap_or(true) {
-                    return;
+                    return end("cancelled", total);
                 }
                 match src.read(&mut buf) {
-                    Ok(0) => return,
+                    Ok(0) => return end("eof", total),
                     Ok(n) => {
+                        total += n;
                         if dst.write_all(&buf[..n]).is_err() {
-                            return;
+                            return end("write failed", total);
                         }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                     // EIO: the pty slave is closed, the process is gone.
-                    Err(_) => return,
+                    Err(_) => return end("closed", total),
                 }
             }
         })

@@ -106,7 +106,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
   address = "{sock}.ttrpc"
 [debug]
   address = "{dir}/debug.sock"
-  level = "info"
+  level = "{level}"
 [metrics]
   address = ""
 [plugins."io.containerd.internal.v1.opt"]
@@ -116,6 +116,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             state = dir.join("state").display(),
             sock = address.display(),
             dir = dir.display(),
+            level = if std::env::var_os("BERTH_CONTAINERD_DEBUG").is_some() {
+                "debug"
+            } else {
+                "info"
+            },
         );
         std::fs::write(dir.join("config.toml"), config)?;
         let mut c = Containerd {
