@@ -151,13 +151,12 @@ impl Shim for BerthShim {
         self.exit.wait();
     }
 
-    fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
-        let events = EventSender::start(
-            publisher,
-            std::env::var("TTRPC_ADDRESS").unwrap_or_default(),
-            self.namespace.clone(),
-        )
-        .expect("start the events thread");
+    /// The crate hands over a connected publisher; the shim publishes
+    /// through its own reconnecting [`EventSender`] instead.
+    fn create_task_service(&self, _publisher: RemotePublisher) -> Self::T {
+        let address = std::env::var("TTRPC_ADDRESS").unwrap_or_default();
+        let events =
+            EventSender::start(address, self.namespace.clone()).expect("start the events thread");
         TaskService::new(&self.namespace, events, self.exit.clone())
             .expect("start the task service")
     }
