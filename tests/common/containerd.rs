@@ -325,9 +325,21 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        // Shims (and so their containers) our containerd started.
+        // Shims (and so their containers) our containerd started, and the
+        // sockets a killed shim cannot remove itself.
         for pid in self.shim_pids() {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<String> = cmd
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
             kill(pid, libc::SIGKILL);
+            if let Some(w) = args.windows(2).find(|w| w[0] == "-socket") {
+                let path = w[1].trim_start_matches("unix://");
+                if path.starts_with(SHIM_SOCKET_DIR) {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
         }
         if let Some(mut child) = self.child.take() {
             kill(child.id() as i32, libc::SIGTERM);
