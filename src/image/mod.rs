@@ -113,11 +113,7 @@ impl ImageStore {
 
     /// Pulls `reference` (Docker-style name, normalised), verifies and unpacks
     /// it, and records it. Returns the stored image.
-    pub async fn pull(
-        &self,
-        _reference: &str,
-        _auth: Option<&RegistryAuth>,
-    ) -> Result<ImageRecord> {
+    pub async fn pull(&self, _reference: &str, _auth: Option<&RegistryAuth>) -> Result<ImageRecord> {
         todo!("image: pull")
     }
 
