@@ -351,10 +351,13 @@ impl Drop for Containerd {
                 let _ = child.wait();
             }
         }
-        // Container processes still in our namespace's cgroups, then the cgroups.
-        for c in CGROUP_CONTROLLERS {
-            let ns = Path::new("/sys/fs/cgroup").join(c).join(&self.namespace);
-            remove_cgroup_tree(&ns);
+        // Container processes still in our namespace's cgroups, then the
+        // cgroups, in every hierarchy (runc also uses name=systemd, unified).
+        let hierarchies = std::fs::read_dir("/sys/fs/cgroup")
+            .map(|rd| rd.flatten().map(|e| e.path()).collect::<Vec<_>>())
+            .unwrap_or_default();
+        for h in hierarchies {
+            remove_cgroup_tree(&h.join(&self.namespace));
         }
         // Anything still mounted under our dir (a failed test's rootfs).
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
