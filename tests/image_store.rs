@@ -25,10 +25,17 @@ struct Env {
 }
 
 fn env() -> Env {
-    let tmp = tempfile::Builder::new().prefix("berth-image-test-").tempdir().unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix("berth-image-test-")
+        .tempdir()
+        .unwrap();
     let root = tmp.path().join("images");
     let cfg = config(tmp.path());
-    Env { _tmp: tmp, root, cfg }
+    Env {
+        _tmp: tmp,
+        root,
+        cfg,
+    }
 }
 
 /// An overlay mount, unmounted on drop.
@@ -55,7 +62,11 @@ fn count_entries(dir: &Path) -> usize {
 #[tokio::test(flavor = "multi_thread")]
 async fn pull_busybox_list_get_reopen_remove() -> Result<()> {
     let reg = Registry::start()?;
-    let img = oci_image::image(vec![LayerBuilder::new().busybox().finish(Compression::Gzip)], Format::Oci, host_arch());
+    let img = oci_image::image(
+        vec![LayerBuilder::new().busybox().finish(Compression::Gzip)],
+        Format::Oci,
+        host_arch(),
+    );
     oci_image::push(&reg.pusher(), "test/busybox", Some("v1"), &img).await?;
     oci_image::push(&reg.pusher(), "test/busybox", Some("v2"), &img).await?;
     let e = env();
@@ -67,16 +78,33 @@ async fn pull_busybox_list_get_reopen_remove() -> Result<()> {
         id = rec.id.clone();
         assert_eq!(rec.id, img.config_digest);
         assert_eq!(rec.repo_tags, vec![name.clone()]);
-        assert_eq!(rec.repo_digests, vec![format!("{}/test/busybox@{}", reg.host, img.manifest_digest)]);
+        assert_eq!(
+            rec.repo_digests,
+            vec![format!("{}/test/busybox@{}", reg.host, img.manifest_digest)]
+        );
         assert_eq!(rec.chain_ids, vec![img.layers[0].diff_id.clone()]);
         assert_eq!(rec.config_json, img.config);
         // The snapshot holds busybox byte for byte.
         let snap = store.snapshot_path(&rec.chain_ids[0]);
-        assert_eq!(std::fs::read(snap.join("bin/busybox"))?, std::fs::read("/bin/busybox")?);
-        assert_eq!(std::fs::metadata(snap.join("bin/busybox"))?.permissions().mode() & 0o777, 0o755);
-        assert_eq!(std::fs::read_link(snap.join("bin/sh"))?, Path::new("busybox"));
+        assert_eq!(
+            std::fs::read(snap.join("bin/busybox"))?,
+            std::fs::read("/bin/busybox")?
+        );
+        assert_eq!(
+            std::fs::metadata(snap.join("bin/busybox"))?
+                .permissions()
+                .mode()
+                & 0o777,
+            0o755
+        );
+        assert_eq!(
+            std::fs::read_link(snap.join("bin/sh"))?,
+            Path::new("busybox")
+        );
         // Second tag of the same image.
-        let rec2 = store.pull(&format!("{}/test/busybox:v2", reg.host), None).await?;
+        let rec2 = store
+            .pull(&format!("{}/test/busybox:v2", reg.host), None)
+            .await?;
         assert_eq!(rec2.id, id);
         assert_eq!(rec2.repo_tags.len(), 2);
         assert_eq!(store.list()?.len(), 1);
@@ -133,13 +161,17 @@ async fn multi_layer_whiteouts_opaque_zstd_mount() -> Result<()> {
         .opaque("data")
         .file("data/new", b"new", 0o644)
         .finish(Compression::Zstd);
-    let top = LayerBuilder::new().file("top.txt", b"top", 0o600).finish(Compression::None);
+    let top = LayerBuilder::new()
+        .file("top.txt", b"top", 0o600)
+        .finish(Compression::None);
     let img = oci_image::image(vec![base, mid, top], Format::Docker, host_arch());
     oci_image::push(&reg.pusher(), "test/layers", Some("latest"), &img).await?;
 
     let e = env();
     let store = ImageStore::open(&e.root, &e.cfg).await?;
-    let rec = store.pull(&format!("{}/test/layers", reg.host), None).await?;
+    let rec = store
+        .pull(&format!("{}/test/layers", reg.host), None)
+        .await?;
     assert_eq!(rec.chain_ids.len(), 3);
     let mid_snap = store.snapshot_path(&rec.chain_ids[1]);
     let wh = std::fs::symlink_metadata(mid_snap.join("etc/removed"))?;
@@ -150,19 +182,29 @@ async fn multi_layer_whiteouts_opaque_zstd_mount() -> Result<()> {
 
     let m = store.prepare_rootfs(&rec.id, "image-test-ml")?;
     assert_eq!(m.lower_dirs.len(), 3);
-    assert_eq!(m.lower_dirs[0], store.snapshot_path(&rec.chain_ids[2]), "top-most first");
+    assert_eq!(
+        m.lower_dirs[0],
+        store.snapshot_path(&rec.chain_ids[2]),
+        "top-most first"
+    );
     let target = e.root.parent().unwrap().join("mnt");
     {
         let _mounted = Mounted::new(&m, &target);
         assert!(target.join("bin/busybox").is_file());
         assert!(!target.join("etc/removed").exists(), "whited out");
         assert_eq!(std::fs::read(target.join("etc/kept"))?, b"kept");
-        assert!(!target.join("data/old1").exists(), "opaque dir hides lower content");
+        assert!(
+            !target.join("data/old1").exists(),
+            "opaque dir hides lower content"
+        );
         assert_eq!(std::fs::read(target.join("data/new"))?, b"new");
         assert_eq!(std::fs::read(target.join("top.txt"))?, b"top");
         std::fs::write(target.join("written"), b"w")?;
     }
-    assert!(m.upper_dir.join("written").exists(), "writes go to the container's upper dir");
+    assert!(
+        m.upper_dir.join("written").exists(),
+        "writes go to the container's upper dir"
+    );
     // The rootfs holds the snapshots even after the image is removed.
     store.remove(&rec.id).await?;
     assert!(store.snapshot_path(&rec.chain_ids[0]).is_dir());
@@ -176,21 +218,41 @@ async fn multi_layer_whiteouts_opaque_zstd_mount() -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn multi_platform_index_resolves_to_host() -> Result<()> {
     let reg = Registry::start()?;
-    let other_arch = if host_arch() == "amd64" { "arm64" } else { "amd64" };
-    let mine = oci_image::image(vec![LayerBuilder::new().busybox().finish(Compression::Gzip)], Format::Oci, host_arch());
+    let other_arch = if host_arch() == "amd64" {
+        "arm64"
+    } else {
+        "amd64"
+    };
+    let mine = oci_image::image(
+        vec![LayerBuilder::new().busybox().finish(Compression::Gzip)],
+        Format::Oci,
+        host_arch(),
+    );
     let other = oci_image::image(
-        vec![LayerBuilder::new().file("wrong-arch", b"x", 0o644).finish(Compression::Gzip)],
+        vec![
+            LayerBuilder::new()
+                .file("wrong-arch", b"x", 0o644)
+                .finish(Compression::Gzip),
+        ],
         Format::Oci,
         other_arch,
     );
-    let index_digest = oci_image::push_index(&reg.pusher(), "test/multi", "1.0", &[&other, &mine]).await?;
+    let index_digest =
+        oci_image::push_index(&reg.pusher(), "test/multi", "1.0", &[&other, &mine]).await?;
     let e = env();
     let store = ImageStore::open(&e.root, &e.cfg).await?;
-    let rec = store.pull(&format!("{}/test/multi:1.0", reg.host), None).await?;
+    let rec = store
+        .pull(&format!("{}/test/multi:1.0", reg.host), None)
+        .await?;
     assert_eq!(rec.id, mine.config_digest);
-    assert_eq!(rec.repo_digests, vec![format!("{}/test/multi@{index_digest}", reg.host)]);
+    assert_eq!(
+        rec.repo_digests,
+        vec![format!("{}/test/multi@{index_digest}", reg.host)]
+    );
     // By digest too.
-    let rec2 = store.pull(&format!("{}/test/multi@{index_digest}", reg.host), None).await?;
+    let rec2 = store
+        .pull(&format!("{}/test/multi@{index_digest}", reg.host), None)
+        .await?;
     assert_eq!(rec2.id, mine.config_digest);
     Ok(())
 }
@@ -203,23 +265,39 @@ async fn sixty_layers_mount() -> Result<()> {
         layers.push(
             LayerBuilder::new()
                 .dir("layers")
-                .file(&format!("layers/{i:02}"), format!("layer {i}").as_bytes(), 0o644)
-                .finish(if i % 2 == 0 { Compression::Zstd } else { Compression::Gzip }),
+                .file(
+                    &format!("layers/{i:02}"),
+                    format!("layer {i}").as_bytes(),
+                    0o644,
+                )
+                .finish(if i % 2 == 0 {
+                    Compression::Zstd
+                } else {
+                    Compression::Gzip
+                }),
         );
     }
     let img = oci_image::image(layers, Format::Oci, host_arch());
     oci_image::push(&reg.pusher(), "test/sixty", Some("latest"), &img).await?;
     let e = env();
     let store = ImageStore::open(&e.root, &e.cfg).await?;
-    let rec = store.pull(&format!("{}/test/sixty:latest", reg.host), None).await?;
+    let rec = store
+        .pull(&format!("{}/test/sixty:latest", reg.host), None)
+        .await?;
     assert_eq!(rec.chain_ids.len(), 60);
     let m = store.prepare_rootfs(&rec.id, "image-test-60")?;
-    assert!(m.options().len() > 4096, "the classic option string would not fit a page");
+    assert!(
+        m.options().len() > 4096,
+        "the classic option string would not fit a page"
+    );
     let target = e.root.parent().unwrap().join("mnt60");
     {
         let _mounted = Mounted::new(&m, &target);
         for i in 1..60 {
-            assert_eq!(std::fs::read_to_string(target.join(format!("layers/{i:02}")))?, format!("layer {i}"));
+            assert_eq!(
+                std::fs::read_to_string(target.join(format!("layers/{i:02}")))?,
+                format!("layer {i}")
+            );
         }
         assert!(target.join("bin/busybox").is_file());
     }
@@ -233,7 +311,9 @@ async fn corrupted_blob_is_refused_and_nothing_stored_then_retry_works() -> Resu
     let img = oci_image::image(
         vec![
             LayerBuilder::new().busybox().finish(Compression::Gzip),
-            LayerBuilder::new().file("second", b"2", 0o644).finish(Compression::Gzip),
+            LayerBuilder::new()
+                .file("second", b"2", 0o644)
+                .finish(Compression::Gzip),
         ],
         Format::Oci,
         host_arch(),
@@ -251,13 +331,24 @@ async fn corrupted_blob_is_refused_and_nothing_stored_then_retry_works() -> Resu
     let name = format!("{}/test/corrupt:v1", reg.host);
     let err = store.pull(&name, None).await.unwrap_err();
     assert!(
-        matches!(err, ImageError::Verification { .. } | ImageError::UnsafeLayer { .. }),
+        matches!(
+            err,
+            ImageError::Verification { .. } | ImageError::UnsafeLayer { .. }
+        ),
         "unexpected error: {err}"
     );
     assert!(store.list()?.is_empty());
     assert!(store.get(&name)?.is_none());
-    assert_eq!(count_entries(&e.root.join("snapshots")), 0, "no snapshot left");
-    assert_eq!(count_entries(&e.root.join("blobs/sha256")), 0, "no blob left");
+    assert_eq!(
+        count_entries(&e.root.join("snapshots")),
+        0,
+        "no snapshot left"
+    );
+    assert_eq!(
+        count_entries(&e.root.join("blobs/sha256")),
+        0,
+        "no blob left"
+    );
     assert_eq!(count_entries(&e.root.join("tmp")), 0, "no temp left");
     drop(store);
     // Fixed registry: the retry succeeds.
@@ -273,7 +364,10 @@ async fn corrupted_blob_is_refused_and_nothing_stored_then_retry_works() -> Resu
     std::fs::write(&bad_cfg, &c)?;
     let e2 = env();
     let store2 = ImageStore::open(&e2.root, &e2.cfg).await?;
-    assert!(matches!(store2.pull(&name, None).await, Err(ImageError::Verification { .. })));
+    assert!(matches!(
+        store2.pull(&name, None).await,
+        Err(ImageError::Verification { .. })
+    ));
     assert!(store2.list()?.is_empty());
     Ok(())
 }
@@ -281,7 +375,11 @@ async fn corrupted_blob_is_refused_and_nothing_stored_then_retry_works() -> Resu
 #[tokio::test(flavor = "multi_thread")]
 async fn basic_auth_registry() -> Result<()> {
     let reg = Registry::start_with_auth("berth", "s3cret")?;
-    let img = oci_image::image(vec![LayerBuilder::new().busybox().finish(Compression::Gzip)], Format::Oci, host_arch());
+    let img = oci_image::image(
+        vec![LayerBuilder::new().busybox().finish(Compression::Gzip)],
+        Format::Oci,
+        host_arch(),
+    );
     oci_image::push(&reg.pusher(), "private/app", Some("1"), &img).await?;
     let e = env();
     let store = ImageStore::open(&e.root, &e.cfg).await?;
@@ -309,7 +407,11 @@ async fn basic_auth_registry() -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn mirrors_and_blocked_registries() -> Result<()> {
     let reg = Registry::start()?;
-    let img = oci_image::image(vec![LayerBuilder::new().busybox().finish(Compression::Gzip)], Format::Oci, host_arch());
+    let img = oci_image::image(
+        vec![LayerBuilder::new().busybox().finish(Compression::Gzip)],
+        Format::Oci,
+        host_arch(),
+    );
     oci_image::push(&reg.pusher(), "mirrored/team/app", Some("1"), &img).await?;
     // The primary location is a loopback port nobody listens on; the mirror
     // (the real registry, under another namespace) serves the image.
@@ -338,8 +440,15 @@ blocked = true
     let name = format!("127.0.0.1:{dead}/team/app:1");
     let rec = store.pull(&name, None).await?;
     assert_eq!(rec.id, img.config_digest);
-    assert_eq!(rec.repo_tags, vec![name.clone()], "the image is known under the name asked for");
-    let err = store.pull(&format!("{}/forbidden/app:1", reg.host), None).await.unwrap_err();
+    assert_eq!(
+        rec.repo_tags,
+        vec![name.clone()],
+        "the image is known under the name asked for"
+    );
+    let err = store
+        .pull(&format!("{}/forbidden/app:1", reg.host), None)
+        .await
+        .unwrap_err();
     assert!(matches!(err, ImageError::Blocked(_)), "{err}");
     // A broken registries.conf is a clear error.
     std::fs::write(&e.cfg.registries_config, "[[registry]]\ninsecure = 3\n")?;
@@ -369,7 +478,10 @@ async fn stalled_registry_times_out() -> Result<()> {
         ..e.cfg.clone()
     };
     let store = ImageStore::open(&e.root, &cfg).await?;
-    let err = store.pull(&format!("127.0.0.1:{port}/x/y:1"), None).await.unwrap_err();
+    let err = store
+        .pull(&format!("127.0.0.1:{port}/x/y:1"), None)
+        .await
+        .unwrap_err();
     assert!(matches!(err, ImageError::Stalled { .. }), "{err}");
     drop(holder);
     Ok(())
@@ -380,12 +492,22 @@ async fn shared_layers_are_unpacked_once_and_kept_while_used() -> Result<()> {
     let reg = Registry::start()?;
     let base = LayerBuilder::new().busybox().finish(Compression::Gzip);
     let a = oci_image::image(
-        vec![base.clone(), LayerBuilder::new().file("a", b"a", 0o644).finish(Compression::Gzip)],
+        vec![
+            base.clone(),
+            LayerBuilder::new()
+                .file("a", b"a", 0o644)
+                .finish(Compression::Gzip),
+        ],
         Format::Oci,
         host_arch(),
     );
     let b = oci_image::image(
-        vec![base.clone(), LayerBuilder::new().file("b", b"b", 0o644).finish(Compression::Gzip)],
+        vec![
+            base.clone(),
+            LayerBuilder::new()
+                .file("b", b"b", 0o644)
+                .finish(Compression::Gzip),
+        ],
         Format::Oci,
         host_arch(),
     );
@@ -393,13 +515,25 @@ async fn shared_layers_are_unpacked_once_and_kept_while_used() -> Result<()> {
     oci_image::push(&reg.pusher(), "test/b", Some("1"), &b).await?;
     let e = env();
     let store = std::sync::Arc::new(ImageStore::open(&e.root, &e.cfg).await?);
-    let (na, nb) = (format!("{}/test/a:1", reg.host), format!("{}/test/b:1", reg.host));
+    let (na, nb) = (
+        format!("{}/test/a:1", reg.host),
+        format!("{}/test/b:1", reg.host),
+    );
     let (ra, rb) = tokio::join!(store.pull(&na, None), store.pull(&nb, None));
     let (ra, rb) = (ra?, rb?);
     assert_eq!(ra.chain_ids[0], rb.chain_ids[0]);
-    assert_eq!(count_entries(&e.root.join("snapshots")), 3, "base unpacked once");
+    assert_eq!(
+        count_entries(&e.root.join("snapshots")),
+        3,
+        "base unpacked once"
+    );
     store.remove(&format!("{}/test/a:1", reg.host)).await?;
-    assert!(store.snapshot_path(&rb.chain_ids[0]).join("bin/busybox").is_file());
+    assert!(
+        store
+            .snapshot_path(&rb.chain_ids[0])
+            .join("bin/busybox")
+            .is_file()
+    );
     assert!(!store.snapshot_path(&ra.chain_ids[1]).exists());
     assert_eq!(store.list()?.len(), 1);
     Ok(())
@@ -426,7 +560,78 @@ async fn unclean_stop_leftovers_are_cleaned_on_open() -> Result<()> {
     assert_eq!(count_entries(&e.root.join("containers")), 0);
     assert!(store.list()?.is_empty());
     // prepare_rootfs of an unknown image is NotFound; bad container ids are refused.
-    assert!(matches!(store.prepare_rootfs("sha256:nope", "c1"), Err(ImageError::NotFound(_))));
+    assert!(matches!(
+        store.prepare_rootfs("sha256:nope", "c1"),
+        Err(ImageError::NotFound(_))
+    ));
     assert!(store.prepare_rootfs("x", "../escape").is_err());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bearer_token_registry() -> Result<()> {
+    let reg = Registry::start_with_token_auth("berth", "t0ken-pass", "identity-refresh-123")?;
+    let img = oci_image::image(
+        vec![LayerBuilder::new().busybox().finish(Compression::Zstd)],
+        Format::Oci,
+        host_arch(),
+    );
+    if let Err(e) = oci_image::push(&reg.pusher(), "secure/app", Some("1"), &img).await {
+        anyhow::bail!("{e}; registry log: {}", reg.log());
+    }
+    let name = format!("{}/secure/app:1", reg.host);
+    let e = env();
+    let store = ImageStore::open(&e.root, &e.cfg).await?;
+    // Anonymous: the token server refuses.
+    let err = store.pull(&name, None).await.unwrap_err();
+    assert!(matches!(err, ImageError::Unauthenticated { .. }), "{err}");
+    let wrong = RegistryAuth {
+        username: "berth".into(),
+        password: "nope".into(),
+        ..Default::default()
+    };
+    let err = store.pull(&name, Some(&wrong)).await.unwrap_err();
+    assert!(matches!(err, ImageError::Unauthenticated { .. }), "{err}");
+    assert!(store.list()?.is_empty());
+    // Username/password → token (GET with basic auth).
+    let right = RegistryAuth {
+        username: "berth".into(),
+        password: "t0ken-pass".into(),
+        ..Default::default()
+    };
+    assert_eq!(store.pull(&name, Some(&right)).await?.id, img.config_digest);
+    store.remove(&img.config_digest).await?;
+    // Identity token → OAuth2 refresh-token grant (POST).
+    let identity = RegistryAuth {
+        identity_token: "identity-refresh-123".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        store.pull(&name, Some(&identity)).await?.id,
+        img.config_digest
+    );
+    let bad_identity = RegistryAuth {
+        identity_token: "stale".into(),
+        ..Default::default()
+    };
+    let e2 = env();
+    let store2 = ImageStore::open(&e2.root, &e2.cfg).await?;
+    let err = store2.pull(&name, Some(&bad_identity)).await.unwrap_err();
+    assert!(matches!(err, ImageError::Unauthenticated { .. }), "{err}");
+    // A registry token is sent as is; the token server is not asked.
+    let token = reg.token.as_ref().unwrap();
+    let before = token.requests.load(std::sync::atomic::Ordering::SeqCst);
+    let registry_token = RegistryAuth {
+        registry_token: token.minter.mint("secure/app", &["pull"])?,
+        ..Default::default()
+    };
+    assert_eq!(
+        store2.pull(&name, Some(&registry_token)).await?.id,
+        img.config_digest
+    );
+    assert_eq!(
+        token.requests.load(std::sync::atomic::Ordering::SeqCst),
+        before
+    );
     Ok(())
 }

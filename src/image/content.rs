@@ -71,14 +71,14 @@ impl ContentStore {
         if self.exists(digest) {
             return Ok(());
         }
-        let mut tmp = tempfile::NamedTempFile::new_in(&self.tmp).map_err(io_err("create temp blob"))?;
+        let mut tmp =
+            tempfile::NamedTempFile::new_in(&self.tmp).map_err(io_err("create temp blob"))?;
         tmp.write_all(bytes).map_err(io_err("write temp blob"))?;
         tmp.as_file().sync_all().map_err(io_err("sync temp blob"))?;
-        tmp.persist(self.path(digest))
-            .map_err(|e| ImageError::Io {
-                context: format!("store blob {digest}"),
-                source: e.error,
-            })?;
+        tmp.persist(self.path(digest)).map_err(|e| ImageError::Io {
+            context: format!("store blob {digest}"),
+            source: e.error,
+        })?;
         Ok(())
     }
 
@@ -130,7 +130,11 @@ impl<R: Read> HashingReader<R> {
     /// and the inner reader.
     pub fn finish(mut self) -> std::io::Result<(String, u64, R)> {
         std::io::copy(&mut self, &mut std::io::sink())?;
-        Ok((format!("sha256:{}", hex::encode(self.hasher.finalize())), self.count, self.inner))
+        Ok((
+            format!("sha256:{}", hex::encode(self.hasher.finalize())),
+            self.count,
+            self.inner,
+        ))
     }
 }
 
@@ -160,8 +164,14 @@ mod tests {
         let d = sha256_digest(b"hello");
         assert!(verify(b"hello", &d, Some(5)).is_ok());
         assert!(verify(b"hello", &d, None).is_ok());
-        assert!(matches!(verify(b"hello", &d, Some(6)), Err(ImageError::Verification { .. })));
-        assert!(matches!(verify(b"hellO", &d, Some(5)), Err(ImageError::Verification { .. })));
+        assert!(matches!(
+            verify(b"hello", &d, Some(6)),
+            Err(ImageError::Verification { .. })
+        ));
+        assert!(matches!(
+            verify(b"hellO", &d, Some(5)),
+            Err(ImageError::Verification { .. })
+        ));
     }
 
     #[test]
@@ -182,6 +192,9 @@ mod tests {
         let d = sha256_digest(b"abc");
         cs.put(&d, b"abc").unwrap();
         assert_eq!(cs.get(&d).unwrap(), b"abc");
-        assert_eq!(std::fs::read_dir(root.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(root.path().join("tmp")).unwrap().count(),
+            0
+        );
     }
 }

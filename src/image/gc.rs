@@ -45,14 +45,17 @@ impl ImageStore {
         let content = self.content.clone();
         let snapshots = self.snapshots.clone();
         let known_blobs: HashSet<String> = self.meta.blobs()?.into_iter().map(|(d, _)| d).collect();
-        let known_snaps: HashSet<String> = self.meta.snapshots()?.into_iter().map(|(c, _)| c).collect();
+        let known_snaps: HashSet<String> =
+            self.meta.snapshots()?.into_iter().map(|(c, _)| c).collect();
         let stats = tokio::task::spawn_blocking(move || {
             let mut stats = GcStats::default();
             // Everything on disk that the database does not know and nothing holds.
             for (name, path) in list_dir(content.dir()) {
                 let digest = format!("sha256:{}", name.to_string_lossy());
                 if !known_blobs.contains(&digest) && !keep_blobs.contains(&digest) {
-                    let size = std::fs::symlink_metadata(&path).map(|m| m.len()).unwrap_or(0);
+                    let size = std::fs::symlink_metadata(&path)
+                        .map(|m| m.len())
+                        .unwrap_or(0);
                     if std::fs::remove_file(&path).is_ok() {
                         stats.blobs_removed += 1;
                         stats.bytes_freed += size;
@@ -78,7 +81,12 @@ impl ImageStore {
         })?;
         drop(inflight);
         if stats.blobs_removed + stats.snapshots_removed > 0 {
-            tracing::info!(blobs = stats.blobs_removed, snapshots = stats.snapshots_removed, bytes = stats.bytes_freed, "image gc");
+            tracing::info!(
+                blobs = stats.blobs_removed,
+                snapshots = stats.snapshots_removed,
+                bytes = stats.bytes_freed,
+                "image gc"
+            );
         }
         Ok(stats)
     }
@@ -97,8 +105,14 @@ impl ImageStore {
             }
         }
         let known_blobs: HashSet<String> = self.meta.blobs()?.into_iter().map(|(d, _)| d).collect();
-        let known_snaps: HashSet<String> = self.meta.snapshots()?.into_iter().map(|(c, _)| c).collect();
-        let holds: HashSet<OsString> = self.meta.containers()?.into_iter().map(|(c, _)| c.into()).collect();
+        let known_snaps: HashSet<String> =
+            self.meta.snapshots()?.into_iter().map(|(c, _)| c).collect();
+        let holds: HashSet<OsString> = self
+            .meta
+            .containers()?
+            .into_iter()
+            .map(|(c, _)| c.into())
+            .collect();
         let mut removed = 0;
         for (name, path) in list_dir(self.content.dir()) {
             if !known_blobs.contains(&format!("sha256:{}", name.to_string_lossy())) {
@@ -116,7 +130,10 @@ impl ImageStore {
             }
         }
         if removed > 0 {
-            tracing::info!(removed, "image store: removed content an unclean stop left uncommitted");
+            tracing::info!(
+                removed,
+                "image store: removed content an unclean stop left uncommitted"
+            );
         }
         Ok(())
     }
@@ -139,7 +156,9 @@ pub fn usage_of(path: &Path) -> FsUsage {
     let mut usage = FsUsage::default();
     let mut stack = vec![path.to_owned()];
     while let Some(p) = stack.pop() {
-        let Ok(meta) = std::fs::symlink_metadata(&p) else { continue };
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
         if !seen.insert((meta.dev(), meta.ino())) {
             continue;
         }

@@ -80,7 +80,7 @@ impl Read for Tee {
 enum Decoder {
     Gzip(Box<flate2::bufread::MultiGzDecoder<BufReader<Tee>>>),
     Zstd(Box<zstd::stream::read::Decoder<'static, BufReader<Tee>>>),
-    Plain(BufReader<Tee>),
+    Plain(Box<BufReader<Tee>>),
 }
 
 impl Read for Decoder {
@@ -98,7 +98,7 @@ impl Decoder {
         match self {
             Decoder::Gzip(d) => d.into_inner().into_inner(),
             Decoder::Zstd(d) => d.finish().into_inner(),
-            Decoder::Plain(d) => d.into_inner(),
+            Decoder::Plain(d) => (*d).into_inner(),
         }
     }
 }
@@ -144,9 +144,14 @@ pub fn run(
         digest: job.digest.clone(),
         reason,
     };
-    let file = blob.reopen().map_err(super::content::io_err("reopen temp blob"))?;
+    let file = blob
+        .reopen()
+        .map_err(super::content::io_err("reopen temp blob"))?;
     let tee = Tee {
-        inner: ChannelReader { rx, cur: Bytes::new() },
+        inner: ChannelReader {
+            rx,
+            cur: Bytes::new(),
+        },
         file: BufWriter::with_capacity(1 << 20, file),
         hasher: Sha256::new(),
         count: 0,
@@ -164,12 +169,14 @@ pub fn run(
         tracing::warn!(layer = %job.digest, media_type = %job.media_type, detected = ?compression, "layer compression differs from its media type; going by content");
     }
     let decoder = match compression {
-        Compression::Gzip => Decoder::Gzip(Box::new(flate2::bufread::MultiGzDecoder::new(buffered))),
+        Compression::Gzip => {
+            Decoder::Gzip(Box::new(flate2::bufread::MultiGzDecoder::new(buffered)))
+        }
         Compression::Zstd => Decoder::Zstd(Box::new(
             zstd::stream::read::Decoder::with_buffer(buffered)
                 .map_err(|e| verification(format!("zstd: {e}")))?,
         )),
-        Compression::None => Decoder::Plain(buffered),
+        Compression::None => Decoder::Plain(Box::new(buffered)),
     };
     let mut diff = HashingReader::new(decoder, job.max_uncompressed);
     let unpacked = unpack(&mut diff, dir, &job.digest, job.max_uncompressed);
@@ -188,14 +195,20 @@ pub fn run(
                     ),
                 });
             }
-            return Err(unpacked.err().unwrap_or_else(|| verification(format!("decompress: {e}"))));
+            return Err(unpacked
+                .err()
+                .unwrap_or_else(|| verification(format!("decompress: {e}"))));
         }
     };
     let mut tee = decoder.into_tee();
-    std::io::copy(&mut tee, &mut std::io::sink()).map_err(|e| verification(format!("download: {e}")))?;
+    std::io::copy(&mut tee, &mut std::io::sink())
+        .map_err(|e| verification(format!("download: {e}")))?;
     let compressed = format!("sha256:{}", hex::encode(tee.hasher.finalize_reset()));
     if tee.count != job.size {
-        return Err(verification(format!("got {} bytes, the manifest says {}", tee.count, job.size)));
+        return Err(verification(format!(
+            "got {} bytes, the manifest says {}",
+            tee.count, job.size
+        )));
     }
     if compressed != job.digest {
         return Err(verification(format!("content has digest {compressed}")));
@@ -228,7 +241,10 @@ mod tests {
         b.into_inner().unwrap()
     }
 
-    fn run_on(job: &LayerJob, bytes: Vec<u8>) -> (Result<UnpackedLayer, ImageError>, tempfile::TempDir) {
+    fn run_on(
+        job: &LayerJob,
+        bytes: Vec<u8>,
+    ) -> (Result<UnpackedLayer, ImageError>, tempfile::TempDir) {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("snap");
         std::fs::create_dir(&dir).unwrap();
@@ -281,17 +297,26 @@ mod tests {
         let tar = tar_with("f", b"hello");
         let mut j = job(&tar, &tar, "");
         j.digest = crate::image::content::sha256_digest(b"other");
-        assert!(matches!(run_on(&j, tar.clone()).0, Err(ImageError::Verification { .. })));
+        assert!(matches!(
+            run_on(&j, tar.clone()).0,
+            Err(ImageError::Verification { .. })
+        ));
         let mut j = job(&tar, &tar, "");
         j.size -= 1;
-        assert!(matches!(run_on(&j, tar.clone()).0, Err(ImageError::Verification { .. })));
+        assert!(matches!(
+            run_on(&j, tar.clone()).0,
+            Err(ImageError::Verification { .. })
+        ));
         let mut j = job(&tar, &tar, "");
         j.diff_id = crate::image::content::sha256_digest(b"x");
         let e = run_on(&j, tar.clone()).0.unwrap_err();
         assert!(e.to_string().contains("diff ID"), "{e}");
         // A truncated download.
         let j = job(&tar, &tar, "");
-        assert!(matches!(run_on(&j, tar[..700].to_vec()).0, Err(ImageError::Verification { .. })));
+        assert!(matches!(
+            run_on(&j, tar[..700].to_vec()).0,
+            Err(ImageError::Verification { .. })
+        ));
     }
 
     #[test]

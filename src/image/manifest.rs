@@ -53,7 +53,10 @@ struct AnyManifest {
 #[derive(Debug, Clone)]
 pub enum Parsed {
     Index(Vec<Descriptor>),
-    Image { config: Descriptor, layers: Vec<Descriptor> },
+    Image {
+        config: Descriptor,
+        layers: Vec<Descriptor>,
+    },
 }
 
 /// Parses a manifest or index; `content_type` is the HTTP header's value.
@@ -63,7 +66,10 @@ pub fn parse(bytes: &[u8], content_type: &str) -> Result<Parsed, ImageError> {
         message: format!("malformed manifest: {reason}"),
     };
     let m: AnyManifest = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
-    let media_type = m.media_type.clone().unwrap_or_else(|| content_type.to_owned());
+    let media_type = m
+        .media_type
+        .clone()
+        .unwrap_or_else(|| content_type.to_owned());
     if media_type == DOCKER_V1_SIGNED || m.schema_version == Some(1) {
         return Err(bad("Docker schema 1 manifests are not supported".into()));
     }
@@ -154,7 +160,10 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
     for d in diff_ids {
         let next = match out.last() {
             None => d.clone(),
-            Some(prev) => format!("sha256:{}", hex::encode(Sha256::digest(format!("{prev} {d}")))),
+            Some(prev) => format!(
+                "sha256:{}",
+                hex::encode(Sha256::digest(format!("{prev} {d}")))
+            ),
         };
         out.push(next);
     }
@@ -182,7 +191,11 @@ mod tests {
     #[test]
     fn picks_host_platform() {
         let (_, arch, variant) = host_platform();
-        let list = vec![desc("s390x", None, 1), desc(arch, variant, 2), desc("mips", None, 3)];
+        let list = vec![
+            desc("s390x", None, 1),
+            desc(arch, variant, 2),
+            desc("mips", None, 3),
+        ];
         assert_eq!(select_platform(&list).unwrap().digest, list[1].digest);
         assert!(select_platform(&list[..1]).is_none());
     }
@@ -202,11 +215,20 @@ mod tests {
     fn refuses_schema1_and_garbage() {
         assert!(parse(br#"{"schemaVersion":1}"#, "").is_err());
         assert!(parse(b"not json", "").is_err());
-        assert!(parse(br#"{"schemaVersion":2,"config":{"digest":"sha256:xx","size":1}}"#, "").is_err());
+        assert!(
+            parse(
+                br#"{"schemaVersion":2,"config":{"digest":"sha256:xx","size":1}}"#,
+                ""
+            )
+            .is_err()
+        );
         let ok = format!(
             r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST}","config":{{"digest":"sha256:{}","size":3}},"layers":[]}}"#,
             "0".repeat(64)
         );
-        assert!(matches!(parse(ok.as_bytes(), "").unwrap(), Parsed::Image { .. }));
+        assert!(matches!(
+            parse(ok.as_bytes(), "").unwrap(),
+            Parsed::Image { .. }
+        ));
     }
 }

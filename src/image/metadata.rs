@@ -100,7 +100,9 @@ impl Metadata {
     pub fn resolve_ref(&self, reference: &str) -> Result<Option<String>, ImageError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let t = txn.open_table(REFS).map_err(db_err)?;
-        Ok(t.get(reference).map_err(db_err)?.map(|v| v.value().to_owned()))
+        Ok(t.get(reference)
+            .map_err(db_err)?
+            .map(|v| v.value().to_owned()))
     }
 
     pub fn snapshots(&self) -> Result<Vec<(String, SnapshotInfo)>, ImageError> {
@@ -156,7 +158,8 @@ impl Metadata {
                 bt.insert(d.as_str(), *size).map_err(db_err)?;
             }
             for (c, info) in snapshots {
-                st.insert(c.as_str(), to_json(info)?.as_slice()).map_err(db_err)?;
+                st.insert(c.as_str(), to_json(info)?.as_slice())
+                    .map_err(db_err)?;
             }
             let id = image.record.id.clone();
             let mut stored: StoredImage = match images.get(id.as_str()).map_err(db_err)? {
@@ -183,20 +186,29 @@ impl Metadata {
                 .cloned()
                 .collect();
             for r in new_refs {
-                let previous = refs.insert(r.as_str(), id.as_str()).map_err(db_err)?.map(|v| v.value().to_owned());
+                let previous = refs
+                    .insert(r.as_str(), id.as_str())
+                    .map_err(db_err)?
+                    .map(|v| v.value().to_owned());
                 if let Some(prev) = previous
                     && prev != id
                 {
                     // The ref moves: take it off the other image.
-                    let other = images.get(prev.as_str()).map_err(db_err)?.map(|v| v.value().to_vec());
+                    let other = images
+                        .get(prev.as_str())
+                        .map_err(db_err)?
+                        .map(|v| v.value().to_vec());
                     if let Some(other) = other {
                         let mut other: StoredImage = from_json(&other)?;
                         other.record.repo_tags.retain(|t| *t != r);
                         other.record.repo_digests.retain(|t| *t != r);
-                        if other.record.repo_tags.is_empty() && other.record.repo_digests.is_empty() {
+                        if other.record.repo_tags.is_empty() && other.record.repo_digests.is_empty()
+                        {
                             images.remove(prev.as_str()).map_err(db_err)?;
                         } else {
-                            images.insert(prev.as_str(), to_json(&other)?.as_slice()).map_err(db_err)?;
+                            images
+                                .insert(prev.as_str(), to_json(&other)?.as_slice())
+                                .map_err(db_err)?;
                         }
                     }
                 }
@@ -209,7 +221,9 @@ impl Metadata {
                     list.push(r);
                 }
             }
-            images.insert(id.as_str(), to_json(&stored)?.as_slice()).map_err(db_err)?;
+            images
+                .insert(id.as_str(), to_json(&stored)?.as_slice())
+                .map_err(db_err)?;
             record = stored.record;
         }
         txn.commit().map_err(db_err)?;
@@ -223,10 +237,17 @@ impl Metadata {
         {
             let mut images = txn.open_table(IMAGES).map_err(db_err)?;
             let mut refs = txn.open_table(REFS).map_err(db_err)?;
-            let Some(id) = refs.remove(tag).map_err(db_err)?.map(|v| v.value().to_owned()) else {
+            let Some(id) = refs
+                .remove(tag)
+                .map_err(db_err)?
+                .map(|v| v.value().to_owned())
+            else {
                 return Ok(false);
             };
-            let stored = images.get(id.as_str()).map_err(db_err)?.map(|v| v.value().to_vec());
+            let stored = images
+                .get(id.as_str())
+                .map_err(db_err)?
+                .map(|v| v.value().to_vec());
             if let Some(stored) = stored {
                 let mut stored: StoredImage = from_json(&stored)?;
                 stored.record.repo_tags.retain(|t| t != tag);
@@ -236,7 +257,9 @@ impl Metadata {
                     }
                     images.remove(id.as_str()).map_err(db_err)?;
                 } else {
-                    images.insert(id.as_str(), to_json(&stored)?.as_slice()).map_err(db_err)?;
+                    images
+                        .insert(id.as_str(), to_json(&stored)?.as_slice())
+                        .map_err(db_err)?;
                 }
             }
         }
@@ -250,11 +273,20 @@ impl Metadata {
         {
             let mut images = txn.open_table(IMAGES).map_err(db_err)?;
             let mut refs = txn.open_table(REFS).map_err(db_err)?;
-            let Some(stored) = images.remove(id).map_err(db_err)?.map(|v| v.value().to_vec()) else {
+            let Some(stored) = images
+                .remove(id)
+                .map_err(db_err)?
+                .map(|v| v.value().to_vec())
+            else {
                 return Ok(false);
             };
             let stored: StoredImage = from_json(&stored)?;
-            for r in stored.record.repo_tags.iter().chain(&stored.record.repo_digests) {
+            for r in stored
+                .record
+                .repo_tags
+                .iter()
+                .chain(&stored.record.repo_digests)
+            {
                 refs.remove(r.as_str()).map_err(db_err)?;
             }
         }
@@ -282,7 +314,8 @@ impl Metadata {
         let txn = self.db.begin_write().map_err(db_err)?;
         {
             let mut t = txn.open_table(CONTAINERS).map_err(db_err)?;
-            t.insert(container_id, to_json(hold)?.as_slice()).map_err(db_err)?;
+            t.insert(container_id, to_json(hold)?.as_slice())
+                .map_err(db_err)?;
         }
         txn.commit().map_err(db_err)
     }

@@ -144,8 +144,11 @@ impl std::fmt::Debug for ImageStore {
 
 fn is_full_id(s: &str) -> Option<String> {
     let hex = s.strip_prefix("sha256:").unwrap_or(s);
-    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-        .then(|| format!("sha256:{hex}"))
+    (hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    .then(|| format!("sha256:{hex}"))
 }
 
 impl ImageStore {
@@ -165,7 +168,9 @@ impl ImageStore {
         let store = Self {
             root: root.to_owned(),
             config: config.clone(),
-            client: registry::RegistryClient::new(std::time::Duration::from_secs(config.stall_timeout_secs.max(1)))?,
+            client: registry::RegistryClient::new(std::time::Duration::from_secs(
+                config.stall_timeout_secs.max(1),
+            ))?,
             meta: Arc::new(meta),
             content: ContentStore::new(root),
             snapshots: SnapshotStore::new(root),
@@ -212,7 +217,9 @@ impl ImageStore {
             return Ok(Some(id));
         }
         // A unique prefix of an id (as `crictl` shows them).
-        let prefix = reference_or_id.strip_prefix("sha256:").unwrap_or(reference_or_id);
+        let prefix = reference_or_id
+            .strip_prefix("sha256:")
+            .unwrap_or(reference_or_id);
         if prefix.len() >= 4 && prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
             let matches: Vec<String> = self
                 .meta
@@ -273,8 +280,13 @@ impl ImageStore {
     /// the image's snapshots.
     pub fn prepare_rootfs(&self, image_id: &str, container_id: &str) -> Result<RootfsMount> {
         self.snapshots.container_path(container_id)?;
-        let id = self.resolve(image_id)?.ok_or_else(|| ImageError::NotFound(image_id.to_owned()))?;
-        let image = self.meta.image(&id)?.ok_or_else(|| ImageError::NotFound(image_id.to_owned()))?;
+        let id = self
+            .resolve(image_id)?
+            .ok_or_else(|| ImageError::NotFound(image_id.to_owned()))?;
+        let image = self
+            .meta
+            .image(&id)?
+            .ok_or_else(|| ImageError::NotFound(image_id.to_owned()))?;
         let chain_ids = image.record.chain_ids.clone();
         self.meta.hold(
             container_id,

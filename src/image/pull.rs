@@ -63,12 +63,20 @@ impl Drop for InFlightGuard {
 }
 
 impl ImageStore {
-    pub(super) async fn pull_impl(&self, reference: &str, auth: Option<&RegistryAuth>) -> Result<ImageRecord> {
+    pub(super) async fn pull_impl(
+        &self,
+        reference: &str,
+        auth: Option<&RegistryAuth>,
+    ) -> Result<ImageRecord> {
         let parsed = reference::parse(reference)?;
         let conf = RegistriesConf::load(&self.config.registries_config)?;
         let candidates: Vec<ImageRef> = match &parsed.registry {
             Some(r) => vec![parsed.qualify(r)],
-            None => conf.search_registries().iter().map(|r| parsed.qualify(r)).collect(),
+            None => conf
+                .search_registries()
+                .iter()
+                .map(|r| parsed.qualify(r))
+                .collect(),
         };
         let mut primary_err: Option<ImageError> = None;
         let mut mirror_err: Option<ImageError> = None;
@@ -93,13 +101,20 @@ impl ImageStore {
                 }
             }
         }
-        Err(primary_err.or(mirror_err).unwrap_or_else(|| ImageError::InvalidReference {
-            reference: reference.to_owned(),
-            reason: "no registry to pull from".into(),
-        }))
+        Err(primary_err
+            .or(mirror_err)
+            .unwrap_or_else(|| ImageError::InvalidReference {
+                reference: reference.to_owned(),
+                reason: "no registry to pull from".into(),
+            }))
     }
 
-    async fn pull_from(&self, image: &ImageRef, endpoint: &Endpoint, auth: Option<&RegistryAuth>) -> Result<ImageRecord> {
+    async fn pull_from(
+        &self,
+        image: &ImageRef,
+        endpoint: &Endpoint,
+        auth: Option<&RegistryAuth>,
+    ) -> Result<ImageRecord> {
         let started = Instant::now();
         let session = Arc::new(self.client.session(endpoint, auth));
         let mut blobs: Vec<(String, u64)> = Vec::new();
@@ -125,21 +140,26 @@ impl ImageStore {
             }
         };
         let mut small: Vec<(String, Bytes)> = vec![(top_digest.clone(), top.bytes.clone())];
-        let (config_desc, layers) = match manifest::parse(&top.bytes, &top.media_type).map_err(|e| with_registry(e, &session))? {
+        let (config_desc, layers) = match manifest::parse(&top.bytes, &top.media_type)
+            .map_err(|e| with_registry(e, &session))?
+        {
             Parsed::Image { config, layers } => (config, layers),
             Parsed::Index(list) => {
-                let chosen = manifest::select_platform(&list).ok_or_else(|| ImageError::Registry {
-                    registry: session.registry.clone(),
-                    message: format!(
-                        "{image}: no manifest for platform {}/{}",
-                        manifest::host_platform().0,
-                        manifest::host_platform().1
-                    ),
-                })?;
+                let chosen =
+                    manifest::select_platform(&list).ok_or_else(|| ImageError::Registry {
+                        registry: session.registry.clone(),
+                        message: format!(
+                            "{image}: no manifest for platform {}/{}",
+                            manifest::host_platform().0,
+                            manifest::host_platform().1
+                        ),
+                    })?;
                 let m = session.manifest(&chosen.digest).await?;
                 verify(&m.bytes, &chosen.digest, Some(chosen.size))?;
                 small.push((chosen.digest.clone(), m.bytes.clone()));
-                match manifest::parse(&m.bytes, &m.media_type).map_err(|e| with_registry(e, &session))? {
+                match manifest::parse(&m.bytes, &m.media_type)
+                    .map_err(|e| with_registry(e, &session))?
+                {
                     Parsed::Image { config, layers } => (config, layers),
                     Parsed::Index(_) => {
                         return Err(ImageError::Registry {
@@ -210,12 +230,20 @@ impl ImageStore {
             })
         };
         let _ticker = AbortOnDrop(ticker);
-        let jobs = layers.iter().zip(&config.rootfs.diff_ids).zip(&chain_ids).map(|((layer, diff_id), chain_id)| {
-            let session = session.clone();
-            let progress = progress.clone();
-            async move { self.fetch_layer(&session, layer, diff_id, chain_id, &progress).await }
-        });
-        let mut results = futures::stream::iter(jobs).buffer_unordered(self.config.max_concurrent_downloads.max(1));
+        let jobs = layers
+            .iter()
+            .zip(&config.rootfs.diff_ids)
+            .zip(&chain_ids)
+            .map(|((layer, diff_id), chain_id)| {
+                let session = session.clone();
+                let progress = progress.clone();
+                async move {
+                    self.fetch_layer(&session, layer, diff_id, chain_id, &progress)
+                        .await
+                }
+            });
+        let mut results = futures::stream::iter(jobs)
+            .buffer_unordered(self.config.max_concurrent_downloads.max(1));
         let mut snapshots: Vec<(String, SnapshotInfo)> = Vec::new();
         let mut failure = None;
         while let Some(r) = results.next().await {
@@ -255,7 +283,13 @@ impl ImageStore {
         })?
         .map_err(io_err("syncfs image store"))?;
 
-        let size = small.iter().skip(1).map(|(_, b)| b.len() as u64).sum::<u64>() + top.bytes.len() as u64 + total;
+        let size = small
+            .iter()
+            .skip(1)
+            .map(|(_, b)| b.len() as u64)
+            .sum::<u64>()
+            + top.bytes.len() as u64
+            + total;
         let record = ImageRecord {
             id: config_desc.digest.clone(),
             repo_tags: image.tag.iter().map(|_| image.to_string()).collect(),
@@ -266,10 +300,14 @@ impl ImageStore {
             pinned: false,
         };
         let meta = self.meta.clone();
-        let stored = StoredImage { record, blobs: all_blobs };
-        let record = tokio::task::spawn_blocking(move || meta.commit_pull(stored, &blobs, &snapshots))
-            .await
-            .map_err(|e| ImageError::Database(e.to_string()))??;
+        let stored = StoredImage {
+            record,
+            blobs: all_blobs,
+        };
+        let record =
+            tokio::task::spawn_blocking(move || meta.commit_pull(stored, &blobs, &snapshots))
+                .await
+                .map_err(|e| ImageError::Database(e.to_string()))??;
         tracing::info!(
             image = %image,
             id = %record.id,
@@ -322,7 +360,9 @@ impl ImageStore {
         let downloaded = async {
             let mut stream = session.blob(&layer.digest).await?;
             while let Some(chunk) = session.next_chunk(&mut stream, &layer.digest).await? {
-                progress.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                progress
+                    .bytes
+                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
                 if tx.send(chunk).await.is_err() {
                     break; // the worker stopped; its error says why
                 }

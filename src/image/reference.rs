@@ -160,7 +160,11 @@ pub fn validate_digest(d: &str) -> Result<(), String> {
     let Some(hex) = d.strip_prefix("sha256:") else {
         return Err(format!("unsupported digest {d:?} (only sha256)"));
     };
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if hex.len() != 64
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         return Err(format!("malformed digest {d:?}"));
     }
     Ok(())
@@ -176,7 +180,11 @@ fn validate_tag(tag: &str) -> Result<(), String> {
         && tag
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-');
-    if ok { Ok(()) } else { Err(format!("malformed tag {tag:?}")) }
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("malformed tag {tag:?}"))
+    }
 }
 
 fn validate_host(host: &str) -> Result<(), String> {
@@ -197,10 +205,16 @@ fn validate_host(host: &str) -> Result<(), String> {
                 !label.is_empty()
                     && !label.starts_with('-')
                     && !label.ends_with('-')
-                    && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
             })
     };
-    if name_ok { Ok(()) } else { Err(format!("malformed registry host {host:?}")) }
+    if name_ok {
+        Ok(())
+    } else {
+        Err(format!("malformed registry host {host:?}"))
+    }
 }
 
 fn validate_path(path: &str) -> Result<(), String> {
@@ -215,8 +229,14 @@ fn validate_path(path: &str) -> Result<(), String> {
             && comp.bytes().all(|b| {
                 b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
             })
-            && comp.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-            && comp.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
+            && comp
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphanumeric())
+            && comp
+                .bytes()
+                .last()
+                .is_some_and(|b| b.is_ascii_alphanumeric())
             && !comp.contains("..")
             && !comp.contains("___")
             && !comp.contains(".-")
@@ -239,24 +259,61 @@ mod tests {
         let d = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
         let cases: Vec<(String, String)> = vec![
             ("busybox".into(), "docker.io/library/busybox:latest".into()),
-            ("busybox:1.36".into(), "docker.io/library/busybox:1.36".into()),
-            ("library/busybox".into(), "docker.io/library/busybox:latest".into()),
-            ("docker.io/library/busybox".into(), "docker.io/library/busybox:latest".into()),
-            ("index.docker.io/library/busybox:1".into(), "docker.io/library/busybox:1".into()),
-            ("docker.io/busybox".into(), "docker.io/library/busybox:latest".into()),
+            (
+                "busybox:1.36".into(),
+                "docker.io/library/busybox:1.36".into(),
+            ),
+            (
+                "library/busybox".into(),
+                "docker.io/library/busybox:latest".into(),
+            ),
+            (
+                "docker.io/library/busybox".into(),
+                "docker.io/library/busybox:latest".into(),
+            ),
+            (
+                "index.docker.io/library/busybox:1".into(),
+                "docker.io/library/busybox:1".into(),
+            ),
+            (
+                "docker.io/busybox".into(),
+                "docker.io/library/busybox:latest".into(),
+            ),
             ("team/app".into(), "docker.io/team/app:latest".into()),
             ("localhost/app".into(), "localhost/app:latest".into()),
-            ("localhost:5000/app:v1".into(), "localhost:5000/app:v1".into()),
-            ("registry:5000/team/app".into(), "registry:5000/team/app:latest".into()),
-            (format!("registry:5000/team/app@{d}"), format!("registry:5000/team/app@{d}")),
-            (format!("busybox:1.36@{d}"), format!("docker.io/library/busybox@{d}")),
-            ("quay.io/a/b/c:tag-1.0_x".into(), "quay.io/a/b/c:tag-1.0_x".into()),
+            (
+                "localhost:5000/app:v1".into(),
+                "localhost:5000/app:v1".into(),
+            ),
+            (
+                "registry:5000/team/app".into(),
+                "registry:5000/team/app:latest".into(),
+            ),
+            (
+                format!("registry:5000/team/app@{d}"),
+                format!("registry:5000/team/app@{d}"),
+            ),
+            (
+                format!("busybox:1.36@{d}"),
+                format!("docker.io/library/busybox@{d}"),
+            ),
+            (
+                "quay.io/a/b/c:tag-1.0_x".into(),
+                "quay.io/a/b/c:tag-1.0_x".into(),
+            ),
             ("127.0.0.1:5000/x".into(), "127.0.0.1:5000/x:latest".into()),
             ("[::1]:5000/x".into(), "[::1]:5000/x:latest".into()),
-            ("my-registry.local/a__b".into(), "my-registry.local/a__b:latest".into()),
+            (
+                "my-registry.local/a__b".into(),
+                "my-registry.local/a__b:latest".into(),
+            ),
         ];
         for (input, want) in cases {
-            assert_eq!(normalize(&input).unwrap().to_string(), want, "input {input}");
+            assert_eq!(
+                normalize(&input).unwrap().to_string(),
+                want,
+                "input {input}"
+            );
         }
     }
 
@@ -289,6 +346,9 @@ mod tests {
         let p = parse("app:1").unwrap();
         assert_eq!(p.registry, None);
         assert_eq!(p.qualify("quay.io").to_string(), "quay.io/app:1");
-        assert_eq!(p.qualify("docker.io").to_string(), "docker.io/library/app:1");
+        assert_eq!(
+            p.qualify("docker.io").to_string(),
+            "docker.io/library/app:1"
+        );
     }
 }

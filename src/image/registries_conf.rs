@@ -101,7 +101,10 @@ impl RegistriesConf {
             }
             if r.prefix.starts_with("*.") {
                 if !r.location.is_empty() {
-                    return Err(format!("wildcard prefix {:?} cannot have a location", r.prefix));
+                    return Err(format!(
+                        "wildcard prefix {:?} cannot have a location",
+                        r.prefix
+                    ));
                 }
             } else if r.location.is_empty() {
                 r.location = r.prefix.clone();
@@ -113,7 +116,9 @@ impl RegistriesConf {
                 if let Some(p) = &m.pull_from_mirror
                     && !matches!(p.as_str(), "all" | "digest-only" | "tag-only")
                 {
-                    return Err(format!("pull-from-mirror {p:?} is not all, digest-only or tag-only"));
+                    return Err(format!(
+                        "pull-from-mirror {p:?} is not all, digest-only or tag-only"
+                    ));
                 }
             }
         }
@@ -159,12 +164,12 @@ impl RegistriesConf {
                 }],
             };
         };
-        let (prefix, rest) = if entry.prefix.starts_with("*.") {
-            (image.registry.clone(), name[image.registry.len()..].to_owned())
+        // The part of the name after the matched prefix, appended to each location.
+        let rest = if entry.prefix.starts_with("*.") {
+            name[image.registry.len()..].to_owned()
         } else {
-            (entry.prefix.clone(), name[entry.prefix.len()..].to_owned())
+            name[entry.prefix.len()..].to_owned()
         };
-        let _ = prefix;
         let by_digest = image.digest.is_some();
         let mut endpoints = Vec::new();
         for m in &entry.mirrors {
@@ -238,7 +243,10 @@ insecure = true
     #[test]
     fn parses_and_resolves() {
         let c = RegistriesConf::parse(CONF).unwrap();
-        assert_eq!(c.search_registries(), vec!["registry.example.org", "docker.io"]);
+        assert_eq!(
+            c.search_registries(),
+            vec!["registry.example.org", "docker.io"]
+        );
         let r = c.resolve(&normalize("busybox:1").unwrap());
         assert!(!r.blocked);
         let got: Vec<_> = r
@@ -265,7 +273,10 @@ insecure = true
         assert_eq!(r.endpoints[1].host, "docker.io");
         assert!(c.resolve(&normalize("evil.example.com/x").unwrap()).blocked);
         // Prefixes match whole components only.
-        assert!(!c.resolve(&normalize("evil.example.community/x").unwrap()).blocked);
+        assert!(
+            !c.resolve(&normalize("evil.example.community/x").unwrap())
+                .blocked
+        );
         let r = c.resolve(&normalize("reg.corp.example/a/b").unwrap());
         assert_eq!(r.endpoints.len(), 1);
         assert!(r.endpoints[0].insecure);

@@ -5,7 +5,9 @@
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
-use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags, MountFlags, MoveMountFlags, UnmountFlags};
+use rustix::mount::{
+    FsMountFlags, FsOpenFlags, MountAttrFlags, MountFlags, MoveMountFlags, UnmountFlags,
+};
 
 use super::content::io_err;
 use super::{ImageError, RootfsMount};
@@ -61,7 +63,11 @@ impl SnapshotStore {
     }
 
     /// Creates upper/work for `container_id` over `chain_ids` (bottom first).
-    pub fn prepare(&self, container_id: &str, chain_ids: &[String]) -> Result<RootfsMount, ImageError> {
+    pub fn prepare(
+        &self,
+        container_id: &str,
+        chain_ids: &[String],
+    ) -> Result<RootfsMount, ImageError> {
         let dir = self.container_path(container_id)?;
         let upper = dir.join("upper");
         let work = dir.join("work");
@@ -71,7 +77,8 @@ impl SnapshotStore {
         if lower_dirs.is_empty() {
             // overlayfs needs one lower dir; an image without layers gets an empty one.
             let empty = dir.join("empty");
-            std::fs::create_dir_all(&empty).map_err(io_err(format!("create {}", empty.display())))?;
+            std::fs::create_dir_all(&empty)
+                .map_err(io_err(format!("create {}", empty.display())))?;
             lower_dirs.push(empty);
         }
         Ok(RootfsMount {
@@ -98,7 +105,11 @@ impl SnapshotStore {
 impl RootfsMount {
     /// The classic `lowerdir=...,upperdir=...,workdir=...` option string.
     pub fn options(&self) -> String {
-        let lower: Vec<String> = self.lower_dirs.iter().map(|p| p.display().to_string()).collect();
+        let lower: Vec<String> = self
+            .lower_dirs
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
         format!(
             "lowerdir={},upperdir={},workdir={}",
             lower.join(":"),
@@ -132,7 +143,8 @@ impl RootfsMount {
         rustix::mount::fsconfig_set_string(&fs, "upperdir", self.upper_dir.as_path())?;
         rustix::mount::fsconfig_set_string(&fs, "workdir", self.work_dir.as_path())?;
         rustix::mount::fsconfig_create(&fs)?;
-        let mnt = rustix::mount::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty())?;
+        let mnt =
+            rustix::mount::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty())?;
         rustix::mount::move_mount(
             &mnt,
             "",
@@ -160,11 +172,16 @@ impl RootfsMount {
             context: "overlay options".into(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
         })?;
-        rustix::mount::mount("overlay", target, "overlay", MountFlags::empty(), data.as_c_str()).map_err(|e| {
-            ImageError::Io {
-                context: format!("mount overlay on {}", target.display()),
-                source: e.into(),
-            }
+        rustix::mount::mount(
+            "overlay",
+            target,
+            "overlay",
+            MountFlags::empty(),
+            data.as_c_str(),
+        )
+        .map_err(|e| ImageError::Io {
+            context: format!("mount overlay on {}", target.display()),
+            source: e.into(),
         })
     }
 

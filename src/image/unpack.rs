@@ -32,9 +32,18 @@ pub struct UnpackStats {
 
 /// Unpacks the tar stream `reader` into the existing directory `root`.
 /// `digest` only names the layer in errors; `max_bytes` caps the file bytes.
-pub fn unpack<R: Read>(reader: R, root: &Path, digest: &str, max_bytes: u64) -> Result<UnpackStats, ImageError> {
-    let root_fd = rustix::fs::open(root, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| unsafe_layer(digest, format!("open {}: {e}", root.display())))?;
+pub fn unpack<R: Read>(
+    reader: R,
+    root: &Path,
+    digest: &str,
+    max_bytes: u64,
+) -> Result<UnpackStats, ImageError> {
+    let root_fd = rustix::fs::open(
+        root,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| unsafe_layer(digest, format!("open {}: {e}", root.display())))?;
     let mut u = Unpacker {
         root: root_fd,
         digest,
@@ -131,7 +140,11 @@ impl Unpacker<'_> {
             };
             self.cached_parent = Some((key, fd));
         }
-        Ok(self.cached_parent.as_ref().map(|(_, fd)| fd.as_fd()).expect("just set"))
+        Ok(self
+            .cached_parent
+            .as_ref()
+            .map(|(_, fd)| fd.as_fd())
+            .expect("just set"))
     }
 
     fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), ImageError> {
@@ -158,8 +171,13 @@ impl Unpacker<'_> {
         if let Some(target) = name_bytes.strip_prefix(b".wh.") {
             if name_bytes == b".wh..wh..opq" {
                 let dir = self.dir(&parents, true)?;
-                return rustix::fs::fsetxattr(dir, "trusted.overlay.opaque", b"y", XattrFlags::empty())
-                    .map_err(|e| self.err(format!("opaque whiteout in {}: {e}", path.display())));
+                return rustix::fs::fsetxattr(
+                    dir,
+                    "trusted.overlay.opaque",
+                    b"y",
+                    XattrFlags::empty(),
+                )
+                .map_err(|e| self.err(format!("opaque whiteout in {}: {e}", path.display())));
             }
             if target.starts_with(b".wh.") {
                 return Ok(()); // aufs bookkeeping (.wh..wh.plnk etc.)
@@ -174,15 +192,18 @@ impl Unpacker<'_> {
         match kind {
             tar::EntryType::Directory => {
                 let dir = self.dir(&parents, true)?;
-                let dir = rustix::io::fcntl_dupfd_cloexec(dir, 0).map_err(|e| self.err(format!("dup: {e}")))?;
+                let dir = rustix::io::fcntl_dupfd_cloexec(dir, 0)
+                    .map_err(|e| self.err(format!("dup: {e}")))?;
                 let dir = dir.as_fd();
-                if matches!(&self.cached_parent, Some((k, _)) if k.starts_with(parents.iter().chain([&name]).collect::<PathBuf>())) {
+                if matches!(&self.cached_parent, Some((k, _)) if k.starts_with(parents.iter().chain([&name]).collect::<PathBuf>()))
+                {
                     self.cached_parent = None;
                 }
                 match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
                     Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {}
                     Ok(_) => {
-                        remove_all_at(dir, name).map_err(|e| self.err(format!("replace {}: {e}", path.display())))?;
+                        remove_all_at(dir, name)
+                            .map_err(|e| self.err(format!("replace {}: {e}", path.display())))?;
                         rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o755))
                             .map_err(|e| self.err(format!("mkdir {}: {e}", path.display())))?;
                     }
@@ -196,12 +217,17 @@ impl Unpacker<'_> {
             }
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
                 let dir = self.dir(&parents, true)?;
-                let dir = rustix::io::fcntl_dupfd_cloexec(dir, 0).map_err(|e| self.err(format!("dup: {e}")))?;
+                let dir = rustix::io::fcntl_dupfd_cloexec(dir, 0)
+                    .map_err(|e| self.err(format!("dup: {e}")))?;
                 self.clear(&dir, name, &path)?;
                 let fd = rustix::fs::openat(
                     &dir,
                     name,
-                    OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::WRONLY
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o600),
                 )
                 .map_err(|e| self.err(format!("create {}: {e}", path.display())))?;
@@ -233,31 +259,43 @@ impl Unpacker<'_> {
                     .ok_or_else(|| self.err(format!("symlink {} without target", path.display())))?
                     .into_owned();
                 let dir = self.dir(&parents, true)?;
-                let dir = rustix::io::fcntl_dupfd_cloexec(dir, 0).map_err(|e| self.err(format!("dup: {e}")))?;
+                let dir = rustix::io::fcntl_dupfd_cloexec(dir, 0)
+                    .map_err(|e| self.err(format!("dup: {e}")))?;
                 self.clear(&dir, name, &path)?;
                 // The target is stored, never followed: nothing here or later
                 // resolves through it (every open uses O_NOFOLLOW per component).
                 rustix::fs::symlinkat(&target, &dir, name)
                     .map_err(|e| self.err(format!("symlink {}: {e}", path.display())))?;
-                let _ = rustix::fs::chownat(&dir, name, uid_of(uid), gid_of(gid), AtFlags::SYMLINK_NOFOLLOW);
+                let _ = rustix::fs::chownat(
+                    &dir,
+                    name,
+                    uid_of(uid),
+                    gid_of(gid),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                );
                 let _ = rustix::fs::utimensat(&dir, name, &times(mtime), AtFlags::SYMLINK_NOFOLLOW);
             }
             tar::EntryType::Link => {
                 let target = entry
                     .link_name()
                     .map_err(|e| self.err(format!("bad link target: {e}")))?
-                    .ok_or_else(|| self.err(format!("hard link {} without target", path.display())))?
+                    .ok_or_else(|| {
+                        self.err(format!("hard link {} without target", path.display()))
+                    })?
                     .into_owned();
-                let tcomps = safe_components(&target).map_err(|r| self.err(format!("hard link target: {r}")))?;
+                let tcomps = safe_components(&target)
+                    .map_err(|r| self.err(format!("hard link target: {r}")))?;
                 let Some((tname, tparents)) = tcomps.split_last() else {
                     return Err(self.err(format!("hard link {} to the root", path.display())));
                 };
                 let tname: &OsStr = tname;
                 let tparents: Vec<&OsStr> = tparents.to_vec();
                 let tdir = self.dir(&tparents, false)?;
-                let tdir = rustix::io::fcntl_dupfd_cloexec(tdir, 0).map_err(|e| self.err(format!("dup: {e}")))?;
+                let tdir = rustix::io::fcntl_dupfd_cloexec(tdir, 0)
+                    .map_err(|e| self.err(format!("dup: {e}")))?;
                 let dir = self.dir(&parents, true)?;
-                let dir = rustix::io::fcntl_dupfd_cloexec(dir, 0).map_err(|e| self.err(format!("dup: {e}")))?;
+                let dir = rustix::io::fcntl_dupfd_cloexec(dir, 0)
+                    .map_err(|e| self.err(format!("dup: {e}")))?;
                 if tparents == parents && tname == name {
                     return Ok(());
                 }
@@ -273,11 +311,24 @@ impl Unpacker<'_> {
             }
             tar::EntryType::Fifo => {
                 let dir = self.dir(&parents, true)?;
-                let dir = rustix::io::fcntl_dupfd_cloexec(dir, 0).map_err(|e| self.err(format!("dup: {e}")))?;
+                let dir = rustix::io::fcntl_dupfd_cloexec(dir, 0)
+                    .map_err(|e| self.err(format!("dup: {e}")))?;
                 self.clear(&dir, name, &path)?;
-                rustix::fs::mknodat(&dir, name, FileType::Fifo, Mode::from_raw_mode(mode & 0o777), 0)
-                    .map_err(|e| self.err(format!("mkfifo {}: {e}", path.display())))?;
-                let _ = rustix::fs::chownat(&dir, name, uid_of(uid), gid_of(gid), AtFlags::SYMLINK_NOFOLLOW);
+                rustix::fs::mknodat(
+                    &dir,
+                    name,
+                    FileType::Fifo,
+                    Mode::from_raw_mode(mode & 0o777),
+                    0,
+                )
+                .map_err(|e| self.err(format!("mkfifo {}: {e}", path.display())))?;
+                let _ = rustix::fs::chownat(
+                    &dir,
+                    name,
+                    uid_of(uid),
+                    gid_of(gid),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                );
             }
             tar::EntryType::Char | tar::EntryType::Block => {
                 let major = header.device_major().ok().flatten().unwrap_or(u32::MAX);
@@ -300,9 +351,15 @@ impl Unpacker<'_> {
         Ok(())
     }
 
-    fn whiteout(&mut self, parents: &[&OsStr], target: &OsStr, path: &Path) -> Result<(), ImageError> {
+    fn whiteout(
+        &mut self,
+        parents: &[&OsStr],
+        target: &OsStr,
+        path: &Path,
+    ) -> Result<(), ImageError> {
         let dir = self.dir(parents, true)?;
-        let dir = rustix::io::fcntl_dupfd_cloexec(dir, 0).map_err(|e| self.err(format!("dup: {e}")))?;
+        let dir =
+            rustix::io::fcntl_dupfd_cloexec(dir, 0).map_err(|e| self.err(format!("dup: {e}")))?;
         self.clear(&dir, target, path)?;
         rustix::fs::mknodat(&dir, target, FileType::CharacterDevice, Mode::empty(), 0)
             .map_err(|e| self.err(format!("whiteout {}: {e}", path.display())))
@@ -317,7 +374,8 @@ impl Unpacker<'_> {
                     // The cached parent may live under it.
                     self.cached_parent = None;
                 }
-                remove_all_at(dir.as_fd(), name).map_err(|e| self.err(format!("replace {}: {e}", path.display())))
+                remove_all_at(dir.as_fd(), name)
+                    .map_err(|e| self.err(format!("replace {}: {e}", path.display())))
             }
             Err(e) => Err(self.err(format!("stat {}: {e}", path.display()))),
         }
@@ -427,7 +485,14 @@ mod tests {
         fn new() -> Self {
             Tar(Vec::new())
         }
-        fn raw(&mut self, name: &[u8], kind: tar::EntryType, link: &[u8], data: &[u8], mode: u32) -> &mut Self {
+        fn raw(
+            &mut self,
+            name: &[u8],
+            kind: tar::EntryType,
+            link: &[u8],
+            data: &[u8],
+            mode: u32,
+        ) -> &mut Self {
             let mut h = tar::Header::new_gnu();
             {
                 let gnu = h.as_gnu_mut().unwrap();
@@ -454,12 +519,30 @@ mod tests {
             self.raw(name.as_bytes(), tar::EntryType::Directory, b"", b"", 0o755)
         }
         fn symlink(&mut self, name: &str, target: &str) -> &mut Self {
-            self.raw(name.as_bytes(), tar::EntryType::Symlink, target.as_bytes(), b"", 0o777)
+            self.raw(
+                name.as_bytes(),
+                tar::EntryType::Symlink,
+                target.as_bytes(),
+                b"",
+                0o777,
+            )
         }
         fn hardlink(&mut self, name: &str, target: &str) -> &mut Self {
-            self.raw(name.as_bytes(), tar::EntryType::Link, target.as_bytes(), b"", 0o644)
+            self.raw(
+                name.as_bytes(),
+                tar::EntryType::Link,
+                target.as_bytes(),
+                b"",
+                0o644,
+            )
         }
-        fn device(&mut self, name: &str, kind: tar::EntryType, major: u32, minor: u32) -> &mut Self {
+        fn device(
+            &mut self,
+            name: &str,
+            kind: tar::EntryType,
+            major: u32,
+            minor: u32,
+        ) -> &mut Self {
             let mut h = tar::Header::new_gnu();
             h.set_path(name).unwrap();
             h.set_entry_type(kind);
@@ -500,9 +583,15 @@ mod tests {
             unpack(&tar.bytes()[..], &self.root(), "sha256:test", 1 << 30)
         }
         fn assert_outside_untouched(&self) {
-            let names: Vec<_> = std::fs::read_dir(self.outside()).unwrap().map(|e| e.unwrap().file_name()).collect();
+            let names: Vec<_> = std::fs::read_dir(self.outside())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
             assert!(names.is_empty(), "something was written outside: {names:?}");
-            let top: Vec<_> = std::fs::read_dir(self.dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+            let top: Vec<_> = std::fs::read_dir(self.dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
             assert_eq!(top.len(), 2, "unexpected entries next to the root: {top:?}");
         }
     }
@@ -521,13 +610,26 @@ mod tests {
         assert_eq!(st.bytes, 2 + 1 + 22);
         let r = s.root();
         assert_eq!(std::fs::read(r.join("bin/hello")).unwrap(), b"hi");
-        assert_eq!(std::fs::read_link(r.join("bin/sh")).unwrap(), Path::new("/bin/busybox"));
+        assert_eq!(
+            std::fs::read_link(r.join("bin/sh")).unwrap(),
+            Path::new("/bin/busybox")
+        );
         assert_eq!(
             std::fs::metadata(r.join("bin/hello")).unwrap().ino(),
             std::fs::metadata(r.join("bin/hello2")).unwrap().ino()
         );
-        assert_eq!(std::fs::metadata(r.join("bin/suid")).unwrap().permissions().mode() & 0o7777, 0o4755);
-        assert_eq!(std::fs::metadata(r.join("bin/hello")).unwrap().mtime(), 1_000_000);
+        assert_eq!(
+            std::fs::metadata(r.join("bin/suid"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777,
+            0o4755
+        );
+        assert_eq!(
+            std::fs::metadata(r.join("bin/hello")).unwrap().mtime(),
+            1_000_000
+        );
         s.assert_outside_untouched();
     }
 
@@ -561,7 +663,8 @@ mod tests {
         let s = Sandbox::new();
         let outside = s.outside();
         let mut t = Tar::new();
-        t.symlink("escape", outside.to_str().unwrap()).file("escape/evil", b"x");
+        t.symlink("escape", outside.to_str().unwrap())
+            .file("escape/evil", b"x");
         let e = s.unpack(&t).unwrap_err();
         assert!(e.to_string().contains("symlink"), "{e}");
         let mut t = Tar::new();
@@ -579,7 +682,12 @@ mod tests {
             .file("victim", b"inside");
         s.unpack(&t).unwrap();
         assert_eq!(std::fs::read(s.root().join("victim")).unwrap(), b"inside");
-        assert!(!std::fs::symlink_metadata(s.root().join("victim")).unwrap().file_type().is_symlink());
+        assert!(
+            !std::fs::symlink_metadata(s.root().join("victim"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
         s.assert_outside_untouched();
     }
 
@@ -596,14 +704,26 @@ mod tests {
         assert!(s.unpack(&t).is_err());
         // Through a symlink to outside: refused (parent is a symlink).
         let mut t = Tar::new();
-        t.symlink("up", s.dir.path().to_str().unwrap()).hardlink("stolen", "up/secret");
+        t.symlink("up", s.dir.path().to_str().unwrap())
+            .hardlink("stolen", "up/secret");
         assert!(s.unpack(&t).is_err());
         // A hard link to a symlink links the symlink, not what it points to.
         let mut t = Tar::new();
-        t.symlink("sl", s.dir.path().join("secret").to_str().unwrap()).hardlink("hl", "sl");
+        t.symlink("sl", s.dir.path().join("secret").to_str().unwrap())
+            .hardlink("hl", "sl");
         s.unpack(&t).unwrap();
-        assert!(std::fs::symlink_metadata(s.root().join("hl")).unwrap().file_type().is_symlink());
-        assert_eq!(std::fs::metadata(s.dir.path().join("secret")).unwrap().nlink(), 1);
+        assert!(
+            std::fs::symlink_metadata(s.root().join("hl"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(
+            std::fs::metadata(s.dir.path().join("secret"))
+                .unwrap()
+                .nlink(),
+            1
+        );
         std::fs::remove_file(s.dir.path().join("secret")).unwrap();
         s.assert_outside_untouched();
     }
@@ -633,7 +753,12 @@ mod tests {
         assert!(wh.file_type().is_char_device());
         assert_eq!(wh.rdev(), 0);
         assert!(!r.join("etc/.wh.removed").exists());
-        assert!(std::fs::symlink_metadata(r.join("cdev00")).unwrap().file_type().is_char_device());
+        assert!(
+            std::fs::symlink_metadata(r.join("cdev00"))
+                .unwrap()
+                .file_type()
+                .is_char_device()
+        );
         let mut buf = [0u8; 8];
         let n = rustix::fs::getxattr(r.join("opaque"), "trusted.overlay.opaque", &mut buf).unwrap();
         assert_eq!(&buf[..n], b"y");
@@ -658,7 +783,9 @@ mod tests {
         let data = b.into_inner().unwrap();
         unpack(&data[..], &s.root(), "sha256:test", 1 << 20).unwrap();
         let mut buf = [0u8; 8];
-        assert!(rustix::fs::getxattr(s.root().join("d/f"), "trusted.overlay.opaque", &mut buf).is_err());
+        assert!(
+            rustix::fs::getxattr(s.root().join("d/f"), "trusted.overlay.opaque", &mut buf).is_err()
+        );
         s.assert_outside_untouched();
     }
 

@@ -88,7 +88,11 @@ impl LayerBuilder {
     /// `.wh.<name>` next to `path`'s file name: deletes `path` from lower layers.
     pub fn whiteout(self, path: &str) -> Self {
         let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
-        let wh = if dir.is_empty() { format!(".wh.{name}") } else { format!("{dir}/.wh.{name}") };
+        let wh = if dir.is_empty() {
+            format!(".wh.{name}")
+        } else {
+            format!("{dir}/.wh.{name}")
+        };
         self.file(&wh, b"", 0o644)
     }
 
@@ -117,7 +121,10 @@ impl LayerBuilder {
             Compression::Gzip => {
                 let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
                 gz.write_all(&tar).unwrap();
-                (gz.finish().unwrap(), "application/vnd.oci.image.layer.v1.tar+gzip")
+                (
+                    gz.finish().unwrap(),
+                    "application/vnd.oci.image.layer.v1.tar+gzip",
+                )
             }
             Compression::Zstd => (
                 zstd::encode_all(&tar[..], 3).unwrap(),
@@ -163,10 +170,20 @@ pub fn host_arch() -> &'static str {
 }
 
 pub fn image(layers: Vec<Layer>, format: Format, architecture: &str) -> Image {
-    image_with_config(layers, format, architecture, json!({"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]}))
+    image_with_config(
+        layers,
+        format,
+        architecture,
+        json!({"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]}),
+    )
 }
 
-pub fn image_with_config(layers: Vec<Layer>, format: Format, architecture: &str, config: serde_json::Value) -> Image {
+pub fn image_with_config(
+    layers: Vec<Layer>,
+    format: Format,
+    architecture: &str,
+    config: serde_json::Value,
+) -> Image {
     let config = serde_json::to_vec(&json!({
         "architecture": architecture,
         "os": "linux",
@@ -228,14 +245,26 @@ pub async fn push(pusher: &Pusher, repo: &str, tag: Option<&str>, image: &Image)
     for l in &image.layers {
         pusher.push_blob(repo, &l.digest, &l.blob).await?;
     }
-    pusher.push_blob(repo, &image.config_digest, &image.config).await?;
     pusher
-        .push_manifest(repo, tag.unwrap_or(&image.manifest_digest), &image.manifest_media_type, &image.manifest)
+        .push_blob(repo, &image.config_digest, &image.config)
+        .await?;
+    pusher
+        .push_manifest(
+            repo,
+            tag.unwrap_or(&image.manifest_digest),
+            &image.manifest_media_type,
+            &image.manifest,
+        )
         .await
 }
 
 /// Pushes every image by digest and an index over them as `tag`.
-pub async fn push_index(pusher: &Pusher, repo: &str, tag: &str, images: &[&Image]) -> Result<String> {
+pub async fn push_index(
+    pusher: &Pusher,
+    repo: &str,
+    tag: &str,
+    images: &[&Image],
+) -> Result<String> {
     for i in images {
         push(pusher, repo, None, i).await?;
     }

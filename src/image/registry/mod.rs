@@ -61,7 +61,11 @@ impl RegistryClient {
             endpoint.host.clone()
         };
         Session {
-            http: if plain_ok { self.insecure.clone() } else { self.secure.clone() },
+            http: if plain_ok {
+                self.insecure.clone()
+            } else {
+                self.secure.clone()
+            },
             stall: self.stall,
             registry: endpoint.host.clone(),
             host,
@@ -156,7 +160,12 @@ impl Session {
 
     /// Sends a request to `path` (under `/v2/`), picking the scheme on first
     /// use and answering auth challenges once.
-    async fn request(&self, method: Method, path: &str, accept: Option<&str>) -> Result<reqwest::Response, ImageError> {
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        accept: Option<&str>,
+    ) -> Result<reqwest::Response, ImageError> {
         let mut state = self.state.lock().await;
         if !self.auth.registry_token.is_empty() && state.authorization.is_none() {
             state.authorization = Some(format!("Bearer {}", self.auth.registry_token));
@@ -204,16 +213,33 @@ impl Session {
         let authorization = match challenge {
             Some(Challenge::Basic) => match auth::credentials(&self.auth) {
                 Some((u, p)) => basic_header(&u, &p),
-                None => return Err(self.unauthenticated("the registry wants credentials and none were given")),
+                None => {
+                    return Err(
+                        self.unauthenticated("the registry wants credentials and none were given")
+                    );
+                }
             },
-            Some(Challenge::Bearer { realm, service, scope }) => {
+            Some(Challenge::Bearer {
+                realm,
+                service,
+                scope,
+            }) => {
                 let scope = scope.unwrap_or_else(|| format!("repository:{}:pull", self.repository));
-                format!("Bearer {}", self.fetch_token(&realm, service.as_deref(), &scope).await?)
+                format!(
+                    "Bearer {}",
+                    self.fetch_token(&realm, service.as_deref(), &scope).await?
+                )
             }
-            None => return Err(self.unauthenticated("401 without a usable WWW-Authenticate challenge")),
+            None => {
+                return Err(self.unauthenticated("401 without a usable WWW-Authenticate challenge"));
+            }
         };
         state.authorization = Some(authorization);
-        let url = format!("{}://{}/v2/{path}", state.scheme.unwrap_or("https"), self.host);
+        let url = format!(
+            "{}://{}/v2/{path}",
+            state.scheme.unwrap_or("https"),
+            self.host
+        );
         let response = tokio::time::timeout(
             self.stall,
             self.send_once(&method, &url, accept, state.authorization.as_deref()),
@@ -227,7 +253,12 @@ impl Session {
         }
     }
 
-    async fn fetch_token(&self, realm: &str, service: Option<&str>, scope: &str) -> Result<String, ImageError> {
+    async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+    ) -> Result<String, ImageError> {
         let creds = auth::credentials(&self.auth);
         let req = if !self.auth.identity_token.is_empty() {
             // OAuth2 refresh-token grant with the identity token.
@@ -260,20 +291,26 @@ impl Session {
             .map_err(|e| self.err(format!("token endpoint {realm}: {}", format_reqwest(&e))))?;
         let status = response.status();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            return Err(self.unauthenticated(format!("token endpoint refused the credentials ({status})")));
+            return Err(
+                self.unauthenticated(format!("token endpoint refused the credentials ({status})"))
+            );
         }
         if !status.is_success() {
             return Err(self.err(format!("token endpoint answered {status}")));
         }
         let body = self.read_small(response, "token").await?;
-        let token: TokenResponse =
-            serde_json::from_slice(&body).map_err(|e| self.err(format!("token endpoint: bad JSON: {e}")))?;
+        let token: TokenResponse = serde_json::from_slice(&body)
+            .map_err(|e| self.err(format!("token endpoint: bad JSON: {e}")))?;
         token
             .into_token()
             .ok_or_else(|| self.err("token endpoint answered without a token"))
     }
 
-    async fn read_small(&self, mut response: reqwest::Response, what: &str) -> Result<Bytes, ImageError> {
+    async fn read_small(
+        &self,
+        mut response: reqwest::Response,
+        what: &str,
+    ) -> Result<Bytes, ImageError> {
         let mut out = Vec::new();
         loop {
             let chunk = tokio::time::timeout(self.stall, response.chunk())
@@ -303,7 +340,9 @@ impl Session {
     pub async fn manifest(&self, reference: &str) -> Result<FetchedManifest, ImageError> {
         let what = format!("manifest {}:{reference}", self.repository);
         let path = format!("{}/manifests/{reference}", self.repository);
-        let response = self.request(Method::GET, &path, Some(MANIFEST_ACCEPT)).await?;
+        let response = self
+            .request(Method::GET, &path, Some(MANIFEST_ACCEPT))
+            .await?;
         if !response.status().is_success() {
             return Err(self.status_error(response.status(), &what));
         }
@@ -343,7 +382,11 @@ impl Session {
     }
 
     /// Next chunk of a blob, or `None` at its end; fails after a stall.
-    pub async fn next_chunk(&self, blob: &mut BlobStream, digest: &str) -> Result<Option<Bytes>, ImageError> {
+    pub async fn next_chunk(
+        &self,
+        blob: &mut BlobStream,
+        digest: &str,
+    ) -> Result<Option<Bytes>, ImageError> {
         tokio::time::timeout(self.stall, blob.0.chunk())
             .await
             .map_err(|_| self.stalled(&format!("blob {digest}")))?
@@ -356,14 +399,21 @@ impl Session {
 pub struct BlobStream(reqwest::Response);
 
 fn basic_header(user: &str, password: &str) -> String {
-    format!("Basic {}", base64_encode(format!("{user}:{password}").as_bytes()))
+    format!(
+        "Basic {}",
+        base64_encode(format!("{user}:{password}").as_bytes())
+    )
 }
 
 fn base64_encode(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -393,10 +443,21 @@ mod tests {
 
     #[test]
     fn loopback_hosts() {
-        for h in ["localhost", "localhost:5000", "127.0.0.1:5000", "127.1.2.3", "[::1]:5000"] {
+        for h in [
+            "localhost",
+            "localhost:5000",
+            "127.0.0.1:5000",
+            "127.1.2.3",
+            "[::1]:5000",
+        ] {
             assert!(is_loopback(h), "{h}");
         }
-        for h in ["example.com", "10.0.0.1:5000", "[2001:db8::1]:5000", "localhost.example"] {
+        for h in [
+            "example.com",
+            "10.0.0.1:5000",
+            "[2001:db8::1]:5000",
+            "localhost.example",
+        ] {
             assert!(!is_loopback(h), "{h}");
         }
     }
