@@ -316,3 +316,26 @@ impl ImageStore {
         self.snapshots.path(chain_id)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    /// The CRI server spawns these futures on a multi-threaded runtime.
+    #[tokio::test]
+    async fn store_futures_are_send() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = ImageConfig {
+            registries_config: tmp.path().join("none.conf"),
+            ..ImageConfig::default()
+        };
+        let store = ImageStore::open(&tmp.path().join("s"), &cfg).await.unwrap();
+        assert_send(&store.pull("127.0.0.1:1/x:1", None));
+        assert_send(&store.remove("x"));
+        assert_send(&store.gc());
+        fn sync_send<T: Send + Sync>() {}
+        sync_send::<ImageStore>();
+    }
+}

@@ -230,18 +230,22 @@ impl ImageStore {
             })
         };
         let _ticker = AbortOnDrop(ticker);
-        let jobs = layers
+        // Owned inputs, so that the pull future stays `Send` for any caller.
+        let work: Vec<(Descriptor, String, String)> = layers
             .iter()
-            .zip(&config.rootfs.diff_ids)
-            .zip(&chain_ids)
-            .map(|((layer, diff_id), chain_id)| {
-                let session = session.clone();
-                let progress = progress.clone();
-                async move {
-                    self.fetch_layer(&session, layer, diff_id, chain_id, &progress)
-                        .await
-                }
-            });
+            .cloned()
+            .zip(config.rootfs.diff_ids.iter().cloned())
+            .zip(chain_ids.iter().cloned())
+            .map(|((l, d), c)| (l, d, c))
+            .collect();
+        let jobs = work.into_iter().map(|(layer, diff_id, chain_id)| {
+            let session = session.clone();
+            let progress = progress.clone();
+            async move {
+                self.fetch_layer(&session, &layer, &diff_id, &chain_id, &progress)
+                    .await
+            }
+        });
         let mut results = futures::stream::iter(jobs)
             .buffer_unordered(self.config.max_concurrent_downloads.max(1));
         let mut snapshots: Vec<(String, SnapshotInfo)> = Vec::new();
