@@ -421,6 +421,8 @@ async fn mirrors_and_blocked_registries() -> Result<()> {
         &e.cfg.registries_config,
         format!(
             r#"
+unqualified-search-registries = ["127.0.0.1:{dead}", "{host}"]
+
 [[registry]]
 prefix = "127.0.0.1:{dead}/team"
 location = "127.0.0.1:{dead}/team"
@@ -444,6 +446,27 @@ blocked = true
         rec.repo_tags,
         vec![name.clone()],
         "the image is known under the name asked for"
+    );
+    // An unqualified name: the search registries in order (the first is down).
+    let rec = store.pull("mirrored/team/app:1", None).await?;
+    assert!(
+        rec.repo_tags
+            .contains(&format!("{}/mirrored/team/app:1", reg.host))
+    );
+    assert_eq!(rec.repo_tags.len(), 2, "same image, second tag");
+    assert_eq!(
+        store.get("mirrored/team/app:1")?.map(|r| r.id),
+        Some(img.config_digest.clone())
+    );
+    store.remove("mirrored/team/app:1").await?;
+    assert!(
+        store
+            .get(&format!("{}/mirrored/team/app:1", reg.host))?
+            .is_none()
+    );
+    assert!(
+        store.get(&name)?.is_some(),
+        "the other tag of the image stays"
     );
     let err = store
         .pull(&format!("{}/forbidden/app:1", reg.host), None)

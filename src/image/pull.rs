@@ -355,6 +355,12 @@ impl ImageStore {
             .prefix("snap-")
             .tempdir_in(self.root.join("tmp"))
             .map_err(io_err("create temp snapshot"))?;
+        // The layer root is a directory like any other (tempdir makes it 0700).
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .map_err(io_err("chmod temp snapshot"))?;
         let (tx, rx) = mpsc::channel::<Bytes>(64);
         let worker = {
             let job = job.clone();
