@@ -249,10 +249,14 @@ impl ImageStore {
         let mut results = futures::stream::iter(jobs)
             .buffer_unordered(self.config.max_concurrent_downloads.max(1));
         let mut snapshots: Vec<(String, SnapshotInfo)> = Vec::new();
+        let mut implicit: Vec<(String, Vec<std::path::PathBuf>)> = Vec::new();
         let mut failure = None;
         while let Some(r) = results.next().await {
             match r {
-                Ok(Some((chain, info, blob_size))) => {
+                Ok(Some((chain, info, blob_size, dirs))) => {
+                    if !dirs.is_empty() {
+                        implicit.push((chain.clone(), dirs));
+                    }
                     blobs.push((info.layer_digest.clone(), blob_size));
                     snapshots.push((chain, info));
                 }
@@ -269,6 +273,17 @@ impl ImageStore {
             return Err(e);
         }
 
+        // Now that every layer is in place: parents a tar left out take the
+        // attributes of the lower layers' directories.
+        for (chain, dirs) in &implicit {
+            let i = chain_ids.iter().position(|c| c == chain).unwrap_or(0);
+            let lowers: Vec<std::path::PathBuf> = chain_ids[..i]
+                .iter()
+                .rev()
+                .map(|c| self.snapshots.path(c))
+                .collect();
+            super::unpack::inherit_dir_attrs(&self.snapshots.path(chain), dirs, &lowers);
+        }
         for (d, b) in &small {
             self.content.put(d, b)?;
             blobs.push((d.clone(), b.len() as u64));
@@ -332,7 +347,7 @@ impl ImageStore {
         diff_id: &str,
         chain_id: &str,
         progress: &Progress,
-    ) -> Result<Option<(String, SnapshotInfo, u64)>> {
+    ) -> Result<Option<(String, SnapshotInfo, u64, Vec<std::path::PathBuf>)>> {
         let lock = {
             let mut locks = self.layer_locks.lock().await;
             locks.retain(|_, l| Arc::strong_count(l) > 1);
@@ -409,6 +424,7 @@ impl ImageStore {
                 unpacked_bytes: stats.bytes,
             },
             layer.size as u64,
+            stats.implicit_dirs,
         )))
     }
 
