@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod cgroups;
 mod error;
+pub mod seccomp;
 pub use error::RuntimeError;
 
 /// Result of runtime operations.
