@@ -32,7 +32,7 @@ pub fn bpf(ctx: &ScmpFilterContext) -> Result<Vec<libc::sock_filter>, SeccompErr
 /// Splits native-endian `struct sock_filter` records (8 bytes each).
 pub fn decode(raw: &[u8]) -> Result<Vec<libc::sock_filter>, SeccompError> {
     const SIZE: usize = std::mem::size_of::<libc::sock_filter>();
-    if raw.len() % SIZE != 0 {
+    if !raw.len().is_multiple_of(SIZE) {
         return Err(SeccompError::Export(std::io::Error::other(format!(
             "BPF export of {} bytes is not a whole number of instructions",
             raw.len()
