@@ -21,7 +21,6 @@ use oci_spec::runtime::LinuxNamespaceType;
 use super::init::{self, ExecContext, InitContext};
 use super::namespaces::{self, JOIN_ORDER};
 use super::protocol::{self, CreateRequest, ExecRequest, Report, Request};
-use super::seccomp::SeccompProgram;
 use super::sys::{self, CloneResult};
 use super::{Result, RuntimeError};
 
@@ -116,9 +115,6 @@ fn create(
     } else {
         None
     };
-    // Compiled here, while the caller makes the cgroup; installed by the
-    // container process right before exec.
-    let seccomp = prepare_seccomp(req.spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()))?;
     wait_for_proceed(sock)?;
     let mut flags = libc::CLONE_PARENT | plan.clone_flags;
     if flags & libc::CLONE_NEWTIME != 0 {
@@ -145,7 +141,7 @@ fn create(
                 stdio,
                 userns_sync: sync_r,
                 cgroup_file,
-                seccomp: seccomp.as_ref(),
+                seccomp: req.seccomp.as_ref(),
             })
         }
         CloneResult::Parent(pid) => {
@@ -182,15 +178,6 @@ fn write_id_maps(pid: i32, req: &CreateRequest) -> std::result::Result<(), Strin
             .map_err(|e| format!("write {file} {:?}: {e}", data.trim()))?;
     }
     Ok(())
-}
-
-fn prepare_seccomp(
-    profile: Option<&oci_spec::runtime::LinuxSeccomp>,
-) -> std::result::Result<Option<SeccompProgram>, String> {
-    profile
-        .map(super::seccomp::prepare)
-        .transpose()
-        .map_err(|e| e.to_string())
 }
 
 fn ns_id(path: &str) -> Option<(u64, u64)> {
@@ -231,7 +218,6 @@ fn exec(
         )?;
     }
     drop(joins);
-    let seccomp = prepare_seccomp(req.seccomp.as_ref())?;
     wait_for_proceed(sock)?;
     match sys::clone_fork(libc::CLONE_PARENT).map_err(|e| format!("clone exec process: {e}"))? {
         CloneResult::Child => {
@@ -240,7 +226,7 @@ fn exec(
                 .unwrap_or_else(|_| sys::exit_now(1));
             init::exec_init(ExecContext {
                 process: &req.process,
-                seccomp: seccomp.as_ref(),
+                seccomp: req.seccomp.as_ref(),
                 sock,
                 stdio,
             })

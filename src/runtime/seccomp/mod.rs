@@ -28,14 +28,24 @@ mod tests;
 
 pub use error::SeccompError;
 
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
 use oci_spec::runtime::LinuxSeccomp;
+use serde::{Deserialize, Serialize};
 
 /// The kernel's limit on the instructions of one filter (`BPF_MAXINSNS`).
 const MAX_INSTRUCTIONS: usize = 4096;
 
-/// A compiled filter, ready to install.
-#[derive(Clone)]
+/// Compiled programs kept per process; beyond this many distinct profiles
+/// the cache starts over.
+const CACHE_ENTRIES: usize = 32;
+
+/// A compiled filter, ready to install. Serializable, so the caller can
+/// compile (or take it from its cache) and hand it to the init helper.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct SeccompProgram {
+    #[serde(with = "instructions")]
     filter: Vec<libc::sock_filter>,
     flags: libc::c_ulong,
     skipped: Vec<String>,
@@ -98,6 +108,46 @@ pub fn prepare(profile: &LinuxSeccomp) -> Result<SeccompProgram, SeccompError> {
         flags: compiled.flags,
         skipped: compiled.skipped,
     })
+}
+
+/// [`prepare`], with the result kept in a per-process cache keyed by the
+/// profile itself: libseccomp needs milliseconds for a long allowlist over
+/// three architectures, so a process starting many containers with the
+/// same profile (a shim's pod, the RuntimeDefault profile) compiles it once.
+pub fn prepare_cached(profile: &LinuxSeccomp) -> Result<SeccompProgram, SeccompError> {
+    static CACHE: OnceLock<Mutex<HashMap<String, SeccompProgram>>> = OnceLock::new();
+    let Ok(key) = serde_json::to_string(profile) else {
+        return prepare(profile);
+    };
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(p) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return Ok(p.clone());
+    }
+    let program = prepare(profile)?;
+    let mut map = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if map.len() >= CACHE_ENTRIES {
+        map.clear();
+    }
+    map.insert(key, program.clone());
+    Ok(program)
+}
+
+/// `struct sock_filter` has no serde support: (code, jt, jf, k) tuples.
+mod instructions {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(f: &[libc::sock_filter], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(f.iter().map(|i| (i.code, i.jt, i.jf, i.k)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<libc::sock_filter>, D::Error> {
+        let v: Vec<(u16, u8, u8, u32)> = Deserialize::deserialize(d)?;
+        Ok(v.into_iter()
+            .map(|(code, jt, jf, k)| libc::sock_filter { code, jt, jf, k })
+            .collect())
+    }
 }
 
 /// libseccomp's pseudo filter code of a profile: a readable listing of the

@@ -319,3 +319,27 @@ fn builtin_default_profile_compiles_within_the_kernel_limit() {
     assert!(prog.instructions() <= MAX_INSTRUCTIONS, "{prog:?}");
     assert_eq!(prog.flags(), 0);
 }
+
+#[test]
+fn cached_program_equals_a_fresh_compile_and_survives_the_wire() {
+    let p = one_rule(r#""mkdir""#, r#""action":"SCMP_ACT_ERRNO","errnoRet":13"#);
+    let fresh = prepare(&p).unwrap();
+    let first = prepare_cached(&p).unwrap();
+    let second = prepare_cached(&p).unwrap();
+    let bits = |s: &SeccompProgram| -> Vec<(u16, u8, u8, u32)> {
+        s.filter.iter().map(|i| (i.code, i.jt, i.jf, i.k)).collect()
+    };
+    assert_eq!(bits(&fresh), bits(&first));
+    assert_eq!(bits(&first), bits(&second));
+    // Another profile is another entry.
+    let other = prepare_cached(&one_rule(r#""rmdir""#, r#""action":"SCMP_ACT_ERRNO""#)).unwrap();
+    assert_ne!(bits(&other), bits(&first));
+    // Errors are not cached away.
+    let notify = one_rule(r#""mkdir""#, r#""action":"SCMP_ACT_NOTIFY""#);
+    assert!(prepare_cached(&notify).is_err());
+    assert!(prepare_cached(&notify).is_err());
+    let json = serde_json::to_string(&first).unwrap();
+    let back: SeccompProgram = serde_json::from_str(&json).unwrap();
+    assert_eq!(bits(&back), bits(&first));
+    assert_eq!(back.flags(), first.flags());
+}
