@@ -2,7 +2,10 @@
 //! BPF program ahead of time ([`prepare`], where allocating is fine), and
 //! installed with one raw `seccomp(SECCOMP_SET_MODE_FILTER)` call
 //! ([`install`], which allocates nothing, so it may run between fork and
-//! exec) as the last step before `execve`.
+//! exec) as the last step before `execve`. The runtime's caller compiles
+//! through [`prepare_cached`] (one compile per distinct profile and
+//! process: a RuntimeDefault compile takes milliseconds) and hands the
+//! program to the init helper.
 //!
 //! Covered: the default action and `defaultErrnoRet`; syscall rules with
 //! every OCI action (allow, errno with `errnoRet`, kill = kill_thread,
