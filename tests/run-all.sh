@@ -11,6 +11,7 @@ packages=(
   docker-registry apache2-utils   # a local registry (htpasswd for auth tests)
   containernetworking-plugins     # CNI plugins for the network tests
   iproute2 iptables nftables      # inspection in network tests
+  libseccomp-dev pkg-config       # build: the libseccomp crate links libseccomp
 )
 missing=()
 for p in "${packages[@]}"; do

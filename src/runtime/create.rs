@@ -150,11 +150,16 @@ pub fn create(opts: CreateOptions<'_>) -> Result<(Container, Option<OwnedFd>)> {
         state_dir: opts.state_dir,
         armed: true,
     };
-    if let Some(profile) = linux.and_then(|l| l.seccomp().as_ref()) {
-        // Checked here for a clear error; the init compiles it again.
-        super::seccomp::compile(profile).map_err(RuntimeError::InvalidSpec)?;
-        state::save_seccomp(opts.state_dir, profile)?;
-    }
+    let seccomp = match linux.and_then(|l| l.seccomp().as_ref()) {
+        Some(profile) => {
+            // Compiled here (cached per process) for a clear error; the
+            // helper gets the BPF program.
+            let program = super::seccomp::prepare_cached(profile)?;
+            state::save_seccomp(opts.state_dir, profile)?;
+            Some(program)
+        }
+        None => None,
+    };
     let stdio = stdio_fds(opts.stdio)?;
     // The helper starts, parses the request and joins namespaces while the
     // cgroup is made; it clones the container only after `Proceed`.
@@ -169,6 +174,7 @@ pub fn create(opts: CreateOptions<'_>) -> Result<(Container, Option<OwnedFd>)> {
         rootfs,
         exec_fifo,
         cgroup_path: cgroup_path.clone(),
+        seccomp,
     }));
     let raw: Vec<i32> = stdio.iter().map(|f| f.as_raw_fd()).collect();
     if let Err(e) = protocol::send(helper.sock.as_fd(), &req, &raw) {

@@ -26,6 +26,9 @@ pub enum RuntimeError {
     /// A cgroup operation failed.
     #[error(transparent)]
     Cgroup(#[from] super::cgroups::CgroupError),
+    /// A seccomp profile could not be compiled or installed.
+    #[error(transparent)]
+    Seccomp(#[from] super::seccomp::SeccompError),
     /// The init helper reported a failure while setting up the container.
     #[error("container setup failed: {0}")]
     Setup(String),

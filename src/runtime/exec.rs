@@ -26,7 +26,9 @@ pub fn exec(c: &Container, process: &Process, stdio: Stdio) -> Result<ExecProces
     let mut process = process.clone();
     process.set_terminal(Some(terminal));
     let fds = stdio_fds(stdio)?;
-    let seccomp = state::load_seccomp(&c.state_dir)?;
+    let seccomp = state::load_seccomp(&c.state_dir)?
+        .map(|p| super::seccomp::prepare_cached(&p))
+        .transpose()?;
     let cg = CgroupManager::new(&c.cgroup_path)?;
     if is_frozen(&cg) {
         // The helper would freeze as soon as it joined the cgroup.

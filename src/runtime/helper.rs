@@ -141,6 +141,7 @@ fn create(
                 stdio,
                 userns_sync: sync_r,
                 cgroup_file,
+                seccomp: req.seccomp.as_ref(),
             })
         }
         CloneResult::Parent(pid) => {

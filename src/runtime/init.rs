@@ -12,13 +12,13 @@ use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use nix::unistd::{Gid, Uid};
-use oci_spec::runtime::{LinuxNamespaceType, LinuxSeccomp, Process, Spec};
+use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
 
 use super::namespaces::NamespacePlan;
 use super::process_spec;
 use super::protocol::{self, CreateRequest, Report};
 use super::rootfs::{self, RootfsContext, SetupResult};
-use super::seccomp;
+use super::seccomp::{self, SeccompProgram};
 use super::sys;
 
 fn errno_text(e: Errno) -> String {
@@ -48,6 +48,8 @@ pub struct InitContext<'a> {
     /// Readable once the helper has written the uid/gid maps (new user namespace).
     pub userns_sync: Option<OwnedFd>,
     pub cgroup_file: String,
+    /// The spec's seccomp filter, compiled by the helper.
+    pub seccomp: Option<&'a SeccompProgram>,
 }
 
 /// The container init: sets everything up, reports `Ready`, waits for
@@ -117,8 +119,7 @@ fn setup_container(c: &InitContext<'_>) -> SetupResult<Never> {
     } else {
         None
     };
-    let profile = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
-    let target = setup_process(sock, process, profile)?;
+    let target = setup_process(sock, process, c.seccomp)?;
     install_stdio(tty.as_ref(), &c.stdio)?;
     protocol::send(sock, &Report::Ready, &[]).map_err(|e| format!("report ready: {e}"))?;
     // Block until `start` writes to the fifo.
@@ -139,8 +140,8 @@ fn setup_container(c: &InitContext<'_>) -> SetupResult<Never> {
 /// What the exec child needs from the helper.
 pub struct ExecContext<'a> {
     pub process: &'a Process,
-    /// The container's seccomp profile (exec'd processes get it too).
-    pub seccomp: Option<&'a LinuxSeccomp>,
+    /// The container's seccomp filter, compiled (exec'd processes get it too).
+    pub seccomp: Option<&'a SeccompProgram>,
     pub sock: OwnedFd,
     pub stdio: Vec<OwnedFd>,
 }
@@ -285,7 +286,7 @@ struct ExecTarget {
     argv: Vec<CString>,
     env: Vec<CString>,
     /// Seccomp programs still to install right before exec (with no_new_privs).
-    seccomp: Vec<seccompiler::BpfProgram>,
+    seccomp: Option<SeccompProgram>,
 }
 
 fn cstring(s: &str, what: &str) -> SetupResult<CString> {
@@ -297,19 +298,15 @@ fn cstring(s: &str, what: &str) -> SetupResult<CString> {
 fn setup_process(
     sock: BorrowedFd<'_>,
     process: &Process,
-    seccomp_profile: Option<&LinuxSeccomp>,
+    seccomp_program: Option<&SeccompProgram>,
 ) -> SetupResult<ExecTarget> {
-    let mut programs = match seccomp_profile {
-        Some(p) => seccomp::compile(p)?,
-        None => Vec::new(),
-    };
+    let mut programs = seccomp_program.cloned();
     let nnp = process.no_new_privileges().unwrap_or(false);
-    if !nnp && !programs.is_empty() {
+    if !nnp && let Some(p) = programs.take() {
         // Without no_new_privs, installing a filter needs CAP_SYS_ADMIN: do
         // it before the capabilities go (as runc does). The profile must then
         // allow the rest of the set-up.
-        seccomp::install(&programs)?;
-        programs.clear();
+        seccomp::install(&p).map_err(|e| e.to_string())?;
     }
     for r in process.rlimits().iter().flatten() {
         let res = process_spec::rlimit_resource(r.typ());
@@ -467,8 +464,10 @@ fn exec(sock: BorrowedFd<'_>, t: &ExecTarget) -> ! {
         fail(sock, format!("mark fds close-on-exec: {}", errno_text(e)));
     }
     // As late as possible: only execve itself has to be allowed.
-    if let Err(e) = seccomp::install(&t.seccomp) {
-        fail(sock, e);
+    if let Some(p) = &t.seccomp
+        && let Err(e) = seccomp::install(p)
+    {
+        fail(sock, e.to_string());
     }
     let e = sys::execve(&t.path, &t.argv, &t.env);
     let msg = format!("exec {:?}: {}", t.path, errno_text(e));

@@ -32,8 +32,11 @@
 //!   [`RuntimeError::Setup`]; a failed create leaves nothing behind (process
 //!   killed and reaped, cgroup destroyed, state files removed).
 //! - Exec into a paused container is refused (its helper would freeze).
-//! - Seccomp (`seccomp.rs`, x86_64): the container's profile also applies to
-//!   exec'd processes (kept in `<state_dir>/seccomp.json`).
+//! - Seccomp (`seccomp/`, libseccomp): the caller compiles the profile to
+//!   BPF (cached per process) and sends it to the helper; the container
+//!   process installs it right before `execve` (before dropping capabilities
+//!   without no_new_privs). Exec'd processes get the container's profile too
+//!   (kept in `<state_dir>/seccomp.json`).
 //! - Not implemented: OCI hooks, idmapped mounts, seccomp notify, AppArmor /
 //!   SELinux labels (absent on the target machines).
 //!
@@ -67,8 +70,7 @@ mod path;
 mod process_spec;
 mod protocol;
 mod rootfs;
-mod seccomp;
-mod seccomp_syscalls;
+pub mod seccomp;
 mod start;
 mod state;
 mod sys;

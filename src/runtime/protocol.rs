@@ -9,8 +9,10 @@ use std::path::PathBuf;
 use nix::sys::socket::{
     ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, sendmsg,
 };
-use oci_spec::runtime::{LinuxSeccomp, Process, Spec};
+use oci_spec::runtime::{Process, Spec};
 use serde::{Deserialize, Serialize};
+
+use super::seccomp::SeccompProgram;
 
 /// The largest message either side accepts.
 const MAX_MESSAGE: usize = 1 << 20;
@@ -37,6 +39,9 @@ pub struct CreateRequest {
     pub exec_fifo: PathBuf,
     /// The cgroup path of the container (relative to the hierarchy roots).
     pub cgroup_path: String,
+    /// The spec's seccomp filter, compiled by the caller.
+    #[serde(default)]
+    pub seccomp: Option<SeccompProgram>,
 }
 
 /// Start a process inside a running container.
@@ -47,7 +52,7 @@ pub struct ExecRequest {
     pub init_pid: i32,
     /// The container's seccomp profile, applied to this process too.
     #[serde(default)]
-    pub seccomp: Option<LinuxSeccomp>,
+    pub seccomp: Option<SeccompProgram>,
 }
 
 /// What the helper and the container init report back.
