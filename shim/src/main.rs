@@ -1,6 +1,19 @@
 //! containerd-shim-berth-v2: a containerd shim v2 that runs containers with
-//! berth's in-process runtime.
+//! berth's in-process runtime. One shim serves all containers of a pod.
+
+mod bootstrap;
+mod error;
+mod events;
+mod metrics;
+mod process;
+mod reaper;
+mod rootfs;
+mod service;
+mod shim;
+mod stdio;
 
 fn main() {
-    println!("containerd-shim-berth-v2 {}", berth::VERSION);
+    // Must come first: this binary is also the runtime's init helper.
+    berth::runtime::run_helper_if_requested();
+    std::process::exit(bootstrap::main());
 }

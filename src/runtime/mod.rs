@@ -13,8 +13,11 @@
 //! (`PR_SET_CHILD_SUBREAPER`) and to reap every child itself: the runtime never
 //! calls `waitpid`, so the caller's reaper owns all exit statuses.
 //!
-//! Status: CONTRACT — bodies are being filled in by the runtime work; keep the
-//! signatures stable, or change them together with the shim.
+//! Layout: one file per operation (`create.rs`, `start.rs`, `kill.rs`,
+//! `exec.rs`, `delete.rs`); the helper side in `helper.rs` (namespaces,
+//! clone) and `init.rs` (the container process' own set-up), the filesystem
+//! in `rootfs.rs`, pure spec translations in `namespaces.rs`,
+//! `mount_options.rs`, `process_spec.rs`, `path.rs`; raw syscalls in `sys.rs`.
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -23,7 +26,22 @@ use oci_spec::runtime::{LinuxResources, Process, Spec};
 use serde::{Deserialize, Serialize};
 
 pub mod cgroups;
+mod create;
+mod delete;
 mod error;
+mod exec;
+mod helper;
+mod init;
+mod kill;
+mod mount_options;
+mod namespaces;
+mod path;
+mod process_spec;
+mod protocol;
+mod rootfs;
+mod start;
+mod state;
+mod sys;
 pub use error::RuntimeError;
 
 /// Result of runtime operations.
@@ -33,8 +51,11 @@ pub type Result<T> = std::result::Result<T, RuntimeError>;
 /// containers (the shim; test helpers). If this process was started as the
 /// runtime's init helper, it runs the helper and never returns; otherwise it
 /// returns at once.
+///
+/// The helper is recognized by an environment variable set when the runtime
+/// starts it; it finds its socket at fd 3.
 pub fn run_helper_if_requested() {
-    todo!("runtime: init helper entry")
+    helper::run_if_requested()
 }
 
 /// The stdio a container or exec process gets.
@@ -110,64 +131,68 @@ pub struct Stats {
 }
 
 impl Container {
+    fn cgroup(&self) -> Result<cgroups::CgroupManager> {
+        Ok(cgroups::CgroupManager::new(&self.cgroup_path)?)
+    }
+
     /// Creates the container: namespaces, cgroup, rootfs, process set-up, all
     /// but the final exec. Returns the container and, when `stdio.terminal`,
     /// the pty master.
-    pub fn create(_opts: CreateOptions<'_>) -> Result<(Container, Option<OwnedFd>)> {
-        todo!("runtime: create")
+    pub fn create(opts: CreateOptions<'_>) -> Result<(Container, Option<OwnedFd>)> {
+        create::create(opts)
     }
 
     /// Lets the created init exec the user process.
     pub fn start(&self) -> Result<()> {
-        todo!("runtime: start")
+        start::start(self)
     }
 
     /// Sends `signal` to the init, or with `all` to every process of the container.
-    pub fn kill(&self, _signal: i32, _all: bool) -> Result<()> {
-        todo!("runtime: kill")
+    pub fn kill(&self, signal: i32, all: bool) -> Result<()> {
+        kill::kill(self, signal, all)
     }
 
     /// Runs another process in the running container (all its namespaces,
     /// cgroup, capabilities, user, env, terminal). Returns once it has exec'd.
-    pub fn exec(&self, _process: &Process, _stdio: Stdio) -> Result<ExecProcess> {
-        todo!("runtime: exec")
+    pub fn exec(&self, process: &Process, stdio: Stdio) -> Result<ExecProcess> {
+        exec::exec(self, process, stdio)
     }
 
     /// Freezes every process of the container.
     pub fn pause(&self) -> Result<()> {
-        todo!("runtime: pause")
+        Ok(self.cgroup()?.freeze()?)
     }
 
     /// Thaws a paused container.
     pub fn resume(&self) -> Result<()> {
-        todo!("runtime: resume")
+        Ok(self.cgroup()?.thaw()?)
     }
 
     /// Applies new resource limits to the running container.
-    pub fn update(&self, _resources: &LinuxResources) -> Result<()> {
-        todo!("runtime: update")
+    pub fn update(&self, resources: &LinuxResources) -> Result<()> {
+        Ok(self.cgroup()?.apply(resources)?)
     }
 
     /// Pids of every process in the container's cgroup.
     pub fn pids(&self) -> Result<Vec<i32>> {
-        todo!("runtime: pids")
+        Ok(self.cgroup()?.pids()?)
     }
 
     /// Cgroup statistics.
     pub fn stats(&self) -> Result<Stats> {
-        todo!("runtime: stats")
+        Ok(self.cgroup()?.stats()?)
     }
 
     /// An fd that becomes readable each time the container hits an OOM kill
     /// (v1: eventfd on memory.oom_control; v2: inotify on memory.events).
     /// Read it to clear; then check [`Stats::oom_kills`].
     pub fn oom_notifier(&self) -> Result<OwnedFd> {
-        todo!("runtime: oom notifier")
+        Ok(self.cgroup()?.oom_notifier()?)
     }
 
     /// Removes everything the runtime created for the container (cgroup,
     /// state). Kills what is left first. Idempotent.
     pub fn delete(&self) -> Result<()> {
-        todo!("runtime: delete")
+        delete::delete(self)
     }
 }

@@ -1,0 +1,145 @@
+//! Command-line entry: `start`, `delete`, or serve the Task API.
+//!
+//! This follows `containerd_shim::run` but speaks what containerd 1.6 expects,
+//! which the crate's `run` (written for containerd 2.x) does not:
+//! - `start` prints the bare socket address (1.6 reads stdout+stderr as the
+//!   address; the crate prints a JSON reply);
+//! - the service answers as `containerd.task.v2.Task` (what 1.6 calls) as
+//!   well as `containerd.task.v3.Task` (2.x), same messages.
+
+use std::io::Write;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use containerd_shim::protos::protobuf::Message;
+use containerd_shim::protos::shim::shim_ttrpc::create_task;
+use containerd_shim::protos::ttrpc::Server;
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::{Config, Flags, Shim, StartOpts, Task};
+use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+
+use crate::shim::{BerthShim, LISTENER_FD_ENV, drain_stdin};
+
+/// The runtime name containerd knows this shim by.
+pub const RUNTIME_ID: &str = "io.containerd.berth.v2";
+
+/// Runs the action the command line asks for; returns the exit code.
+pub fn main() -> i32 {
+    let args: Vec<_> = std::env::args_os().collect();
+    let flags = match containerd_shim::parse(&args[1..]) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("{RUNTIME_ID}: {e}");
+            return 1;
+        }
+    };
+    if flags.version {
+        println!("containerd-shim-berth-v2 {}", berth::VERSION);
+        return 0;
+    }
+    match run(flags) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("{RUNTIME_ID}: {e:#}");
+            1
+        }
+    }
+}
+
+fn run(flags: Flags) -> anyhow::Result<()> {
+    if flags.namespace.is_empty() {
+        bail!("shim namespace cannot be empty (-namespace)");
+    }
+    let mut config = Config::default();
+    let mut shim = BerthShim::new(RUNTIME_ID, &flags, &mut config);
+    match flags.action.as_str() {
+        "start" => {
+            drain_stdin();
+            let opts = StartOpts {
+                id: flags.id.clone(),
+                publish_binary: flags.publish_binary.clone(),
+                address: flags.address.clone(),
+                ttrpc_address: std::env::var("TTRPC_ADDRESS").unwrap_or_default(),
+                namespace: flags.namespace.clone(),
+                debug: flags.debug,
+                ..Default::default()
+            };
+            let address = shim.start_shim(opts)?;
+            let mut out = std::io::stdout().lock();
+            out.write_all(address.as_bytes())?;
+            out.flush()?;
+            Ok(())
+        }
+        "delete" => {
+            let response = shim.delete_shim()?;
+            let mut out = std::io::stdout().lock();
+            response.write_to_writer(&mut out)?;
+            out.flush()?;
+            Ok(())
+        }
+        "" => serve(shim, &flags),
+        other => bail!("unknown action {other:?}"),
+    }
+}
+
+/// The daemon: serves the Task API until Shutdown leaves no container.
+fn serve(mut shim: BerthShim, flags: &Flags) -> anyhow::Result<()> {
+    if flags.socket.is_empty() {
+        bail!("shim socket cannot be empty (-socket)");
+    }
+    // Few threads and little churn: one malloc arena keeps RSS small.
+    // SAFETY: mallopt only changes allocator tunables.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    if let Err(e) = containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id)
+    {
+        // No log fifo (started by hand): log nowhere rather than fail.
+        eprintln!("{RUNTIME_ID}: no log fifo: {e}");
+    }
+    crate::reaper::set_subreaper()?;
+    let listener = take_listener(&flags.socket)?;
+
+    let ttrpc_address = std::env::var("TTRPC_ADDRESS").context("TTRPC_ADDRESS is not set")?;
+    let publisher = RemotePublisher::new(&ttrpc_address)?;
+    let task: Arc<dyn Task + Send + Sync> = Arc::new(shim.create_task_service(publisher));
+    let v3 = create_task(task.clone());
+    let v2 = create_task(task)
+        .into_iter()
+        .map(|(k, v)| (k.replace("/containerd.task.v3.", "/containerd.task.v2."), v))
+        .collect();
+    let mut server = Server::new()
+        .add_listener(listener.into_raw_fd())?
+        .register_service(v3)
+        .register_service(v2);
+    server.start()?;
+    tracing::info!(namespace = %flags.namespace, id = %flags.id, "shim serving");
+    shim.wait();
+    tracing::info!("shim exiting");
+    server.shutdown();
+    let _ = std::fs::remove_file(flags.socket.trim_start_matches("unix://"));
+    Ok(())
+}
+
+/// The socket `start` bound and passed down, or a fresh one when the daemon
+/// was started by hand.
+fn take_listener(address: &str) -> anyhow::Result<OwnedFd> {
+    let fd = match std::env::var(LISTENER_FD_ENV) {
+        Ok(v) => {
+            let raw: i32 = v.parse().context("bad listener fd")?;
+            // SAFETY: `start` passed this fd to us for exactly this purpose and
+            // nothing else in this process refers to it.
+            let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+            // SAFETY: still single-threaded here; nothing reads the environment concurrently.
+            unsafe { std::env::remove_var(LISTENER_FD_ENV) };
+            fd
+        }
+        Err(_) => {
+            let path = address.trim_start_matches("unix://");
+            OwnedFd::from(UnixListener::bind(path).with_context(|| format!("bind {path}"))?)
+        }
+    };
+    // Never leak the socket into containers.
+    fcntl(&fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    Ok(fd)
+}

@@ -1,0 +1,252 @@
+//! Mounting the rootfs containerd hands the shim (overlay or bind) at
+//! `<bundle>/rootfs`, and taking it down again.
+//!
+//! The shim mounts in its own (the host's) mount namespace, directly, without
+//! forking: the runtime's init helper later pivots into it.
+
+use std::path::Path;
+
+use containerd_shim::protos::types::mount::Mount;
+use nix::errno::Errno;
+use nix::mount::{MntFlags, MsFlags};
+
+use crate::error::{Result, ShimError};
+
+/// The largest mount data the kernel takes in one page.
+const MAX_MOUNT_DATA: usize = 4096;
+
+/// Flags and filesystem data parsed from a containerd mount's options.
+#[derive(Debug, PartialEq)]
+pub struct MountOptions {
+    pub flags: MsFlags,
+    /// Propagation to apply after the mount (MS_SHARED, MS_PRIVATE, ...).
+    pub propagation: MsFlags,
+    /// Options the kernel gets as filesystem data (`lowerdir=...`).
+    pub data: String,
+}
+
+/// Splits containerd's mount options into mount(2) flags and filesystem data,
+/// as `mount(8)` reads them.
+pub fn parse_options(options: &[String]) -> MountOptions {
+    let mut out = MountOptions {
+        flags: MsFlags::empty(),
+        propagation: MsFlags::empty(),
+        data: String::new(),
+    };
+    let mut data = Vec::new();
+    for opt in options {
+        let (set, clear, propagation) = match opt.as_str() {
+            "defaults" | "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY, MsFlags::empty()),
+            "ro" => (MsFlags::MS_RDONLY, MsFlags::empty(), MsFlags::empty()),
+            "bind" => (MsFlags::MS_BIND, MsFlags::empty(), MsFlags::empty()),
+            "rbind" => (
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                MsFlags::empty(),
+                MsFlags::empty(),
+            ),
+            "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty(), MsFlags::empty()),
+            "suid" => (MsFlags::empty(), MsFlags::MS_NOSUID, MsFlags::empty()),
+            "nodev" => (MsFlags::MS_NODEV, MsFlags::empty(), MsFlags::empty()),
+            "dev" => (MsFlags::empty(), MsFlags::MS_NODEV, MsFlags::empty()),
+            "noexec" => (MsFlags::MS_NOEXEC, MsFlags::empty(), MsFlags::empty()),
+            "exec" => (MsFlags::empty(), MsFlags::MS_NOEXEC, MsFlags::empty()),
+            "sync" => (MsFlags::MS_SYNCHRONOUS, MsFlags::empty(), MsFlags::empty()),
+            "async" => (MsFlags::empty(), MsFlags::MS_SYNCHRONOUS, MsFlags::empty()),
+            "dirsync" => (MsFlags::MS_DIRSYNC, MsFlags::empty(), MsFlags::empty()),
+            "remount" => (MsFlags::MS_REMOUNT, MsFlags::empty(), MsFlags::empty()),
+            "noatime" => (MsFlags::MS_NOATIME, MsFlags::empty(), MsFlags::empty()),
+            "atime" => (MsFlags::empty(), MsFlags::MS_NOATIME, MsFlags::empty()),
+            "nodiratime" => (MsFlags::MS_NODIRATIME, MsFlags::empty(), MsFlags::empty()),
+            "diratime" => (MsFlags::empty(), MsFlags::MS_NODIRATIME, MsFlags::empty()),
+            "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty(), MsFlags::empty()),
+            "norelatime" => (MsFlags::empty(), MsFlags::MS_RELATIME, MsFlags::empty()),
+            "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty(), MsFlags::empty()),
+            "nostrictatime" => (MsFlags::empty(), MsFlags::MS_STRICTATIME, MsFlags::empty()),
+            "private" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_PRIVATE),
+            "rprivate" => (
+                MsFlags::empty(),
+                MsFlags::empty(),
+                MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+            ),
+            "shared" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SHARED),
+            "rshared" => (
+                MsFlags::empty(),
+                MsFlags::empty(),
+                MsFlags::MS_SHARED | MsFlags::MS_REC,
+            ),
+            "slave" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SLAVE),
+            "rslave" => (
+                MsFlags::empty(),
+                MsFlags::empty(),
+                MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            ),
+            "unbindable" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_UNBINDABLE),
+            "runbindable" => (
+                MsFlags::empty(),
+                MsFlags::empty(),
+                MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
+            ),
+            other => {
+                data.push(other);
+                continue;
+            }
+        };
+        out.flags = (out.flags | set) & !clear;
+        out.propagation |= propagation;
+    }
+    out.data = data.join(",");
+    out
+}
+
+/// Mounts every mount of `mounts`, in order, at `target` (containerd's `mount.All`).
+pub fn mount_all(mounts: &[Mount], target: &Path) -> Result<()> {
+    for (i, m) in mounts.iter().enumerate() {
+        if let Err(e) = mount_one(m, target) {
+            // Leave nothing half-mounted behind.
+            if i > 0 {
+                unmount_all(target);
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+fn mount_one(m: &Mount, target: &Path) -> Result<()> {
+    let opts = parse_options(&m.options);
+    if opts.data.len() >= MAX_MOUNT_DATA {
+        return Err(ShimError::InvalidArgument(format!(
+            "{} mount options are {} bytes, more than the kernel's {MAX_MOUNT_DATA}",
+            m.type_,
+            opts.data.len()
+        )));
+    }
+    let fstype = match m.type_.as_str() {
+        "" | "bind" | "rbind" => None,
+        t => Some(t),
+    };
+    let mut flags = opts.flags;
+    if m.type_ == "bind" || m.type_ == "rbind" {
+        flags |= MsFlags::MS_BIND;
+    }
+    let source = (!m.source.is_empty()).then_some(m.source.as_str());
+    let data = (!opts.data.is_empty()).then_some(opts.data.as_str());
+    nix::mount::mount(
+        source,
+        target,
+        fstype,
+        flags & !MsFlags::MS_RDONLY | base_ro(flags),
+        data,
+    )
+    .map_err(ShimError::sys(format!(
+        "mount {} {} at {}",
+        m.type_,
+        m.source,
+        target.display()
+    )))?;
+    // A bind mount ignores MS_RDONLY on the first call: remount to apply it.
+    if flags.contains(MsFlags::MS_BIND) && flags.contains(MsFlags::MS_RDONLY) {
+        nix::mount::mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            flags | MsFlags::MS_REMOUNT,
+            None::<&str>,
+        )
+        .map_err(ShimError::sys(format!(
+            "remount {} read-only",
+            target.display()
+        )))?;
+    }
+    if !opts.propagation.is_empty() {
+        nix::mount::mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            opts.propagation,
+            None::<&str>,
+        )
+        .map_err(ShimError::sys(format!(
+            "set propagation of {}",
+            target.display()
+        )))?;
+    }
+    Ok(())
+}
+
+/// MS_RDONLY applies on the first mount call except for bind mounts.
+fn base_ro(flags: MsFlags) -> MsFlags {
+    if flags.contains(MsFlags::MS_BIND) {
+        MsFlags::empty()
+    } else {
+        flags & MsFlags::MS_RDONLY
+    }
+}
+
+/// Unmounts everything stacked at `target`. Best effort: failures are logged.
+pub fn unmount_all(target: &Path) {
+    // Bounded: a target never holds more than a few stacked mounts.
+    for _ in 0..64 {
+        match nix::mount::umount2(target, MntFlags::empty()) {
+            Ok(()) => continue,
+            Err(Errno::EINVAL) | Err(Errno::ENOENT) => return,
+            Err(Errno::EBUSY) => {
+                if let Err(e) = nix::mount::umount2(target, MntFlags::MNT_DETACH) {
+                    tracing::warn!(target = %target.display(), error = %e, "lazy unmount failed");
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(target = %target.display(), error = %e, "unmount failed");
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn overlay_options_become_data() {
+        let o = parse_options(&s(&[
+            "index=off",
+            "workdir=/w",
+            "upperdir=/u",
+            "lowerdir=/l1:/l2",
+        ]));
+        assert_eq!(o.flags, MsFlags::empty());
+        assert_eq!(o.data, "index=off,workdir=/w,upperdir=/u,lowerdir=/l1:/l2");
+    }
+
+    #[test]
+    fn bind_options_become_flags() {
+        let o = parse_options(&s(&["rbind", "ro", "nosuid", "rprivate"]));
+        assert_eq!(
+            o.flags,
+            MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID
+        );
+        assert_eq!(o.propagation, MsFlags::MS_PRIVATE | MsFlags::MS_REC);
+        assert!(o.data.is_empty());
+    }
+
+    #[test]
+    fn later_options_override_earlier_ones() {
+        let o = parse_options(&s(&["ro", "rw", "nodev", "dev"]));
+        assert_eq!(o.flags, MsFlags::empty());
+    }
+
+    #[test]
+    fn read_only_is_deferred_for_bind_mounts() {
+        assert_eq!(
+            base_ro(MsFlags::MS_BIND | MsFlags::MS_RDONLY),
+            MsFlags::empty()
+        );
+        assert_eq!(base_ro(MsFlags::MS_RDONLY), MsFlags::MS_RDONLY);
+    }
+}

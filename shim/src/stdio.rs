@@ -1,0 +1,360 @@
+//! A process' stdio through containerd's fifos.
+//!
+//! Without a terminal the container gets the fifo ends themselves: no copy,
+//! no thread, no extra wake-up per write. The shim keeps the *other* end of
+//! each fifo open as the runc shim does, so a container writing while
+//! containerd restarts never gets EPIPE (its writes block until containerd
+//! reads again), and a container reading stdin sees EOF only once the client
+//! closed it *and* containerd sent CloseIO.
+//!
+//! With a terminal the runtime hands back the pty master; two small threads
+//! copy stdin fifo → master and master → stdout fifo.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth::runtime::Stdio;
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+use crate::error::{Result, ShimError};
+
+/// Stack size of the copy threads: they only hold a small buffer.
+const COPY_STACK: usize = 64 * 1024;
+const COPY_BUF: usize = 8 * 1024;
+
+/// The stdio paths containerd gave for one process.
+#[derive(Debug, Clone, Default)]
+pub struct StdioPaths {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
+}
+
+/// What the shim holds for one process' stdio.
+#[derive(Default)]
+pub struct ProcessIo {
+    /// Our write end of the stdin fifo: dropped on CloseIO.
+    stdin_keeper: Mutex<Option<OwnedFd>>,
+    /// Our read ends of the stdout/stderr fifos (never read: they keep the
+    /// fifo open while containerd is away).
+    _keepers: Vec<OwnedFd>,
+    /// Ends a terminal process' copies need once the master arrives.
+    pending_tty: Mutex<Option<(Option<File>, Option<File>)>>,
+    /// The pty master, for TIOCSWINSZ.
+    pty_master: Mutex<Option<Arc<OwnedFd>>>,
+    /// Dropping it wakes the copy threads up so they exit.
+    cancel: Mutex<Option<OwnedFd>>,
+    /// One receiver per copy thread: it disconnects when the thread ends.
+    copies: Mutex<Vec<Receiver<()>>>,
+}
+
+/// Opens the fifos in `paths`. Returns what the runtime passes to the process
+/// and what the shim keeps.
+pub fn open(paths: &StdioPaths) -> Result<(Stdio, ProcessIo)> {
+    let mut io = ProcessIo::default();
+    let mut keepers = Vec::new();
+    let stdin = if paths.stdin.is_empty() {
+        None
+    } else {
+        let (reader, keeper) = open_stdin(&paths.stdin)?;
+        *io.stdin_keeper.get_mut().expect("fresh mutex") = Some(keeper);
+        Some(reader)
+    };
+    let stdout = open_output(&paths.stdout, &mut keepers)?;
+    let stderr = if paths.terminal {
+        None
+    } else {
+        open_output(&paths.stderr, &mut keepers)?
+    };
+    io._keepers = keepers;
+    if paths.terminal {
+        *io.pending_tty.get_mut().expect("fresh mutex") =
+            Some((stdin.map(File::from), stdout.map(File::from)));
+        return Ok((
+            Stdio {
+                terminal: true,
+                ..Default::default()
+            },
+            io,
+        ));
+    }
+    Ok((
+        Stdio {
+            stdin,
+            stdout,
+            stderr,
+            terminal: false,
+        },
+        io,
+    ))
+}
+
+/// stdin: the process gets a blocking read end; the shim keeps a write end.
+fn open_stdin(path: &str) -> Result<(OwnedFd, OwnedFd)> {
+    let path = fifo_path(path)?;
+    // Non-blocking so the open does not wait for a writer; made blocking after.
+    let reader = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(ShimError::io(format!("open stdin fifo {path}")))?;
+    let keeper = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(ShimError::io(format!("open stdin fifo {path} for writing")))?;
+    let reader = OwnedFd::from(reader);
+    set_blocking(reader.as_fd())?;
+    Ok((reader, OwnedFd::from(keeper)))
+}
+
+/// stdout/stderr: a fifo (the shim keeps a read end) or a `file://` log.
+fn open_output(uri: &str, keepers: &mut Vec<OwnedFd>) -> Result<Option<OwnedFd>> {
+    if uri.is_empty() {
+        return Ok(None);
+    }
+    if let Some(file) = uri.strip_prefix("file://") {
+        let f = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o640)
+            .open(file)
+            .map_err(ShimError::io(format!("open log file {file}")))?;
+        return Ok(Some(OwnedFd::from(f)));
+    }
+    let path = fifo_path(uri)?;
+    let keeper = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(ShimError::io(format!("open output fifo {path}")))?;
+    let writer = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(ShimError::io(format!(
+            "open output fifo {path} for writing"
+        )))?;
+    keepers.push(OwnedFd::from(keeper));
+    Ok(Some(OwnedFd::from(writer)))
+}
+
+fn fifo_path(uri: &str) -> Result<&str> {
+    if let Some(rest) = uri.strip_prefix("fifo://") {
+        return Ok(rest);
+    }
+    if uri.contains("://") {
+        return Err(ShimError::Unimplemented(format!(
+            "stdio URI {uri}: only fifos and file:// are supported"
+        )));
+    }
+    Ok(uri)
+}
+
+fn set_blocking(fd: BorrowedFd<'_>) -> Result<()> {
+    let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(ShimError::sys("fcntl F_GETFL"))?;
+    let flags = OFlag::from_bits_truncate(flags) & !OFlag::O_NONBLOCK;
+    fcntl(fd, FcntlArg::F_SETFL(flags)).map_err(ShimError::sys("fcntl F_SETFL"))?;
+    Ok(())
+}
+
+impl ProcessIo {
+    /// Starts copying between the fifos and the pty master of a terminal process.
+    pub fn attach_pty(&self, master: OwnedFd) -> Result<()> {
+        let master = Arc::new(master);
+        *self.pty_master.lock().expect("io lock") = Some(master.clone());
+        let Some((stdin, stdout)) = self.pending_tty.lock().expect("io lock").take() else {
+            return Ok(());
+        };
+        let (cancel_r, cancel_w) = nix::unistd::pipe().map_err(ShimError::sys("pipe"))?;
+        let cancel_r = Arc::new(cancel_r);
+        *self.cancel.lock().expect("io lock") = Some(cancel_w);
+        let mut copies = self.copies.lock().expect("io lock");
+        if let Some(stdin) = stdin {
+            let master_w = File::from(
+                master
+                    .try_clone()
+                    .map_err(ShimError::io("dup pty master"))?,
+            );
+            copies.push(spawn_copy("stdin-copy", stdin, master_w, cancel_r.clone())?);
+        }
+        if let Some(stdout) = stdout {
+            let master_r = File::from(
+                master
+                    .try_clone()
+                    .map_err(ShimError::io("dup pty master"))?,
+            );
+            copies.push(spawn_copy("stdout-copy", master_r, stdout, cancel_r)?);
+        }
+        Ok(())
+    }
+
+    /// Sets the terminal size. Without a terminal there is nothing to resize.
+    pub fn resize(&self, width: u32, height: u32) -> Result<()> {
+        let guard = self.pty_master.lock().expect("io lock");
+        let Some(master) = guard.as_ref() else {
+            return Ok(());
+        };
+        let ws = libc::winsize {
+            ws_row: u16::try_from(height).unwrap_or(u16::MAX),
+            ws_col: u16::try_from(width).unwrap_or(u16::MAX),
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        tiocswinsz(master.as_raw_fd(), &ws).map_err(ShimError::sys("TIOCSWINSZ"))?;
+        Ok(())
+    }
+
+    /// Closes the shim's end of stdin (CloseIO): the process reads EOF once
+    /// the client closed its end too.
+    pub fn close_stdin(&self) {
+        self.stdin_keeper.lock().expect("io lock").take();
+    }
+
+    /// Lets the copies drain what the exited process left (bounded by
+    /// `grace`), then stops them.
+    pub fn shutdown(&self, grace: Duration) {
+        let copies = std::mem::take(&mut *self.copies.lock().expect("io lock"));
+        let deadline = std::time::Instant::now() + grace;
+        // Only the output copy ends by itself (EIO once the pty slave is
+        // closed); stdin waits for a client that may never close it.
+        for rx in copies.iter().rev() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(()) | Err(RecvTimeoutError::Disconnected) => {}
+                Err(RecvTimeoutError::Timeout) => break,
+            }
+        }
+        self.cancel.lock().expect("io lock").take();
+        self.stdin_keeper.lock().expect("io lock").take();
+        self.pty_master.lock().expect("io lock").take();
+    }
+}
+
+nix::ioctl_write_ptr_bad!(tiocswinsz_raw, libc::TIOCSWINSZ, libc::winsize);
+
+fn tiocswinsz(fd: i32, ws: &libc::winsize) -> nix::Result<()> {
+    // SAFETY: fd is the pty master we own for the duration of the call, and
+    // `ws` points to a valid winsize the kernel only reads.
+    unsafe { tiocswinsz_raw(fd, ws) }.map(drop)
+}
+
+/// Copies `src` to `dst` on a small thread until EOF, an error, or cancel.
+/// The returned receiver disconnects when the thread has ended.
+fn spawn_copy(
+    name: &str,
+    mut src: File,
+    mut dst: File,
+    cancel: Arc<OwnedFd>,
+) -> Result<Receiver<()>> {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .stack_size(COPY_STACK)
+        .spawn(move || {
+            let _done = tx;
+            let mut buf = [0u8; COPY_BUF];
+            loop {
+                let mut fds = [
+                    PollFd::new(src.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(cancel.as_fd(), PollFlags::POLLIN),
+                ];
+                match poll(&mut fds, PollTimeout::NONE) {
+                    Ok(_) => {}
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(_) => return,
+                }
+                if fds[1].any().unwrap_or(true) {
+                    return;
+                }
+                match src.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        if dst.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    // EIO: the pty slave is closed, the process is gone.
+                    Err(_) => return,
+                }
+            }
+        })
+        .map_err(ShimError::io("spawn stdio copy thread"))?;
+    Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fifo_paths_and_uris() {
+        assert_eq!(fifo_path("/run/x/stdout").unwrap(), "/run/x/stdout");
+        assert_eq!(fifo_path("fifo:///run/x/stdout").unwrap(), "/run/x/stdout");
+        assert!(matches!(
+            fifo_path("binary:///usr/bin/logger"),
+            Err(ShimError::Unimplemented(_))
+        ));
+    }
+
+    #[test]
+    fn output_fifo_passes_through_and_survives_reader_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("stdout");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let paths = StdioPaths {
+            stdout: fifo.to_str().unwrap().to_string(),
+            ..Default::default()
+        };
+        // A client reader opens first, as containerd does.
+        let mut client = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        let (stdio, io) = open(&paths).unwrap();
+        let mut w = File::from(stdio.stdout.unwrap());
+        w.write_all(b"hello").unwrap();
+        let mut got = [0u8; 5];
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hello");
+        // The client goes away: writes must not fail while the shim keeps its end.
+        drop(client);
+        w.write_all(b"still open").unwrap();
+        drop(io);
+    }
+
+    #[test]
+    fn stdin_stays_open_until_close_io() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("stdin");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let paths = StdioPaths {
+            stdin: fifo.to_str().unwrap().to_string(),
+            ..Default::default()
+        };
+        let (stdio, io) = open(&paths).unwrap();
+        let mut client = OpenOptions::new().write(true).open(&fifo).unwrap();
+        client.write_all(b"in").unwrap();
+        drop(client);
+        let r = stdio.stdin.unwrap();
+        let mut reader = File::from(r);
+        let mut got = [0u8; 2];
+        reader.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"in");
+        // Client closed, but the shim's end keeps stdin open: no EOF yet.
+        let mut fds = [PollFd::new(reader.as_fd(), PollFlags::POLLIN)];
+        assert_eq!(poll(&mut fds, PollTimeout::ZERO).unwrap(), 0);
+        io.close_stdin();
+        let mut rest = Vec::new();
+        reader.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty());
+    }
+}

@@ -1,0 +1,247 @@
+//! `Container::create`: validate the spec, make the cgroup, start the init
+//! helper, hand it the request and stdio, and wait until the container init
+//! reports `Ready` (or an error, after which nothing is left behind).
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
+use oci_spec::runtime::LinuxNamespaceType;
+
+use super::cgroups::CgroupManager;
+use super::helper::Helper;
+use super::namespaces;
+use super::protocol::{self, CreateRequest, Report, Request};
+use super::state;
+use super::{Container, CreateOptions, Result, RuntimeError, Stdio, sys};
+
+/// The cgroup path of a container whose spec names none.
+pub fn default_cgroup_path(id: &str) -> String {
+    format!("/berth/{id}")
+}
+
+/// Checks the id: it names files and cgroups, so only a safe subset.
+pub fn validate_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 1024
+        && id != "."
+        && id != ".."
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '+'));
+    if ok {
+        Ok(())
+    } else {
+        Err(RuntimeError::InvalidSpec(format!(
+            "invalid container id {id:?} (letters, digits, - _ . + only)"
+        )))
+    }
+}
+
+/// Opens /dev/null for a missing stdio stream.
+pub fn dev_null() -> Result<OwnedFd> {
+    nix::fcntl::open("/dev/null", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty()).map_err(|e| {
+        RuntimeError::Sys {
+            context: "open /dev/null".into(),
+            source: e,
+        }
+    })
+}
+
+/// The three stdio fds to send (missing ones become /dev/null).
+pub fn stdio_fds(stdio: Stdio) -> Result<Vec<OwnedFd>> {
+    [stdio.stdin, stdio.stdout, stdio.stderr]
+        .into_iter()
+        .map(|fd| match fd {
+            Some(fd) => Ok(fd),
+            None => dev_null(),
+        })
+        .collect()
+}
+
+/// Undoes a failed create.
+struct Cleanup<'a> {
+    pid: Option<i32>,
+    cgroup: Option<&'a CgroupManager>,
+    state_dir: &'a Path,
+    armed: bool,
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Some(pid) = self.pid {
+            let _ = sys::kill(pid, libc::SIGKILL);
+        }
+        if let Some(cg) = self.cgroup
+            && let Err(e) = cg.destroy()
+        {
+            tracing::warn!(cgroup = cg.path(), error = %e, "cleanup of failed create: destroy cgroup");
+        }
+        state::remove(self.state_dir);
+    }
+}
+
+pub fn create(opts: CreateOptions<'_>) -> Result<(Container, Option<OwnedFd>)> {
+    validate_id(opts.id)?;
+    let started = std::time::Instant::now();
+    let spec_in = opts.spec;
+    let process = spec_in
+        .process()
+        .as_ref()
+        .ok_or_else(|| RuntimeError::InvalidSpec("spec has no process".into()))?;
+    if process.args().as_ref().is_none_or(|a| a.is_empty()) {
+        return Err(RuntimeError::InvalidSpec("process.args is empty".into()));
+    }
+    let root = spec_in
+        .root()
+        .as_ref()
+        .ok_or_else(|| RuntimeError::InvalidSpec("spec has no root".into()))?;
+    let rootfs: PathBuf = if root.path().is_absolute() {
+        root.path().clone()
+    } else {
+        opts.bundle.join(root.path())
+    };
+    let rootfs = rootfs.canonicalize().map_err(|e| RuntimeError::Io {
+        context: format!("rootfs {}", rootfs.display()),
+        source: e,
+    })?;
+    let linux = spec_in.linux().as_ref();
+    let plan = namespaces::plan(linux.and_then(|l| l.namespaces().as_deref()).unwrap_or(&[]))
+        .map_err(RuntimeError::InvalidSpec)?;
+    if !plan.creates(LinuxNamespaceType::Mount) {
+        return Err(RuntimeError::InvalidSpec(
+            "the spec must ask for a new mount namespace".into(),
+        ));
+    }
+    let cgroup_path = linux
+        .and_then(|l| l.cgroups_path().as_ref())
+        .map(|p| p.to_string_lossy().into_owned())
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| default_cgroup_path(opts.id));
+    let terminal = opts.stdio.terminal || process.terminal().unwrap_or(false);
+    let mut spec = spec_in.clone();
+    if let Some(p) = spec.process_mut() {
+        p.set_terminal(Some(terminal));
+    }
+
+    std::fs::create_dir_all(opts.state_dir).map_err(|e| RuntimeError::Io {
+        context: format!("create state dir {}", opts.state_dir.display()),
+        source: e,
+    })?;
+    let exec_fifo = state::make_exec_fifo(opts.state_dir)?;
+    let cgroup = CgroupManager::new(&cgroup_path)?;
+    let mut cleanup = Cleanup {
+        pid: None,
+        cgroup: None,
+        state_dir: opts.state_dir,
+        armed: true,
+    };
+    let stdio = stdio_fds(opts.stdio)?;
+    // Start the helper first: its exec overlaps with the cgroup work.
+    let helper = Helper::spawn()?;
+    let t_cg = std::time::Instant::now();
+    let r = cgroup.create(linux.and_then(|l| l.resources().as_ref()));
+    if r.is_ok() {
+        cleanup.cgroup = Some(&cgroup);
+    }
+    let r = r.and_then(|()| cgroup.add_process(helper.child.id() as i32));
+    let cgroup_ms = t_cg.elapsed().as_secs_f64() * 1000.0;
+    if let Err(e) = r {
+        let _ = sys::kill(helper.child.id() as i32, libc::SIGKILL);
+        helper.reap();
+        return Err(e.into());
+    }
+    let req = Request::Create(CreateRequest {
+        spec,
+        rootfs,
+        exec_fifo,
+        cgroup_path: cgroup_path.clone(),
+    });
+    let raw: Vec<i32> = stdio.iter().map(|f| f.as_raw_fd()).collect();
+    if let Err(e) = protocol::send(helper.sock.as_fd(), &req, &raw) {
+        let _ = sys::kill(helper.child.id() as i32, libc::SIGKILL);
+        helper.reap();
+        return Err(RuntimeError::Io {
+            context: "send request to the init helper".into(),
+            source: e,
+        });
+    }
+    drop(stdio);
+    let outcome = read_reports(&helper.sock, opts.id, terminal);
+    let sock_pid = outcome.pid;
+    cleanup.pid = sock_pid;
+    helper.reap();
+    let (pid, pty) = match (outcome.error, outcome.ready, sock_pid) {
+        (None, true, Some(pid)) => (pid, outcome.pty),
+        (Some(e), _, _) => return Err(RuntimeError::Setup(e)),
+        _ => {
+            return Err(RuntimeError::Setup(
+                "the container init exited before it was set up".into(),
+            ));
+        }
+    };
+    if terminal && pty.is_none() {
+        return Err(RuntimeError::Setup("no pty master came back".into()));
+    }
+    state::record_start_time(opts.state_dir, pid);
+    cleanup.armed = false;
+    tracing::debug!(
+        container = opts.id,
+        pid,
+        cgroup_ms,
+        total_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "container created"
+    );
+    Ok((
+        Container {
+            id: opts.id.to_owned(),
+            pid,
+            bundle: opts.bundle.to_owned(),
+            state_dir: opts.state_dir.to_owned(),
+            cgroup_path,
+        },
+        pty,
+    ))
+}
+
+/// What the helper and the process it cloned reported.
+#[derive(Default)]
+pub struct Outcome {
+    pub pid: Option<i32>,
+    pub pty: Option<OwnedFd>,
+    pub ready: bool,
+    pub error: Option<String>,
+}
+
+/// Reads reports until `Ready` (with a pid), an error, or the end of the stream.
+pub fn read_reports(sock: &OwnedFd, id: &str, want_ready: bool) -> Outcome {
+    let _ = want_ready;
+    let mut out = Outcome::default();
+    loop {
+        match protocol::recv::<Report>(sock.as_fd()) {
+            Ok(Some((msg, mut fds))) => match msg {
+                Report::Pid(p) => out.pid = Some(p),
+                Report::Warning(w) => tracing::warn!(container = id, "{w}"),
+                Report::PtyMaster => out.pty = fds.pop(),
+                Report::Ready => out.ready = true,
+                Report::Error(e) => {
+                    // The first error is the cause; keep reading for the pid.
+                    out.error.get_or_insert(e);
+                }
+            },
+            Ok(None) => return out,
+            Err(e) => {
+                out.error
+                    .get_or_insert(format!("reading from the init helper: {e}"));
+                return out;
+            }
+        }
+        if out.ready && out.pid.is_some() {
+            return out;
+        }
+    }
+}

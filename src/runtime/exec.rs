@@ -1,0 +1,75 @@
+//! `Container::exec`: a new helper joins the init's namespaces and cgroup
+//! and clones the process (a child of the caller), which sets itself up and
+//! execs. Returns once it has exec'd (the socket closes on exec).
+
+use std::os::fd::{AsFd, AsRawFd};
+
+use oci_spec::runtime::Process;
+
+use super::cgroups::CgroupManager;
+use super::create::{read_reports, stdio_fds};
+use super::helper::Helper;
+use super::protocol::{self, ExecRequest, Request};
+use super::{Container, ExecProcess, Result, RuntimeError, Stdio, state, sys};
+
+pub fn exec(c: &Container, process: &Process, stdio: Stdio) -> Result<ExecProcess> {
+    if process.args().as_ref().is_none_or(|a| a.is_empty()) {
+        return Err(RuntimeError::InvalidSpec("process.args is empty".into()));
+    }
+    if !state::is_same_process(&c.state_dir, c.pid) {
+        return Err(RuntimeError::NotFound(format!(
+            "container {}: init process {} is gone",
+            c.id, c.pid
+        )));
+    }
+    let terminal = stdio.terminal || process.terminal().unwrap_or(false);
+    let mut process = process.clone();
+    process.set_terminal(Some(terminal));
+    let fds = stdio_fds(stdio)?;
+    let helper = Helper::spawn()?;
+    let hpid = helper.child.id() as i32;
+    let cg = CgroupManager::new(&c.cgroup_path)?;
+    if let Err(e) = cg.add_process(hpid) {
+        let _ = sys::kill(hpid, libc::SIGKILL);
+        helper.reap();
+        return Err(e.into());
+    }
+    let req = Request::Exec(ExecRequest {
+        process,
+        init_pid: c.pid,
+    });
+    let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    if let Err(e) = protocol::send(helper.sock.as_fd(), &req, &raw) {
+        let _ = sys::kill(hpid, libc::SIGKILL);
+        helper.reap();
+        return Err(RuntimeError::Io {
+            context: "send request to the exec helper".into(),
+            source: e,
+        });
+    }
+    drop(fds);
+    // No `Ready` for exec: the stream ends when the process execs.
+    let out = read_reports(&helper.sock, &c.id, false);
+    helper.reap();
+    match (out.error, out.pid) {
+        (None, Some(pid)) => {
+            if terminal && out.pty.is_none() {
+                let _ = sys::kill(pid, libc::SIGKILL);
+                return Err(RuntimeError::Setup("no pty master came back".into()));
+            }
+            Ok(ExecProcess {
+                pid,
+                pty_master: out.pty,
+            })
+        }
+        (Some(e), pid) => {
+            if let Some(pid) = pid {
+                let _ = sys::kill(pid, libc::SIGKILL);
+            }
+            Err(RuntimeError::Setup(e))
+        }
+        (None, None) => Err(RuntimeError::Setup(
+            "the exec helper exited without starting the process".into(),
+        )),
+    }
+}

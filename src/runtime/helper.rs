@@ -1,0 +1,296 @@
+//! The init helper: the caller's own executable started again, single
+//! threaded, to join and create namespaces and clone the container process
+//! (with `CLONE_PARENT`, so the container is the caller's child).
+//!
+//! The helper is started from a sealed memfd copy of the executable, so that
+//! neither it nor the container process cloned from it can ever reach (and
+//! overwrite) the binary on disk through `/proc/<pid>/exe`
+//! (CVE-2019-5736 class). It is also non-dumpable until exec.
+
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+
+use nix::fcntl::{FcntlArg, OFlag, SealFlag};
+use nix::sched::CloneFlags;
+use nix::sys::memfd::MFdFlags;
+use nix::sys::stat::Mode;
+use oci_spec::runtime::LinuxNamespaceType;
+
+use super::init::{self, ExecContext, InitContext};
+use super::namespaces::{self, JOIN_ORDER};
+use super::protocol::{self, CreateRequest, ExecRequest, Report, Request};
+use super::sys::{self, CloneResult};
+use super::{Result, RuntimeError};
+
+/// The environment variable that marks a process as the init helper.
+pub const HELPER_ENV: &str = "_BERTH_RUNTIME_INIT_HELPER";
+/// The fd number the helper finds its socket at.
+const HELPER_SOCK_FD: i32 = 3;
+
+/// Entry of [`super::run_helper_if_requested`].
+pub fn run_if_requested() {
+    if std::env::var_os(HELPER_ENV).is_none() {
+        return;
+    }
+    let Some(sock) = sys::take_inherited_fd(HELPER_SOCK_FD) else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "berth init helper: no socket at fd {HELPER_SOCK_FD}"
+        );
+        sys::exit_now(2);
+    };
+    let code = match helper_main(sock.as_fd()) {
+        Ok(()) => 0,
+        Err(msg) => {
+            let _ = protocol::send(sock.as_fd(), &Report::Error(msg), &[]);
+            1
+        }
+    };
+    sys::exit_now(code)
+}
+
+fn helper_main(sock: BorrowedFd<'_>) -> std::result::Result<(), String> {
+    // Anything the caller leaked (fds without CLOEXEC) goes now.
+    sys::close_from(HELPER_SOCK_FD + 1).map_err(|e| format!("close inherited fds: {e}"))?;
+    sys::set_dumpable(false).map_err(|e| format!("set non-dumpable: {e}"))?;
+    let (req, fds) = protocol::recv::<Request>(sock)
+        .map_err(|e| format!("read request: {e}"))?
+        .ok_or_else(|| "the caller closed the socket".to_string())?;
+    match req {
+        Request::Create(r) => create(sock, r, fds),
+        Request::Exec(r) => exec(sock, r, fds),
+    }
+}
+
+fn open_ns(path: &std::path::Path) -> std::result::Result<OwnedFd, String> {
+    nix::fcntl::open(path, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(|e| format!("open namespace {}: {e}", path.display()))
+}
+
+fn create(
+    sock: BorrowedFd<'_>,
+    req: CreateRequest,
+    stdio: Vec<OwnedFd>,
+) -> std::result::Result<(), String> {
+    let linux = req.spec.linux().as_ref();
+    let plan = namespaces::plan(linux.and_then(|l| l.namespaces().as_deref()).unwrap_or(&[]))?;
+    // Open every namespace first: after joining a mount namespace the paths
+    // may mean something else.
+    let joins = plan
+        .join
+        .iter()
+        .map(|(t, p)| Ok((*t, p.clone(), open_ns(p)?)))
+        .collect::<std::result::Result<Vec<_>, String>>()?;
+    for (typ, path, fd) in &joins {
+        nix::sched::setns(fd, CloneFlags::from_bits_retain(namespaces::flag(*typ))).map_err(
+            |e| {
+                format!(
+                    "join {} namespace {}: {e}",
+                    namespaces::proc_name(*typ),
+                    path.display()
+                )
+            },
+        )?;
+    }
+    drop(joins);
+    let cgroup_file = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let new_userns = plan.creates(LinuxNamespaceType::User);
+    let sync = if new_userns {
+        Some(
+            nix::unistd::pipe2(OFlag::O_CLOEXEC)
+                .map_err(|e| format!("pipe for user namespace sync: {e}"))?,
+        )
+    } else {
+        None
+    };
+    let flags = libc::CLONE_PARENT | plan.clone_flags;
+    match sys::clone_fork(flags).map_err(|e| format!("clone container process: {e}"))? {
+        CloneResult::Child => {
+            let (sync_r, sync_w) = match sync {
+                Some((r, w)) => (Some(r), Some(w)),
+                None => (None, None),
+            };
+            drop(sync_w);
+            let sock = sock
+                .try_clone_to_owned()
+                .unwrap_or_else(|_| sys::exit_now(1));
+            init::container_init(InitContext {
+                req: &req,
+                plan: &plan,
+                sock,
+                stdio,
+                userns_sync: sync_r,
+                cgroup_file,
+            })
+        }
+        CloneResult::Parent(pid) => {
+            drop(stdio);
+            let _ = protocol::send(sock, &Report::Pid(pid), &[]);
+            if let Some((r, w)) = sync {
+                drop(r);
+                if let Err(e) = write_id_maps(pid, &req) {
+                    let _ = sys::kill(pid, libc::SIGKILL);
+                    return Err(e);
+                }
+                nix::unistd::write(&w, b"1").map_err(|e| format!("release container: {e}"))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn write_id_maps(pid: i32, req: &CreateRequest) -> std::result::Result<(), String> {
+    let linux = req.spec.linux().as_ref();
+    let fmt = |maps: Option<&Vec<oci_spec::runtime::LinuxIdMapping>>| {
+        maps.into_iter()
+            .flatten()
+            .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
+            .collect::<String>()
+    };
+    let uid = fmt(linux.and_then(|l| l.uid_mappings().as_ref()));
+    let gid = fmt(linux.and_then(|l| l.gid_mappings().as_ref()));
+    if uid.is_empty() || gid.is_empty() {
+        return Err("a new user namespace needs uidMappings and gidMappings".into());
+    }
+    for (file, data) in [("uid_map", &uid), ("gid_map", &gid)] {
+        std::fs::write(format!("/proc/{pid}/{file}"), data)
+            .map_err(|e| format!("write {file} {:?}: {e}", data.trim()))?;
+    }
+    Ok(())
+}
+
+fn ns_id(path: &str) -> Option<(u64, u64)> {
+    nix::sys::stat::stat(path)
+        .ok()
+        .map(|s| (s.st_dev, s.st_ino))
+}
+
+fn exec(
+    sock: BorrowedFd<'_>,
+    req: ExecRequest,
+    stdio: Vec<OwnedFd>,
+) -> std::result::Result<(), String> {
+    let pid = req.init_pid;
+    let mut joins = Vec::new();
+    for typ in JOIN_ORDER {
+        let name = namespaces::proc_name(typ);
+        let theirs = format!("/proc/{pid}/ns/{name}");
+        let Some(their_id) = ns_id(&theirs) else {
+            if typ == LinuxNamespaceType::Time {
+                continue;
+            }
+            return Err(format!("container init {pid} is gone ({theirs} missing)"));
+        };
+        if ns_id(&format!("/proc/self/ns/{name}")) == Some(their_id) {
+            continue;
+        }
+        joins.push((typ, open_ns(std::path::Path::new(&theirs))?));
+    }
+    for (typ, fd) in &joins {
+        nix::sched::setns(fd, CloneFlags::from_bits_retain(namespaces::flag(*typ))).map_err(
+            |e| {
+                format!(
+                    "join the container's {} namespace: {e}",
+                    namespaces::proc_name(*typ)
+                )
+            },
+        )?;
+    }
+    drop(joins);
+    match sys::clone_fork(libc::CLONE_PARENT).map_err(|e| format!("clone exec process: {e}"))? {
+        CloneResult::Child => {
+            let sock = sock
+                .try_clone_to_owned()
+                .unwrap_or_else(|_| sys::exit_now(1));
+            init::exec_init(ExecContext {
+                process: &req.process,
+                sock,
+                stdio,
+            })
+        }
+        CloneResult::Parent(child) => {
+            let _ = protocol::send(sock, &Report::Pid(child), &[]);
+            Ok(())
+        }
+    }
+}
+
+/// A sealed, in-memory copy of this executable that helpers are started from.
+fn sealed_exe() -> Result<&'static OwnedFd> {
+    static EXE: OnceLock<OwnedFd> = OnceLock::new();
+    if let Some(fd) = EXE.get() {
+        return Ok(fd);
+    }
+    let io = |context: &str, source| RuntimeError::Io {
+        context: context.to_owned(),
+        source,
+    };
+    let mut src =
+        std::fs::File::open("/proc/self/exe").map_err(|e| io("open /proc/self/exe", e))?;
+    let memfd = nix::sys::memfd::memfd_create(
+        "berth-runtime",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )
+    .map_err(|e| RuntimeError::Sys {
+        context: "memfd_create".into(),
+        source: e,
+    })?;
+    let mut dst = std::fs::File::from(memfd);
+    std::io::copy(&mut src, &mut dst).map_err(|e| io("copy executable to memfd", e))?;
+    let memfd = OwnedFd::from(dst);
+    nix::fcntl::fcntl(
+        &memfd,
+        FcntlArg::F_ADD_SEALS(
+            SealFlag::F_SEAL_SEAL
+                | SealFlag::F_SEAL_SHRINK
+                | SealFlag::F_SEAL_GROW
+                | SealFlag::F_SEAL_WRITE,
+        ),
+    )
+    .map_err(|e| RuntimeError::Sys {
+        context: "seal executable memfd".into(),
+        source: e,
+    })?;
+    Ok(EXE.get_or_init(|| memfd))
+}
+
+/// A started helper and the caller's end of its socket.
+pub struct Helper {
+    pub child: Child,
+    pub sock: OwnedFd,
+}
+
+impl Helper {
+    /// Starts a helper (from the sealed copy of this executable).
+    pub fn spawn() -> Result<Self> {
+        let exe = sealed_exe()?;
+        let (ours, theirs) = protocol::socket_pair().map_err(|e| RuntimeError::Sys {
+            context: "socketpair".into(),
+            source: e,
+        })?;
+        let mut cmd = Command::new(format!("/proc/self/fd/{}", exe.as_raw_fd()));
+        use std::os::unix::process::CommandExt;
+        cmd.arg0("berth-init-helper")
+            .env_clear()
+            .env(HELPER_ENV, "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        sys::pass_fd_as(&mut cmd, theirs.as_raw_fd(), HELPER_SOCK_FD);
+        let child = cmd.spawn().map_err(|e| RuntimeError::Io {
+            context: "start the init helper".into(),
+            source: e,
+        })?;
+        drop(theirs);
+        Ok(Self { child, sock: ours })
+    }
+
+    /// Reaps the helper, which exits on its own once it has cloned the
+    /// container process. A caller that reaps every child (`waitpid(-1)`)
+    /// may have done it already: that is fine.
+    pub fn reap(mut self) {
+        let _ = self.child.wait();
+    }
+}

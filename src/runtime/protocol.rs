@@ -1,0 +1,134 @@
+//! Messages between the caller and its init helper (and the container init
+//! the helper clones): JSON over a `SOCK_SEQPACKET` socket pair, one message
+//! per packet, file descriptors alongside as `SCM_RIGHTS`.
+
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+
+use nix::sys::socket::{
+    ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, sendmsg,
+};
+use oci_spec::runtime::{Process, Spec};
+use serde::{Deserialize, Serialize};
+
+/// The largest message either side accepts.
+const MAX_MESSAGE: usize = 1 << 20;
+
+/// What the caller asks the helper to do. The stdio fds (stdin, stdout,
+/// stderr, in this order) travel with the message.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Request {
+    Create(CreateRequest),
+    Exec(ExecRequest),
+}
+
+/// Set up a new container.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CreateRequest {
+    pub spec: Spec,
+    /// Absolute path of the (already mounted) rootfs.
+    pub rootfs: PathBuf,
+    /// The fifo `start` writes to; the init blocks on it before exec.
+    pub exec_fifo: PathBuf,
+    /// The cgroup path of the container (relative to the hierarchy roots).
+    pub cgroup_path: String,
+}
+
+/// Start a process inside a running container.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub process: Process,
+    /// The container init whose namespaces the process joins.
+    pub init_pid: i32,
+}
+
+/// What the helper and the container init report back.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Report {
+    /// Pid of the container (exec) process, in the caller's pid namespace.
+    Pid(i32),
+    /// Something worth a log line (e.g. a clamped value).
+    Warning(String),
+    /// The pty master travels with this message.
+    PtyMaster,
+    /// The init is set up and waits for `start`.
+    Ready,
+    /// Set-up failed; the message says what and where.
+    Error(String),
+}
+
+/// A connected pair of sockets, both close-on-exec.
+pub fn socket_pair() -> nix::Result<(OwnedFd, OwnedFd)> {
+    nix::sys::socket::socketpair(
+        nix::sys::socket::AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+}
+
+/// Sends one message with `fds` attached.
+pub fn send<T: Serialize>(sock: BorrowedFd<'_>, msg: &T, fds: &[RawFd]) -> std::io::Result<()> {
+    let data = serde_json::to_vec(msg).map_err(std::io::Error::other)?;
+    if data.len() > MAX_MESSAGE {
+        return Err(std::io::Error::other(format!(
+            "message of {} bytes exceeds {MAX_MESSAGE}",
+            data.len()
+        )));
+    }
+    let iov = [IoSlice::new(&data)];
+    let cmsgs = if fds.is_empty() {
+        vec![]
+    } else {
+        vec![ControlMessage::ScmRights(fds)]
+    };
+    loop {
+        match sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Receives one message and the fds that came with it; `None` at end of stream.
+pub fn recv<T: for<'de> Deserialize<'de>>(
+    sock: BorrowedFd<'_>,
+) -> std::io::Result<Option<(T, Vec<OwnedFd>)>> {
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut cmsg = nix::cmsg_space!([RawFd; 8]);
+    let (len, fds) = loop {
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        match recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(msg) => {
+                let mut fds = Vec::new();
+                for c in msg.cmsgs().map_err(std::io::Error::from)? {
+                    if let ControlMessageOwned::ScmRights(raw) = c {
+                        for fd in raw {
+                            // SAFETY: the kernel just installed these fds in
+                            // our table for us; nothing else owns them.
+                            fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+                        }
+                    }
+                }
+                if msg.flags.contains(MsgFlags::MSG_TRUNC) {
+                    return Err(std::io::Error::other("message truncated"));
+                }
+                break (msg.bytes, fds);
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    if len == 0 {
+        return Ok(None);
+    }
+    let msg = serde_json::from_slice(&buf[..len]).map_err(std::io::Error::other)?;
+    Ok(Some((msg, fds)))
+}

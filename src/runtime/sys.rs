@@ -1,0 +1,222 @@
+//! The few system calls the runtime needs that have no safe wrapper in `nix`
+//! or `std`. Every `unsafe` block of the runtime lives here.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use nix::errno::Errno;
+
+/// Result of a raw `clone`: which side of it we are on.
+pub enum CloneResult {
+    /// In the parent; the new child's pid (in the parent's active pid namespace).
+    Parent(i32),
+    /// In the child.
+    Child,
+}
+
+/// A fork-like `clone(2)` (no new stack: the child gets a copy-on-write copy
+/// of the caller's memory, exactly as with `fork`) with namespace and
+/// `CLONE_PARENT` flags. The exit signal is SIGCHLD.
+///
+/// Only call from a single-threaded process (the init helper).
+pub fn clone_fork(flags: libc::c_int) -> nix::Result<CloneResult> {
+    // SAFETY: raw clone without CLONE_VM and with a NULL stack behaves like
+    // fork(2); the helper that calls this is single-threaded, so the child
+    // may go on running ordinary Rust code (no lock can be held by another
+    // thread).
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags | libc::SIGCHLD) as libc::c_ulong,
+            std::ptr::null_mut::<libc::c_void>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            0 as libc::c_ulong,
+        )
+    };
+    match Errno::result(ret)? {
+        0 => Ok(CloneResult::Child),
+        pid => Ok(CloneResult::Parent(pid as i32)),
+    }
+}
+
+/// Marks every fd from `first` upward close-on-exec (CVE-2024-21626 class:
+/// nothing of the runtime may leak into the container).
+pub fn cloexec_from(first: RawFd) -> nix::Result<()> {
+    // SAFETY: close_range only changes fd flags; no memory is involved.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    Errno::result(ret).map(drop)
+}
+
+/// Closes every fd from `first` upward.
+pub fn close_from(first: RawFd) -> nix::Result<()> {
+    // SAFETY: closing fds we do not own would be a problem for Rust code
+    // holding them; this is only called at the very start of the init helper,
+    // before anything in this process opened an fd above `first`.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            0 as libc::c_uint,
+        )
+    };
+    Errno::result(ret).map(drop)
+}
+
+/// `dup2(old, new)`; the new fd is not close-on-exec.
+pub fn dup2_raw(old: BorrowedFd<'_>, new: RawFd) -> nix::Result<()> {
+    // SAFETY: dup2 on a valid fd; `new` is one of the standard fds, which
+    // Rust does not track as owned.
+    Errno::result(unsafe { libc::dup2(old.as_raw_fd(), new) }).map(drop)
+}
+
+/// Takes ownership of an fd inherited at a fixed number.
+///
+/// # Panics
+/// Never; returns `None` when `fd` is not open.
+pub fn take_inherited_fd(fd: RawFd) -> Option<OwnedFd> {
+    // SAFETY: F_GETFD only inspects the descriptor table.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return None;
+    }
+    // SAFETY: the fd is open, was inherited by contract for this purpose, and
+    // nothing else in this process owns it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: F_SETFD on an open fd we now own.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    Some(owned)
+}
+
+/// Makes `fd` become fd `target` (not close-on-exec) in the process `cmd`
+/// starts.
+pub fn pass_fd_as(cmd: &mut Command, fd: RawFd, target: RawFd) {
+    // SAFETY: the closure runs between fork and exec in the child; it only
+    // calls dup2/fcntl, which are async-signal-safe, and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if fd == target {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            } else if libc::dup2(fd, target) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// prctl(PR_SET_DUMPABLE, value).
+pub fn set_dumpable(dumpable: bool) -> nix::Result<()> {
+    nix::sys::prctl::set_dumpable(dumpable)
+}
+
+/// prctl(PR_SET_NO_NEW_PRIVS, 1).
+pub fn set_no_new_privs() -> nix::Result<()> {
+    nix::sys::prctl::set_no_new_privs()
+}
+
+/// prctl(PR_SET_KEEPCAPS, value).
+pub fn set_keepcaps(keep: bool) -> nix::Result<()> {
+    nix::sys::prctl::set_keepcaps(keep)
+}
+
+/// setrlimit(resource, soft, hard).
+pub fn setrlimit(resource: libc::c_int, soft: u64, hard: u64) -> nix::Result<()> {
+    let lim = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: `lim` is a valid rlimit for the duration of the call.
+    Errno::result(unsafe { libc::setrlimit(resource as _, &lim) }).map(drop)
+}
+
+/// getrlimit(resource) -> (soft, hard).
+pub fn getrlimit(resource: libc::c_int) -> nix::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit.
+    Errno::result(unsafe { libc::getrlimit(resource as _, &mut lim) })?;
+    Ok((lim.rlim_cur, lim.rlim_max))
+}
+
+/// Makes the terminal `fd` the controlling terminal of this (session leader) process.
+pub fn set_controlling_tty(fd: BorrowedFd<'_>) -> nix::Result<()> {
+    // SAFETY: TIOCSCTTY takes an int argument, no memory.
+    Errno::result(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSCTTY, 0) }).map(drop)
+}
+
+/// Unlocks a pty master and returns the number of its slave.
+pub fn unlock_pty(master: BorrowedFd<'_>) -> nix::Result<u32> {
+    let mut unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads an int from the valid pointer.
+    Errno::result(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &mut unlock) })?;
+    let mut n: libc::c_uint = 0;
+    // SAFETY: TIOCGPTN writes an unsigned int to the valid pointer.
+    Errno::result(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTN, &mut n) })?;
+    Ok(n)
+}
+
+/// umask(mask).
+pub fn umask(mask: u32) {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
+}
+
+/// Sends `sig` to `pid` (0 checks existence).
+pub fn kill(pid: i32, sig: i32) -> nix::Result<()> {
+    // SAFETY: kill(2) takes plain integers.
+    Errno::result(unsafe { libc::kill(pid, sig) }).map(drop)
+}
+
+/// setgroups(2) that also works for an empty list.
+pub fn setgroups(gids: &[u32]) -> nix::Result<()> {
+    // SAFETY: the pointer and length describe a valid slice of gid_t.
+    Errno::result(unsafe { libc::setgroups(gids.len(), gids.as_ptr()) }).map(drop)
+}
+
+/// execve(path, argv, envp); returns only on failure.
+pub fn execve(path: &CString, argv: &[CString], env: &[CString]) -> Errno {
+    match nix::unistd::execve(path, argv, env) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+/// Exits the process at once, without running destructors or atexit
+/// handlers (the state is a copy of the helper's).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and touches no Rust state.
+    unsafe { libc::_exit(code) }
+}
+
+/// Resets every signal disposition to its default and unblocks all signals
+/// (the caller may ignore SIGPIPE, as Rust programs do; a container process
+/// must not inherit that).
+pub fn reset_signals() {
+    for sig in 1..libc::SIGRTMAX() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: installing SIG_DFL involves no handler code.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
+    // SAFETY: an empty set, initialised by sigemptyset before use.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}

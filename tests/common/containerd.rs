@@ -1,0 +1,348 @@
+#![allow(dead_code)]
+//! A real containerd 1.6 (Debian's), started by the test in a temp dir with
+//! its own root, state, sockets and namespace, our shim on its PATH, and
+//! driven with `ctr`. Torn down (by pid) in Drop.
+
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
+
+pub const CONTAINERD: &str = "/usr/bin/containerd";
+pub const CTR: &str = "/usr/bin/ctr";
+pub const BERTH_RUNTIME: &str = "io.containerd.berth.v2";
+pub const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
+pub const SHIM_NAME: &str = "containerd-shim-berth-v2";
+/// containerd 1.6 puts shim sockets here whatever its own state dir.
+pub const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
+/// cgroup v1 controllers whose leftovers the tests look for.
+pub const CGROUP_CONTROLLERS: &[&str] = &[
+    "memory", "pids", "cpu", "cpuacct", "cpuset", "freezer", "devices", "blkio",
+];
+
+/// The shim binary `cargo build --workspace` produced next to this test.
+pub fn shim_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> → target/<profile>/<shim>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join(SHIM_NAME);
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first with `cargo build -p containerd-shim-berth-v2` \
+         (`--release` for benches; tests/run-all.sh runs `cargo build --workspace` \
+         before the tests)",
+        bin.display()
+    );
+    bin
+}
+
+/// Short, unique name: helper area, test pid, a counter.
+pub fn unique(what: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "berth-shim-{what}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Polls `f` until it returns true or `limit` passes (waits for state, never times it).
+pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub struct Containerd {
+    pub dir: PathBuf,
+    pub address: PathBuf,
+    pub namespace: String,
+    child: Option<Child>,
+}
+
+impl Containerd {
+    /// Starts containerd with our shim on its PATH and waits until it answers.
+    pub fn start() -> Result<Containerd> {
+        let shim = shim_binary();
+        for tool in [CONTAINERD, CTR] {
+            if !Path::new(tool).exists() {
+                bail!("{tool} is missing: install Debian's containerd (tests/run-all.sh does)");
+            }
+        }
+        let name = unique("ctd");
+        let dir = std::env::temp_dir().join(&name);
+        std::fs::create_dir_all(dir.join("bin"))?;
+        symlink(&shim, dir.join("bin").join(SHIM_NAME))?;
+        let address = dir.join("c.sock");
+        let config = format!(
+            r#"version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "{sock}"
+[ttrpc]
+  address = "{sock}.ttrpc"
+[debug]
+  address = "{dir}/debug.sock"
+  level = "info"
+[metrics]
+  address = ""
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{dir}/opt"
+"#,
+            root = dir.join("root").display(),
+            state = dir.join("state").display(),
+            sock = address.display(),
+            dir = dir.display(),
+        );
+        std::fs::write(dir.join("config.toml"), config)?;
+        let log = std::fs::File::create(dir.join("containerd.log"))?;
+        let path = format!(
+            "{}:{}",
+            dir.join("bin").display(),
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
+        );
+        let child = Command::new(CONTAINERD)
+            .arg("--config")
+            .arg(dir.join("config.toml"))
+            .env("PATH", path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("start containerd")?;
+        let mut c = Containerd {
+            dir,
+            address,
+            namespace: name,
+            child: Some(child),
+        };
+        let up = wait_until(Duration::from_secs(30), || {
+            c.address.exists()
+                && c.ctr(&["version"])
+                    .map(|o| o.status.success())
+                    .unwrap_or(false)
+        });
+        if !up {
+            let status = c.child.as_mut().and_then(|ch| ch.try_wait().ok().flatten());
+            bail!(
+                "containerd did not come up ({status:?}); log:\n{}",
+                c.log_tail()
+            );
+        }
+        Ok(c)
+    }
+
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default();
+        let lines: Vec<_> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// A `ctr` command for this containerd and namespace.
+    pub fn ctr_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(CTR);
+        let (global, args): (Vec<&str>, &[&str]) = match args {
+            ["--timeout", t, rest @ ..] => (vec!["--timeout", t], rest),
+            _ => (vec![], args),
+        };
+        cmd.args(global)
+            .arg("--address")
+            .arg(&self.address)
+            .arg("-n")
+            .arg(&self.namespace)
+            .args(args)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs ctr to completion; a hung shim fails the call (ctr's own
+    /// deadline) instead of hanging the test.
+    pub fn ctr(&self, args: &[&str]) -> Result<Output> {
+        let mut a = vec!["--timeout", "120s"];
+        a.extend_from_slice(args);
+        self.ctr_cmd(&a)
+            .output()
+            .with_context(|| format!("run ctr {args:?}"))
+    }
+
+    /// Runs ctr, fails unless it succeeded, returns its stdout.
+    pub fn ctr_ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.ctr(args)?;
+        if !out.status.success() {
+            bail!(
+                "ctr {args:?} failed ({}):\nstdout: {}\nstderr: {}\ncontainerd log:\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                self.log_tail()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Imports the busybox test image.
+    pub fn import_busybox(&self) -> Result<()> {
+        let archive = self.dir.join("busybox.tar");
+        super::busybox_archive::write_archive(&archive)?;
+        self.ctr_ok(&["images", "import", archive.to_str().unwrap()])?;
+        Ok(())
+    }
+
+    /// Where containerd keeps a task's bundle.
+    pub fn bundle(&self, id: &str) -> PathBuf {
+        self.dir
+            .join("state/io.containerd.runtime.v2.task")
+            .join(&self.namespace)
+            .join(id)
+    }
+
+    /// The ttrpc address of the shim serving `id` (from its bundle).
+    pub fn task_address(&self, id: &str) -> Result<String> {
+        let a = std::fs::read_to_string(self.bundle(id).join("address"))
+            .with_context(|| format!("read address of {id}"))?;
+        Ok(a.trim().to_string())
+    }
+
+    /// The socket a shim grouped under `grouping` listens on (containerd's naming).
+    pub fn shim_socket(&self, grouping: &str) -> PathBuf {
+        let key = format!("{}/{}/{}", self.address.display(), self.namespace, grouping);
+        Path::new(SHIM_SOCKET_DIR).join(hex::encode(Sha256::digest(key.as_bytes())))
+    }
+
+    /// Pids of shim processes (any runtime) serving this containerd's namespace.
+    pub fn shim_pids(&self) -> Vec<i32> {
+        let mut pids = Vec::new();
+        let Ok(rd) = std::fs::read_dir("/proc") else {
+            return pids;
+        };
+        for e in rd.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let args: Vec<String> = cmd
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let is_shim = args.first().is_some_and(|a| a.contains("containerd-shim-"));
+            let ours = args
+                .windows(2)
+                .any(|w| w[0] == "-namespace" && w[1] == self.namespace);
+            if is_shim && ours {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    /// The cgroup dirs ctr's default spec gives a container (`/<ns>/<id>`).
+    pub fn cgroup_dirs(&self, id: &str) -> Vec<PathBuf> {
+        CGROUP_CONTROLLERS
+            .iter()
+            .map(|c| {
+                Path::new("/sys/fs/cgroup")
+                    .join(c)
+                    .join(&self.namespace)
+                    .join(id)
+            })
+            .collect()
+    }
+
+    /// Fails if anything of containers `ids` is left: mounts under our dir,
+    /// cgroups, shim processes, shim sockets. Waits for the asynchronous parts
+    /// (shim exit after Shutdown) to settle first.
+    pub fn assert_no_leftovers(&self, ids: &[&str]) {
+        let shims_gone = wait_until(Duration::from_secs(20), || self.shim_pids().is_empty());
+        assert!(shims_gone, "shim processes left: {:?}", self.shim_pids());
+        for id in ids {
+            let sock = self.shim_socket(id);
+            assert!(!sock.exists(), "shim socket left: {}", sock.display());
+            for d in self.cgroup_dirs(id) {
+                assert!(!d.exists(), "cgroup left: {}", d.display());
+            }
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let dir = self.dir.display().to_string();
+        let left: Vec<_> = mounts.lines().filter(|l| l.contains(&dir)).collect();
+        assert!(left.is_empty(), "mounts left:\n{}", left.join("\n"));
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // Shims (and so their containers) our containerd started.
+        for pid in self.shim_pids() {
+            kill(pid, libc::SIGKILL);
+        }
+        if let Some(mut child) = self.child.take() {
+            kill(child.id() as i32, libc::SIGTERM);
+            let stopped = wait_until(Duration::from_secs(10), || {
+                child.try_wait().ok().flatten().is_some()
+            });
+            if !stopped {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        // Container processes still in our namespace's cgroups, then the cgroups.
+        for c in CGROUP_CONTROLLERS {
+            let ns = Path::new("/sys/fs/cgroup").join(c).join(&self.namespace);
+            remove_cgroup_tree(&ns);
+        }
+        // Anything still mounted under our dir (a failed test's rootfs).
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let dir = self.dir.display().to_string();
+        let mut targets: Vec<String> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&dir))
+            .map(str::to_string)
+            .collect();
+        targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+        for t in targets {
+            let _ = nix::mount::umount2(t.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+        if std::env::var_os("BERTH_KEEP_TEST_DIRS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn kill(pid: i32, sig: i32) {
+    // SAFETY: kill(2) with a pid we started (or our containerd started).
+    unsafe { libc::kill(pid, sig) };
+}
+
+fn remove_cgroup_tree(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            remove_cgroup_tree(&e.path());
+        }
+    }
+    if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+        for pid in procs.lines().filter_map(|p| p.parse::<i32>().ok()) {
+            kill(pid, libc::SIGKILL);
+        }
+    }
+    let _ = wait_until(Duration::from_secs(5), || {
+        std::fs::remove_dir(dir).is_ok() || !dir.exists()
+    });
+}
