@@ -421,6 +421,8 @@ async fn mirrors_and_blocked_registries() -> Result<()> {
         &e.cfg.registries_config,
         format!(
             r#"
+unqualified-search-registries = ["127.0.0.1:{dead}", "{host}"]
+
 [[registry]]
 prefix = "127.0.0.1:{dead}/team"
 location = "127.0.0.1:{dead}/team"
@@ -444,6 +446,27 @@ blocked = true
         rec.repo_tags,
         vec![name.clone()],
         "the image is known under the name asked for"
+    );
+    // An unqualified name: the search registries in order (the first is down).
+    let rec = store.pull("mirrored/team/app:1", None).await?;
+    assert!(
+        rec.repo_tags
+            .contains(&format!("{}/mirrored/team/app:1", reg.host))
+    );
+    assert_eq!(rec.repo_tags.len(), 2, "same image, second tag");
+    assert_eq!(
+        store.get("mirrored/team/app:1")?.map(|r| r.id),
+        Some(img.config_digest.clone())
+    );
+    store.remove("mirrored/team/app:1").await?;
+    assert!(
+        store
+            .get(&format!("{}/mirrored/team/app:1", reg.host))?
+            .is_none()
+    );
+    assert!(
+        store.get(&name)?.is_some(),
+        "the other tag of the image stays"
     );
     let err = store
         .pull(&format!("{}/forbidden/app:1", reg.host), None)
@@ -633,5 +656,81 @@ async fn bearer_token_registry() -> Result<()> {
         token.requests.load(std::sync::atomic::Ordering::SeqCst),
         before
     );
+    Ok(())
+}
+
+/// Incompressible bytes (xorshift), so layers have a real size on the wire.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn interrupted_pull_leaves_nothing_and_can_be_retried() -> Result<()> {
+    let reg = Registry::start()?;
+    let img = oci_image::image(
+        vec![
+            LayerBuilder::new().busybox().finish(Compression::Gzip),
+            LayerBuilder::new()
+                .file("big1", &noise(16 << 20, 7), 0o644)
+                .finish(Compression::None),
+            LayerBuilder::new()
+                .file("big2", &noise(16 << 20, 9), 0o644)
+                .finish(Compression::None),
+        ],
+        Format::Oci,
+        host_arch(),
+    );
+    oci_image::push(&reg.pusher(), "test/big", Some("1"), &img).await?;
+    let name = format!("{}/test/big:1", reg.host);
+    let e = env();
+    let store = std::sync::Arc::new(ImageStore::open(&e.root, &e.cfg).await?);
+    let task = {
+        let store = store.clone();
+        let name = name.clone();
+        tokio::spawn(async move { store.pull(&name, None).await })
+    };
+    // Interrupt once a layer is being unpacked.
+    let mut interrupted = false;
+    for _ in 0..2000 {
+        let busy = std::fs::read_dir(e.root.join("tmp"))?.flatten().any(|d| {
+            d.file_name().to_string_lossy().starts_with("snap-") && count_entries(&d.path()) > 0
+        });
+        if busy || task.is_finished() {
+            interrupted = !task.is_finished();
+            task.abort();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let _ = task.await; // the aborted pull's future is dropped
+    assert!(
+        interrupted,
+        "the pull finished before it could be interrupted"
+    );
+    assert!(
+        store.list()?.is_empty(),
+        "an interrupted pull is not visible"
+    );
+    assert!(store.get(&name)?.is_none());
+    drop(store);
+    // Reopen (as after a crash): no trace left.
+    let store = ImageStore::open(&e.root, &e.cfg).await?;
+    assert_eq!(count_entries(&e.root.join("snapshots")), 0);
+    assert_eq!(count_entries(&e.root.join("blobs/sha256")), 0);
+    assert!(store.list()?.is_empty());
+    // The retry succeeds.
+    let rec = store.pull(&name, None).await?;
+    assert_eq!(rec.id, img.config_digest);
+    let snap = store.snapshot_path(&rec.chain_ids[2]);
+    assert_eq!(std::fs::metadata(snap.join("big2"))?.len(), 16 << 20);
     Ok(())
 }

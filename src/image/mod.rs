@@ -190,10 +190,8 @@ impl ImageStore {
     /// Pulls `reference` (Docker-style name, normalised), verifies and unpacks
     /// it, and records it. Returns the stored image.
     pub async fn pull(&self, reference: &str, auth: Option<&RegistryAuth>) -> Result<ImageRecord> {
-        let span = tracing::info_span!("pull", image = %reference);
-        let _e = span.enter();
-        drop(_e);
         use tracing::Instrument;
+        let span = tracing::info_span!("pull", image = %reference);
         self.pull_impl(reference, auth).instrument(span).await
     }
 
@@ -211,10 +209,20 @@ impl ImageStore {
         {
             return Ok(Some(id));
         }
-        if let Ok(r) = reference::normalize(reference_or_id)
-            && let Some(id) = self.meta.resolve_ref(&r.to_string())?
-        {
-            return Ok(Some(id));
+        if let Ok(parsed) = reference::parse(reference_or_id) {
+            // Unqualified names: each search registry in order, as pulls do.
+            let registries = match &parsed.registry {
+                Some(r) => vec![r.clone()],
+                None => self.search_registries(),
+            };
+            for registry in registries {
+                if let Some(id) = self
+                    .meta
+                    .resolve_ref(&parsed.qualify(&registry).to_string())?
+                {
+                    return Ok(Some(id));
+                }
+            }
         }
         // A unique prefix of an id (as `crictl` shows them).
         let prefix = reference_or_id
@@ -247,11 +255,19 @@ impl ImageStore {
     /// an id or digest, the image with all its tags. Removing an unknown image
     /// is not an error (CRI semantics). Unreferenced content is collected.
     pub async fn remove(&self, reference_or_id: &str) -> Result<()> {
-        let tag = reference::normalize(reference_or_id)
+        let tag = reference::parse(reference_or_id)
             .ok()
-            .filter(|r| r.digest.is_none())
-            .map(|r| r.to_string())
-            .filter(|t| self.meta.resolve_ref(t).ok().flatten().is_some());
+            .filter(|p| p.digest.is_none())
+            .and_then(|p| {
+                let registries = match &p.registry {
+                    Some(r) => vec![r.clone()],
+                    None => self.search_registries(),
+                };
+                registries
+                    .into_iter()
+                    .map(|r| p.qualify(&r).to_string())
+                    .find(|t| self.meta.resolve_ref(t).ok().flatten().is_some())
+            });
         let changed = match tag {
             Some(t) if is_full_id(reference_or_id).is_none() => self.meta.untag(&t)?,
             _ => match self.resolve(reference_or_id)? {
@@ -311,8 +327,37 @@ impl ImageStore {
         self.snapshots.remove(container_id)
     }
 
+    fn search_registries(&self) -> Vec<String> {
+        registries_conf::RegistriesConf::load(&self.config.registries_config)
+            .map(|c| c.search_registries())
+            .unwrap_or_else(|_| vec![reference::DOCKER_HUB.to_owned()])
+    }
+
     /// The directory of one snapshot (an unpacked layer), by chain ID.
     pub fn snapshot_path(&self, chain_id: &str) -> PathBuf {
         self.snapshots.path(chain_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    /// The CRI server spawns these futures on a multi-threaded runtime.
+    #[tokio::test]
+    async fn store_futures_are_send() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = ImageConfig {
+            registries_config: tmp.path().join("none.conf"),
+            ..ImageConfig::default()
+        };
+        let store = ImageStore::open(&tmp.path().join("s"), &cfg).await.unwrap();
+        assert_send(&store.pull("127.0.0.1:1/x:1", None));
+        assert_send(&store.remove("x"));
+        assert_send(&store.gc());
+        fn sync_send<T: Send + Sync>() {}
+        sync_send::<ImageStore>();
     }
 }

@@ -230,25 +230,33 @@ impl ImageStore {
             })
         };
         let _ticker = AbortOnDrop(ticker);
-        let jobs = layers
+        // Owned inputs, so that the pull future stays `Send` for any caller.
+        let work: Vec<(Descriptor, String, String)> = layers
             .iter()
-            .zip(&config.rootfs.diff_ids)
-            .zip(&chain_ids)
-            .map(|((layer, diff_id), chain_id)| {
-                let session = session.clone();
-                let progress = progress.clone();
-                async move {
-                    self.fetch_layer(&session, layer, diff_id, chain_id, &progress)
-                        .await
-                }
-            });
+            .cloned()
+            .zip(config.rootfs.diff_ids.iter().cloned())
+            .zip(chain_ids.iter().cloned())
+            .map(|((l, d), c)| (l, d, c))
+            .collect();
+        let jobs = work.into_iter().map(|(layer, diff_id, chain_id)| {
+            let session = session.clone();
+            let progress = progress.clone();
+            async move {
+                self.fetch_layer(&session, &layer, &diff_id, &chain_id, &progress)
+                    .await
+            }
+        });
         let mut results = futures::stream::iter(jobs)
             .buffer_unordered(self.config.max_concurrent_downloads.max(1));
         let mut snapshots: Vec<(String, SnapshotInfo)> = Vec::new();
+        let mut implicit: Vec<(String, Vec<std::path::PathBuf>)> = Vec::new();
         let mut failure = None;
         while let Some(r) = results.next().await {
             match r {
-                Ok(Some((chain, info, blob_size))) => {
+                Ok(Some((chain, info, blob_size, dirs))) => {
+                    if !dirs.is_empty() {
+                        implicit.push((chain.clone(), dirs));
+                    }
                     blobs.push((info.layer_digest.clone(), blob_size));
                     snapshots.push((chain, info));
                 }
@@ -265,6 +273,17 @@ impl ImageStore {
             return Err(e);
         }
 
+        // Now that every layer is in place: parents a tar left out take the
+        // attributes of the lower layers' directories.
+        for (chain, dirs) in &implicit {
+            let i = chain_ids.iter().position(|c| c == chain).unwrap_or(0);
+            let lowers: Vec<std::path::PathBuf> = chain_ids[..i]
+                .iter()
+                .rev()
+                .map(|c| self.snapshots.path(c))
+                .collect();
+            super::unpack::inherit_dir_attrs(&self.snapshots.path(chain), dirs, &lowers);
+        }
         for (d, b) in &small {
             self.content.put(d, b)?;
             blobs.push((d.clone(), b.len() as u64));
@@ -328,7 +347,7 @@ impl ImageStore {
         diff_id: &str,
         chain_id: &str,
         progress: &Progress,
-    ) -> Result<Option<(String, SnapshotInfo, u64)>> {
+    ) -> Result<Option<(String, SnapshotInfo, u64, Vec<std::path::PathBuf>)>> {
         let lock = {
             let mut locks = self.layer_locks.lock().await;
             locks.retain(|_, l| Arc::strong_count(l) > 1);
@@ -351,6 +370,12 @@ impl ImageStore {
             .prefix("snap-")
             .tempdir_in(self.root.join("tmp"))
             .map_err(io_err("create temp snapshot"))?;
+        // The layer root is a directory like any other (tempdir makes it 0700).
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .map_err(io_err("chmod temp snapshot"))?;
         let (tx, rx) = mpsc::channel::<Bytes>(64);
         let worker = {
             let job = job.clone();
@@ -399,6 +424,7 @@ impl ImageStore {
                 unpacked_bytes: stats.bytes,
             },
             layer.size as u64,
+            stats.implicit_dirs,
         )))
     }
 

@@ -24,10 +24,13 @@ use rustix::io::Errno;
 use super::ImageError;
 
 /// What one unpack wrote.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UnpackStats {
     pub entries: u64,
     pub bytes: u64,
+    /// Parent directories the archive did not list, made with default
+    /// attributes; [`inherit_dir_attrs`] gives them those of lower layers.
+    pub implicit_dirs: Vec<PathBuf>,
 }
 
 /// Unpacks the tar stream `reader` into the existing directory `root`.
@@ -111,13 +114,14 @@ impl Unpacker<'_> {
         let hit = matches!(&self.cached_parent, Some((k, _)) if *k == key);
         if !hit {
             let mut cur: Option<OwnedFd> = None;
-            for c in comps {
+            for (i, c) in comps.iter().enumerate() {
                 let parent = cur.as_ref().map(|f| f.as_fd()).unwrap_or(self.root.as_fd());
                 let fd = match rustix::fs::openat(parent, *c, DIR_FLAGS, Mode::empty()) {
                     Ok(fd) => fd,
                     Err(Errno::NOENT) if create => {
                         match rustix::fs::mkdirat(parent, *c, Mode::from_raw_mode(0o755)) {
-                            Ok(()) | Err(Errno::EXIST) => {}
+                            Ok(()) => self.stats.implicit_dirs.push(comps[..=i].iter().collect()),
+                            Err(Errno::EXIST) => {}
                             Err(e) => return Err(self.err(format!("mkdir {}: {e}", key.display()))),
                         }
                         rustix::fs::openat(parent, *c, DIR_FLAGS, Mode::empty())
@@ -191,6 +195,8 @@ impl Unpacker<'_> {
 
         match kind {
             tar::EntryType::Directory => {
+                let full: PathBuf = parents.iter().chain([&name]).collect();
+                self.stats.implicit_dirs.retain(|d| *d != full);
                 let dir = self.dir(&parents, true)?;
                 let dir = rustix::io::fcntl_dupfd_cloexec(dir, 0)
                     .map_err(|e| self.err(format!("dup: {e}")))?;
@@ -448,6 +454,47 @@ fn times(mtime: u64) -> Timestamps {
     Timestamps {
         last_access: t,
         last_modification: t,
+    }
+}
+
+/// Opens `rel`'s parent under `root` without following any symlink, and
+/// returns it with the last component.
+fn open_parent<'a>(root: &Path, rel: &'a Path) -> Option<(OwnedFd, &'a OsStr)> {
+    let comps = safe_components(rel).ok()?;
+    let (name, parents) = comps.split_last()?;
+    let mut cur = rustix::fs::open(root, DIR_FLAGS, Mode::empty()).ok()?;
+    for c in parents {
+        cur = rustix::fs::openat(&cur, *c, DIR_FLAGS, Mode::empty()).ok()?;
+    }
+    Some((cur, name))
+}
+
+/// Gives each implicit directory of the layer at `root` the mode and owner
+/// of the same directory in the nearest lower layer that has it (`lowers`
+/// top-most first), as containerd does for parents missing from a tar.
+pub fn inherit_dir_attrs(root: &Path, implicit: &[PathBuf], lowers: &[PathBuf]) {
+    for rel in implicit {
+        let mut found = None;
+        for lower in lowers {
+            let Some((dir, name)) = open_parent(lower, rel) else {
+                continue;
+            };
+            match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                    found = Some(st);
+                    break;
+                }
+                Ok(_) => break, // a whiteout or a file: the lower dir is gone
+                Err(_) => {}
+            }
+        }
+        let Some(st) = found else { continue };
+        if let Some((dir, name)) = open_parent(root, rel)
+            && let Ok(fd) = rustix::fs::openat(&dir, name, DIR_FLAGS, Mode::empty())
+        {
+            let _ = rustix::fs::fchown(&fd, uid_of(st.st_uid.into()), gid_of(st.st_gid.into()));
+            let _ = rustix::fs::fchmod(&fd, Mode::from_raw_mode(st.st_mode & 0o7777));
+        }
     }
 }
 
@@ -787,6 +834,45 @@ mod tests {
             rustix::fs::getxattr(s.root().join("d/f"), "trusted.overlay.opaque", &mut buf).is_err()
         );
         s.assert_outside_untouched();
+    }
+
+    #[test]
+    fn implicit_parents_inherit_lower_attributes() {
+        let lower = Sandbox::new();
+        let mut t = Tar::new();
+        t.raw(b"tmp/", tar::EntryType::Directory, b"", b"", 0o1777)
+            .raw(b"opt/", tar::EntryType::Directory, b"", b"", 0o700);
+        lower.unpack(&t).unwrap();
+        let upper = Sandbox::new();
+        let mut t = Tar::new();
+        t.file("tmp/.wh.x", b"")
+            .file("opt/y", b"y")
+            .raw(b"srv/", tar::EntryType::Directory, b"", b"", 0o750)
+            .file("srv/z", b"z")
+            .file("new/w", b"w");
+        let st = upper.unpack(&t).unwrap();
+        let mut implicit = st.implicit_dirs.clone();
+        implicit.sort();
+        assert_eq!(
+            implicit,
+            vec![
+                PathBuf::from("new"),
+                PathBuf::from("opt"),
+                PathBuf::from("tmp")
+            ]
+        );
+        inherit_dir_attrs(&upper.root(), &st.implicit_dirs, &[lower.root()]);
+        let mode = |p: &str| {
+            std::fs::metadata(upper.root().join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(mode("tmp"), 0o1777);
+        assert_eq!(mode("opt"), 0o700);
+        assert_eq!(mode("srv"), 0o750, "explicit entries keep their own mode");
+        assert_eq!(mode("new"), 0o755);
     }
 
     #[test]
