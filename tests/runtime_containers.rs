@@ -11,17 +11,814 @@
 mod busybox_bundle;
 
 use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 
 use anyhow::{Context, Result, bail, ensure};
 use berth::runtime::Stdio;
 use busybox_bundle::*;
+use oci_spec::runtime::{
+    LinuxIdMappingBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, MountBuilder,
+    Process, Spec, UserBuilder,
+};
 
 type Test = (&'static str, fn() -> Result<()>);
 
 const TESTS: &[Test] = &[
     ("output_and_exit_codes", output_and_exit_codes),
     ("env_cwd_and_args", env_cwd_and_args),
+    ("kill_init_and_kill_all", kill_init_and_kill_all),
+    ("user_and_groups", user_and_groups),
+    ("hostname_and_namespaces", hostname_and_namespaces),
+    (
+        "readonly_rootfs_refuses_writes",
+        readonly_rootfs_refuses_writes,
+    ),
+    ("masked_and_readonly_paths", masked_and_readonly_paths),
+    (
+        "capabilities_visible_in_status",
+        capabilities_visible_in_status,
+    ),
+    ("rlimits_umask_and_devices", rlimits_umask_and_devices),
+    ("exec_into_running_container", exec_into_running_container),
+    ("terminal_for_init_and_exec", terminal_for_init_and_exec),
+    (
+        "setup_error_is_reported_and_cleaned_up",
+        setup_error_is_reported_and_cleaned_up,
+    ),
+    (
+        "security_no_fd_leaks_into_container",
+        security_no_fd_leaks_into_container,
+    ),
+    (
+        "security_container_cannot_reach_runtime_binary",
+        security_container_cannot_reach_runtime_binary,
+    ),
+    (
+        "security_symlink_mount_destination_stays_in_rootfs",
+        security_symlink_mount_destination_stays_in_rootfs,
+    ),
+    ("user_namespace", user_namespace),
+    ("join_namespaces_by_path", join_namespaces_by_path),
 ];
+
+fn set_process(spec: &mut Spec, f: impl FnOnce(&mut Process)) {
+    let mut p = spec.process().clone().unwrap();
+    f(&mut p);
+    spec.set_process(Some(p));
+}
+
+fn piped() -> Result<(Stdio, OwnedFd, OwnedFd)> {
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    Ok((
+        Stdio {
+            stdin: None,
+            stdout: Some(out_w),
+            stderr: Some(err_w),
+            terminal: false,
+        },
+        out_r,
+        err_r,
+    ))
+}
+
+fn kill_init_and_kill_all() -> Result<()> {
+    let bundle = busybox_bundle()?;
+    let id = unique_id("kill");
+    let spec = spec(&bundle, &id, &["sleep", "1000"]);
+    let mut c = create(&bundle, &id, &spec, Stdio::default())?;
+    c.container.start()?;
+    c.container.kill(libc::SIGKILL, false)?;
+    let code = c.wait()?;
+    ensure!(code == 137, "exit code after SIGKILL: {code}");
+    drop(c);
+
+    let id = unique_id("killall");
+    let spec = spec_for(
+        &bundle,
+        &id,
+        &["sh", "-c", "sleep 1000 & sleep 1000 & wait"],
+    );
+    let mut c = create(&bundle, &id, &spec, Stdio::default())?;
+    c.container.start()?;
+    // Wait until all three processes are in the cgroup.
+    let mut pids = vec![];
+    for _ in 0..500 {
+        pids = c.container.pids()?;
+        if pids.len() >= 3 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    ensure!(pids.len() == 3, "pids in the cgroup: {pids:?}");
+    ensure!(
+        pids.contains(&c.container.pid),
+        "{pids:?} lacks the init {}",
+        c.container.pid
+    );
+    c.container.kill(libc::SIGKILL, true)?;
+    let code = c.wait()?;
+    ensure!(code == 137, "exit code after kill --all: {code}");
+    Ok(())
+}
+
+fn spec_for(bundle: &Bundle, id: &str, args: &[&str]) -> Spec {
+    spec(bundle, id, args)
+}
+
+fn user_and_groups() -> Result<()> {
+    let bundle = busybox_bundle()?;
+    let id = unique_id("user");
+    let mut spec = spec(
+        &bundle,
+        &id,
+        &["sh", "-c", "id -u; id -g; id -G; echo $HOME"],
+    );
+    set_process(&mut spec, |p| {
+        p.set_user(
+            UserBuilder::default()
+                .uid(1000u32)
+                .gid(1000u32)
+                .additional_gids(vec![5u32, 65534])
+                .build()
+                .unwrap(),
+        );
+    });
+    let out = run(&bundle, &id, &spec)?;
+    ensure!(out.code == 0, "exit {} stderr {}", out.code, out.stderr);
+    ensure!(
+        out.stdout == "1000\n1000\n1000 5 65534\n/home/user\n",
+        "stdout {:?}",
+        out.stdout
+    );
+    Ok(())
+}
+
+fn hostname_and_namespaces() -> Result<()> {
+    let bundle = busybox_bundle()?;
+    let id = unique_id("host");
+    let mut spec = spec(
+        &bundle,
+        &id,
+        &[
+            "sh",
+            "-c",
+            "hostname; echo $$; echo $(ls /sys/class/net); cat /proc/sys/kernel/shmmni",
+        ],
+    );
+    spec.set_hostname(Some("berth-box".into()));
+    let mut linux = spec.linux().clone().unwrap();
+    linux.set_sysctl(Some(
+        [("kernel.shmmni".to_string(), "1234".to_string())].into(),
+    ));
+    spec.set_linux(Some(linux));
+    let out = run(&bundle, &id, &spec)?;
+    ensure!(out.code == 0, "exit {} stderr {}", out.code, out.stderr);
+    // A new pid namespace (pid 1), a new network namespace (only lo).
+    ensure!(
+        out.stdout == "berth-box\n1\nlo\n1234\n",
+        "stdout {:?}",
+        out.stdout
+    );
+    let host = nix::unistd::gethostname()?;
+    ensure!(host != "berth-box", "the host's name changed");
+    Ok(())
+}
+
+fn readonly_rootfs_refuses_writes() -> Result<()> {
+    let bundle = busybox_bundle()?;
+    let id = unique_id("ro");
+    let mut spec = spec(
+        &bundle,
+        &id,
+        &[
+            "sh",
+            "-c",
+            "touch /newfile; echo rc=$?; touch /dev/shm/ok && echo shm-ok",
+        ],
+    );
+    let mut root = spec.root().clone().unwrap();
+    root.set_readonly(Some(true));
+    spec.set_root(Some(root));
+    let out = run(&bundle, &id, &spec)?;
+    ensure!(
+        out.stdout == "rc=1\nshm-ok\n",
+        "stdout {:?} stderr {:?}",
+        out.stdout,
+        out.stderr
+    );
+    ensure!(
+        out.stderr.contains("Read-only file system"),
+        "stderr {:?}",
+        out.stderr
+    );
+    ensure!(!bundle.rootfs.join("newfile").exists());
+    Ok(())
+}
+
+fn masked_and_readonly_paths() -> Result<()> {
+    let bundle = busybox_bundle()?;
+    std::fs::create_dir_all(bundle.rootfs.join("etc/secret"))?;
+    std::fs::write(bundle.rootfs.join("etc/secret/key"), "s3cret")?;
+    std::fs::write(bundle.rootfs.join("etc/token"), "t0ken")?;
+    let id = unique_id("mask");
+    let mut spec = spec(
+        &bundle,
+        &id,
+        &[
+            "sh",
+            "-c",
+            "wc -c < /proc/timer_list; ls /etc/secret | wc -l; cat /etc/token | wc -c; \
+             echo x > /proc/sys/kernel/hostname; echo rc=$?; touch /etc/ro/f; echo rc=$?",
+        ],
+    );
+    std::fs::create_dir_all(bundle.rootfs.join("etc/ro"))?;
+    let mut linux = spec.linux().clone().unwrap();
+    let mut masked = linux.masked_paths().clone().unwrap_or_default();
+    masked.push("/etc/secret".into());
+    masked.push("/etc/token".into());
+    masked.push("/does/not/exist".into());
+    linux.set_masked_paths(Some(masked));
+    let mut ro = linux.readonly_paths().clone().unwrap_or_default();
+    ro.push("/etc/ro".into());
+    linux.set_readonly_paths(Some(ro));
+    spec.set_linux(Some(linux));
+    let out = run(&bundle, &id, &spec)?;
+    ensure!(
+        out.stdout == "0\n0\n0\nrc=1\nrc=1\n",
+        "stdout {:?} stderr {:?}",
+        out.stdout,
+        out.stderr
+    );
+    Ok(())
+}
+
+fn status_field(status: &str, field: &str) -> Option<String> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .map(|v| v.trim().to_owned())
+}
+
+fn capabilities_visible_in_status() -> Result<()> {
+    use oci_spec::runtime::{Capability as C, LinuxCapabilitiesBuilder};
+    let bundle = busybox_bundle()?;
+    let script = "grep -E '^(Cap|NoNewPrivs)' /proc/self/status";
+    let set = |v: &[C]| v.iter().copied().collect::<std::collections::HashSet<C>>();
+    // Non-root with an ambient capability: what survives exec is the ambient set.
+    let id = unique_id("caps");
+    let mut spec = spec(&bundle, &id, &["sh", "-c", script]);
+    set_process(&mut spec, |p| {
+        p.set_user(
+            UserBuilder::default()
+                .uid(1000u32)
+                .gid(1000u32)
+                .build()
+                .unwrap(),
+        );
+        p.set_capabilities(Some(
+            LinuxCapabilitiesBuilder::default()
+                .bounding(set(&[C::Chown, C::Kill, C::NetBindService]))
+                .permitted(set(&[C::Kill, C::NetBindService]))
+                .inheritable(set(&[C::Kill, C::NetBindService]))
+                .effective(set(&[C::Kill, C::NetBindService]))
+                .ambient(set(&[C::NetBindService]))
+                .build()
+                .unwrap(),
+        ));
+        p.set_no_new_privileges(Some(true));
+    });
+    let out = run(&bundle, &id, &spec).context("non-root with ambient capabilities")?;
+    ensure!(out.code == 0, "exit {} stderr {}", out.code, out.stderr);
+    let f = |k: &str| status_field(&out.stdout, k).unwrap_or_default();
+    ensure!(f("CapBnd") == "0000000000000421", "{}", out.stdout);
+    ensure!(f("CapInh") == "0000000000000420", "{}", out.stdout);
+    ensure!(f("CapPrm") == "0000000000000400", "{}", out.stdout);
+    ensure!(f("CapEff") == "0000000000000400", "{}", out.stdout);
+    ensure!(f("CapAmb") == "0000000000000400", "{}", out.stdout);
+    ensure!(f("NoNewPrivs") == "1", "{}", out.stdout);
+
+    // Root: exec gives it the bounding set; no_new_privs off.
+    let id = unique_id("caps-root");
+    let mut spec = spec_for(&bundle, &id, &["sh", "-c", script]);
+    set_process(&mut spec, |p| {
+        p.set_capabilities(Some(
+            LinuxCapabilitiesBuilder::default()
+                .bounding(set(&[C::Chown, C::Kill]))
+                .permitted(set(&[C::Chown, C::Kill]))
+                .effective(set(&[C::Chown, C::Kill]))
+                .inheritable(set(&[]))
+                .ambient(set(&[]))
+                .build()
+                .unwrap(),
+        ));
+        p.set_no_new_privileges(Some(false));
+    });
+    let out = run(&bundle, &id, &spec).context("root with capabilities")?;
+    ensure!(out.code == 0, "exit {} stderr {}", out.code, out.stderr);
+    let f = |k: &str| status_field(&out.stdout, k).unwrap_or_default();
+    ensure!(f("CapBnd") == "0000000000000021", "{}", out.stdout);
+    ensure!(f("CapEff") == "0000000000000021", "{}", out.stdout);
+    ensure!(f("NoNewPrivs") == "0", "{}", out.stdout);
+    Ok(())
+}
+
+fn rlimits_umask_and_devices() -> Result<()> {
+    use oci_spec::runtime::{PosixRlimitBuilder, PosixRlimitType};
+    let bundle = busybox_bundle()?;
+    // A regular file posing as /dev/null in the image must not survive.
+    std::fs::create_dir_all(bundle.rootfs.join("dev"))?;
+    let id = unique_id("rlimit");
+    let mut spec = spec(
+        &bundle,
+        &id,
+        &[
+            "sh",
+            "-c",
+            "ulimit -n; ulimit -Hn; umask; stat -c '%F %t:%T' /dev/null /dev/zero /dev/tty; \
+             readlink /dev/fd; readlink /dev/ptmx; cat /proc/self/oom_score_adj",
+        ],
+    );
+    set_process(&mut spec, |p| {
+        p.set_rlimits(Some(vec![
+            PosixRlimitBuilder::default()
+                .typ(PosixRlimitType::RlimitNofile)
+                .soft(77u64)
+                .hard(88u64)
+                .build()
+                .unwrap(),
+        ]));
+        p.set_user(
+            UserBuilder::default()
+                .uid(0u32)
+                .gid(0u32)
+                .umask(0o027u32)
+                .build()
+                .unwrap(),
+        );
+        p.set_oom_score_adj(Some(500));
+    });
+    let out = run(&bundle, &id, &spec)?;
+    ensure!(out.code == 0, "exit {} stderr {}", out.code, out.stderr);
+    let want = "77\n88\n0027\ncharacter special file 1:3\ncharacter special file 1:5\n\
+                character special file 5:0\n/proc/self/fd\npts/ptmx\n500\n";
+    ensure!(out.stdout == want, "stdout {:?} want {want:?}", out.stdout);
+    Ok(())
+}
+
+fn exec_into_running_container() -> Result<()> {
+    let bundle = busybox_bundle()?;
+    let id = unique_id("exec");
+    let mut spec = spec(&bundle, &id, &["sleep", "1000"]);
+    spec.set_hostname(Some("exec-box".into()));
+    let mut c = create(&bundle, &id, &spec, Stdio::default())?;
+    c.container.start()?;
+    let mut p = spec.process().clone().unwrap();
+    p.set_args(Some(vec![
+        "sh".into(),
+        "-c".into(),
+        "hostname; echo $X; cat /proc/1/cmdline | tr '\\0' ' '; echo; pwd; id -u; \
+         grep CapEff /proc/self/status; exit 7"
+            .into(),
+    ]));
+    p.set_env(Some(vec!["X=from-exec".into(), "PATH=/bin".into()]));
+    p.set_cwd("/tmp".into());
+    p.set_user(
+        UserBuilder::default()
+            .uid(1000u32)
+            .gid(1000u32)
+            .build()
+            .unwrap(),
+    );
+    // Capabilities as given (ambient one, so a non-root process keeps it).
+    let mut caps = p.capabilities().clone().unwrap();
+    caps.set_ambient(Some([oci_spec::runtime::Capability::Kill].into()));
+    p.set_capabilities(Some(caps));
+    let (stdio, out_r, err_r) = piped()?;
+    let e = c.container.exec(&p, stdio)?;
+    ensure!(e.pty_master.is_none());
+    let out = drain(out_r).join().unwrap();
+    let err = drain(err_r).join().unwrap();
+    let code = wait_exit(e.pid)?;
+    ensure!(code == 7, "exec exit {code}, stderr {err}");
+    ensure!(
+        out == "exec-box\nfrom-exec\nsleep 1000 \n/tmp\n1000\nCapEff:\t0000000000000020\n",
+        "exec stdout {out:?} stderr {err:?}"
+    );
+    // A failing exec is an error with a cause, not a process.
+    p.set_args(Some(vec!["/no/such/binary".into()]));
+    let err = c
+        .container
+        .exec(&p, Stdio::default())
+        .unwrap_err()
+        .to_string();
+    ensure!(err.contains("/no/such/binary"), "{err}");
+    c.container.kill(libc::SIGKILL, false)?;
+    ensure!(c.wait()? == 137);
+    Ok(())
+}
+
+fn read_pty(master: OwnedFd) -> String {
+    let mut f = std::fs::File::from(master);
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match std::io::Read::read(&mut f, &mut chunk) {
+            Ok(0) | Err(_) => break, // EIO once the slave side is closed
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+fn terminal_for_init_and_exec() -> Result<()> {
+    let bundle = busybox_bundle()?;
+    let id = unique_id("tty");
+    let mut spec = spec(
+        &bundle,
+        &id,
+        &[
+            "sh",
+            "-c",
+            "tty; test -t 0 && echo stdin-is-tty; sleep 1000",
+        ],
+    );
+    set_process(&mut spec, |p| {
+        p.set_terminal(Some(true));
+    });
+    let state = tempfile::tempdir()?;
+    let (container, pty) = berth::runtime::Container::create(berth::runtime::CreateOptions {
+        id: &id,
+        bundle: bundle.path(),
+        spec: &spec,
+        stdio: Stdio {
+            terminal: true,
+            ..Default::default()
+        },
+        state_dir: state.path(),
+    })?;
+    let guard = Guard(&container);
+    let master = pty.context("no pty master for a terminal container")?;
+    container.start()?;
+    // Exec with a terminal too.
+    let mut p = spec.process().clone().unwrap();
+    p.set_args(Some(vec![
+        "sh".into(),
+        "-c".into(),
+        "tty; echo exec-ok".into(),
+    ]));
+    let e = container.exec(
+        &p,
+        Stdio {
+            terminal: true,
+            ..Default::default()
+        },
+    )?;
+    let exec_master = e.pty_master.context("no pty master for exec")?;
+    let exec_out = read_pty(exec_master);
+    ensure!(wait_exit(e.pid)? == 0);
+    ensure!(
+        exec_out.contains("/dev/pts/1") && exec_out.contains("exec-ok"),
+        "exec tty output {exec_out:?}"
+    );
+    container.kill(libc::SIGKILL, false)?;
+    ensure!(wait_exit(container.pid)? == 137);
+    let out = read_pty(master);
+    ensure!(
+        out.contains("/dev/pts/0") && out.contains("stdin-is-tty"),
+        "tty output {out:?}"
+    );
+    drop(guard);
+    Ok(())
+}
+
+/// Deletes a container on drop.
+struct Guard<'a>(&'a berth::runtime::Container);
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.delete();
+    }
+}
+
+fn cgroup_exists(id: &str) -> bool {
+    std::path::Path::new(&format!("/sys/fs/cgroup/pids/{id}")).exists()
+}
+
+fn setup_error_is_reported_and_cleaned_up() -> Result<()> {
+    let bundle = busybox_bundle()?;
+    // A mount that cannot work: an unknown filesystem type.
+    let id = unique_id("bad-mount");
+    let mut spec = spec(&bundle, &id, &["true"]);
+    let mut mounts = spec.mounts().clone().unwrap();
+    mounts.push(
+        MountBuilder::default()
+            .destination("/bad")
+            .typ("no-such-fs")
+            .source("none")
+            .build()
+            .unwrap(),
+    );
+    spec.set_mounts(Some(mounts));
+    let err = match create(&bundle, &id, &spec, Stdio::default()) {
+        Ok(_) => bail!("create with a bad mount succeeded"),
+        Err(e) => format!("{e:#}"),
+    };
+    ensure!(err.contains("mount no-such-fs on /bad"), "error: {err}");
+    ensure!(!cgroup_exists(&id), "cgroup {id} left behind");
+    // An executable that does not exist fails at create, not at start.
+    let id = unique_id("bad-exe");
+    let spec = spec_for(&bundle, &id, &["/bin/nope"]);
+    let err = match create(&bundle, &id, &spec, Stdio::default()) {
+        Ok(_) => bail!("create with a missing executable succeeded"),
+        Err(e) => format!("{e:#}"),
+    };
+    ensure!(err.contains("/bin/nope"), "error: {err}");
+    ensure!(!cgroup_exists(&id), "cgroup {id} left behind");
+    // Bad input is refused before anything is made.
+    let id = unique_id("bad-id");
+    let spec = spec_for(&bundle, &id, &["true"]);
+    ensure!(create(&bundle, "../evil", &spec, Stdio::default()).is_err());
+    Ok(())
+}
+
+fn security_no_fd_leaks_into_container() -> Result<()> {
+    // An fd of the caller without O_CLOEXEC (as a careless shim might have).
+    let leaked = nix::fcntl::open(
+        "/",
+        nix::fcntl::OFlag::O_DIRECTORY,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    let n = leaked.as_raw_fd();
+    // No pipeline: the shell would hold pipe fds of its own while `ls` looks.
+    let out = run_sh("ls /proc/$$/fd; readlink /proc/$$/cwd")?;
+    drop(leaked);
+    ensure!(out.code == 0, "exit {} stderr {}", out.code, out.stderr);
+    ensure!(
+        out.stdout == "0\n1\n2\n/\n",
+        "fds in the container (leaked fd was {n}): {:?}",
+        out.stdout
+    );
+    Ok(())
+}
+
+/// Make the host's shared libraries visible in the rootfs, so that the
+/// (dynamically linked) test binary can run inside the container.
+fn add_host_libs(bundle: &Bundle, spec: &mut Spec) -> Result<()> {
+    let mut mounts = spec.mounts().clone().unwrap();
+    for d in ["/usr", "/lib", "/lib64"] {
+        let meta = std::fs::symlink_metadata(d);
+        match meta {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target = std::fs::read_link(d)?;
+                let _ = std::os::unix::fs::symlink(target, bundle.rootfs.join(&d[1..]));
+            }
+            Ok(_) => mounts.push(
+                MountBuilder::default()
+                    .destination(d)
+                    .typ("bind")
+                    .source(d)
+                    .options(vec!["rbind".to_string(), "ro".to_string()])
+                    .build()
+                    .unwrap(),
+            ),
+            Err(_) => {}
+        }
+    }
+    spec.set_mounts(Some(mounts));
+    Ok(())
+}
+
+const EXE_PROBE: &str = "berth-runtime-test-exe-probe";
+
+/// Runs inside the container (the test binary re-executed through
+/// /proc/self/exe): prints what the container can reach of the binary that
+/// set it up.
+fn exe_probe() -> ! {
+    let meta = std::fs::metadata("/proc/self/exe");
+    let (dev, ino) = meta.map(|m| (m.dev(), m.ino())).unwrap_or((0, 0));
+    let seals = std::fs::File::open("/proc/self/exe")
+        .ok()
+        .and_then(|f| nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_GET_SEALS).ok())
+        .unwrap_or(0);
+    let write = match std::fs::OpenOptions::new()
+        .write(true)
+        .open("/proc/self/exe")
+    {
+        Ok(_) => "writable".to_string(),
+        Err(e) => format!("{:?}", e.kind()),
+    };
+    println!("{dev} {ino} {seals} {write}");
+    std::process::exit(0)
+}
+
+fn security_container_cannot_reach_runtime_binary() -> Result<()> {
+    let bundle = busybox_bundle()?;
+    let id = unique_id("exe");
+    // The classic attack: make the container exec /proc/self/exe, i.e. the
+    // binary that set it up, and try to get at it from inside.
+    let mut spec = spec(&bundle, &id, &["/proc/self/exe", EXE_PROBE]);
+    add_host_libs(&bundle, &mut spec)?;
+    let out = run(&bundle, &id, &spec)?;
+    ensure!(
+        out.code == 0,
+        "exit {} stdout {} stderr {}",
+        out.code,
+        out.stdout,
+        out.stderr
+    );
+    let host = std::fs::metadata("/proc/self/exe")?;
+    let f: Vec<&str> = out.stdout.split_whitespace().collect();
+    ensure!(f.len() == 4, "probe output {:?}", out.stdout);
+    let same_file = f[0] == host.dev().to_string() && f[1] == host.ino().to_string();
+    ensure!(
+        !same_file,
+        "the container reached the runtime's binary on disk"
+    );
+    let seals: i32 = f[2].parse()?;
+    ensure!(
+        seals & libc::F_SEAL_WRITE != 0,
+        "the binary the container sees is not write-sealed (seals {seals:#x})"
+    );
+    ensure!(
+        f[3] != "writable",
+        "the binary is writable from the container"
+    );
+    Ok(())
+}
+
+fn security_symlink_mount_destination_stays_in_rootfs() -> Result<()> {
+    let bundle = busybox_bundle()?;
+    // A host directory, and a symlink in the image pointing at it.
+    let host_dir = tempfile::Builder::new()
+        .prefix(&format!("berth-runtime-host-{}-", std::process::id()))
+        .tempdir()?;
+    std::fs::write(host_dir.path().join("host-file"), "host")?;
+    std::os::unix::fs::symlink(host_dir.path(), bundle.rootfs.join("escape"))?;
+    let src = tempfile::tempdir()?;
+    std::fs::write(src.path().join("marker"), "mounted")?;
+    let id = unique_id("symlink");
+    let probe = format!(
+        "cat {0}/marker; ls {0} | tr '\\n' ' '; grep -c ' {0} ' /proc/self/mountinfo",
+        host_dir.path().display()
+    );
+    let mut spec = spec(&bundle, &id, &["sh", "-c", &probe]);
+    let mut mounts = spec.mounts().clone().unwrap();
+    mounts.push(
+        MountBuilder::default()
+            .destination("/escape")
+            .typ("bind")
+            .source(src.path())
+            .options(vec!["bind".to_string()])
+            .build()
+            .unwrap(),
+    );
+    spec.set_mounts(Some(mounts));
+    let out = run(&bundle, &id, &spec)?;
+    ensure!(
+        out.code == 0,
+        "exit {} stdout {:?} stderr {}",
+        out.code,
+        out.stdout,
+        out.stderr
+    );
+    // The mount is where the symlink points *inside* the rootfs.
+    ensure!(out.stdout == "mountedmarker 1\n", "stdout {:?}", out.stdout);
+    let inside = bundle.rootfs.join(host_dir.path().strip_prefix("/")?);
+    ensure!(
+        inside.is_dir(),
+        "{} was not created in the rootfs",
+        inside.display()
+    );
+    ensure!(std::fs::read_to_string(host_dir.path().join("host-file"))? == "host");
+    Ok(())
+}
+
+fn user_namespace() -> Result<()> {
+    let bundle = busybox_bundle()?;
+    let id = unique_id("userns");
+    let mut spec = spec(
+        &bundle,
+        &id,
+        &[
+            "sh",
+            "-c",
+            "id -u; cat /proc/self/uid_map; cat /proc/self/gid_map; echo x > /dev/null && echo devnull-ok; ls -n /bin/busybox | awk '{print $3}'",
+        ],
+    );
+    let mut linux = spec.linux().clone().unwrap();
+    let mut ns = linux.namespaces().clone().unwrap();
+    ns.push(
+        LinuxNamespaceBuilder::default()
+            .typ(LinuxNamespaceType::User)
+            .build()
+            .unwrap(),
+    );
+    linux.set_namespaces(Some(ns));
+    let map = LinuxIdMappingBuilder::default()
+        .container_id(0u32)
+        .host_id(0u32)
+        .size(65536u32)
+        .build()
+        .unwrap();
+    let shifted = LinuxIdMappingBuilder::default()
+        .container_id(0u32)
+        .host_id(200000u32)
+        .size(65536u32)
+        .build()
+        .unwrap();
+    let _ = map;
+    linux.set_uid_mappings(Some(vec![shifted]));
+    linux.set_gid_mappings(Some(vec![shifted]));
+    spec.set_linux(Some(linux));
+    let c = {
+        let (stdio, out_r, err_r) = piped()?;
+        let mut c = create(&bundle, &id, &spec, stdio)?;
+        let out = drain(out_r);
+        let err = drain(err_r);
+        c.container.start()?;
+        let code = c.wait()?;
+        let (out, err) = (out.join().unwrap(), err.join().unwrap());
+        ensure!(code == 0, "exit {code} stdout {out:?} stderr {err:?}");
+        let lines: Vec<&str> = out.lines().map(str::trim).collect();
+        ensure!(lines.len() == 5, "output {out:?} stderr {err:?}");
+        ensure!(lines[0] == "0", "uid in the container: {}", lines[0]);
+        let norm = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+        ensure!(norm(lines[1]) == "0 200000 65536", "uid_map {}", lines[1]);
+        ensure!(norm(lines[2]) == "0 200000 65536", "gid_map {}", lines[2]);
+        ensure!(lines[3] == "devnull-ok");
+        // Host root's files show up as the overflow uid.
+        ensure!(lines[4] == "65534", "owner of /bin/busybox: {}", lines[4]);
+        c
+    };
+    drop(c);
+    Ok(())
+}
+
+fn join_namespaces_by_path() -> Result<()> {
+    let bundle = busybox_bundle()?;
+    let id1 = unique_id("pod");
+    let mut spec1 = spec(&bundle, &id1, &["sleep", "1000"]);
+    spec1.set_hostname(Some("pod-host".into()));
+    let mut first = create(&bundle, &id1, &spec1, Stdio::default())?;
+    first.container.start()?;
+    let pid = first.container.pid;
+
+    let id2 = unique_id("member");
+    let mut spec2 = spec(
+        &bundle,
+        &id2,
+        &[
+            "sh",
+            "-c",
+            "hostname; for n in net uts ipc; do readlink /proc/self/ns/$n; done",
+        ],
+    );
+    spec2.set_hostname(None);
+    let mut linux = spec2.linux().clone().unwrap();
+    let ns: Vec<LinuxNamespace> = linux
+        .namespaces()
+        .clone()
+        .unwrap()
+        .into_iter()
+        .map(|n| match n.typ() {
+            t @ (LinuxNamespaceType::Network
+            | LinuxNamespaceType::Uts
+            | LinuxNamespaceType::Ipc) => LinuxNamespaceBuilder::default()
+                .typ(t)
+                .path(format!("/proc/{pid}/ns/{}", ns_name(t)))
+                .build()
+                .unwrap(),
+            _ => n,
+        })
+        .collect();
+    linux.set_namespaces(Some(ns));
+    spec2.set_linux(Some(linux));
+    let out = run(&bundle, &id2, &spec2)?;
+    ensure!(out.code == 0, "exit {} stderr {}", out.code, out.stderr);
+    let want: Vec<String> = ["net", "uts", "ipc"]
+        .iter()
+        .map(|n| std::fs::read_link(format!("/proc/{pid}/ns/{n}")).map(|p| p.display().to_string()))
+        .collect::<std::io::Result<_>>()?;
+    ensure!(
+        out.stdout == format!("pod-host\n{}\n", want.join("\n")),
+        "stdout {:?} want {want:?}",
+        out.stdout
+    );
+    first.container.kill(libc::SIGKILL, false)?;
+    ensure!(first.wait()? == 137);
+    Ok(())
+}
+
+fn ns_name(t: LinuxNamespaceType) -> &'static str {
+    match t {
+        LinuxNamespaceType::Network => "net",
+        LinuxNamespaceType::Uts => "uts",
+        LinuxNamespaceType::Ipc => "ipc",
+        _ => unreachable!(),
+    }
+}
 
 fn output_and_exit_codes() -> Result<()> {
     let out = run_sh("echo hello; echo oops >&2; exit 3")?;
@@ -60,6 +857,9 @@ fn env_cwd_and_args() -> Result<()> {
 fn main() {
     berth::runtime::run_helper_if_requested();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(EXE_PROBE) {
+        exe_probe();
+    }
     if args.iter().any(|a| a == "--list") {
         for (name, _) in TESTS {
             println!("{name}: test");
@@ -102,10 +902,4 @@ fn main() {
     if !failed.is_empty() {
         std::process::exit(1);
     }
-}
-
-#[allow(dead_code)]
-fn unused(_: Stdio) -> Result<()> {
-    let _ = Context::context(Ok::<(), anyhow::Error>(()), "x");
-    bail!("unused")
 }

@@ -75,6 +75,7 @@ impl Drop for Cleanup<'_> {
         }
         if let Some(pid) = self.pid {
             let _ = sys::kill(pid, libc::SIGKILL);
+            sys::reap_failed_child(pid);
         }
         if let Some(cg) = self.cgroup
             && let Err(e) = cg.destroy()
@@ -155,12 +156,12 @@ pub fn create(opts: CreateOptions<'_>) -> Result<(Container, Option<OwnedFd>)> {
         helper.reap();
         return Err(e.into());
     }
-    let req = Request::Create(CreateRequest {
+    let req = Request::Create(Box::new(CreateRequest {
         spec,
         rootfs,
         exec_fifo,
         cgroup_path: cgroup_path.clone(),
-    });
+    }));
     let raw: Vec<i32> = stdio.iter().map(|f| f.as_raw_fd()).collect();
     if let Err(e) = protocol::send(helper.sock.as_fd(), &req, &raw) {
         let _ = sys::kill(helper.child.id() as i32, libc::SIGKILL);

@@ -34,10 +34,10 @@ pub fn exec(c: &Container, process: &Process, stdio: Stdio) -> Result<ExecProces
         helper.reap();
         return Err(e.into());
     }
-    let req = Request::Exec(ExecRequest {
+    let req = Request::Exec(Box::new(ExecRequest {
         process,
         init_pid: c.pid,
-    });
+    }));
     let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
     if let Err(e) = protocol::send(helper.sock.as_fd(), &req, &raw) {
         let _ = sys::kill(hpid, libc::SIGKILL);
@@ -55,6 +55,7 @@ pub fn exec(c: &Container, process: &Process, stdio: Stdio) -> Result<ExecProces
         (None, Some(pid)) => {
             if terminal && out.pty.is_none() {
                 let _ = sys::kill(pid, libc::SIGKILL);
+                sys::reap_failed_child(pid);
                 return Err(RuntimeError::Setup("no pty master came back".into()));
             }
             Ok(ExecProcess {
@@ -65,6 +66,7 @@ pub fn exec(c: &Container, process: &Process, stdio: Stdio) -> Result<ExecProces
         (Some(e), pid) => {
             if let Some(pid) = pid {
                 let _ = sys::kill(pid, libc::SIGKILL);
+                sys::reap_failed_child(pid);
             }
             Err(RuntimeError::Setup(e))
         }

@@ -59,8 +59,8 @@ fn helper_main(sock: BorrowedFd<'_>) -> std::result::Result<(), String> {
         .map_err(|e| format!("read request: {e}"))?
         .ok_or_else(|| "the caller closed the socket".to_string())?;
     match req {
-        Request::Create(r) => create(sock, r, fds),
-        Request::Exec(r) => exec(sock, r, fds),
+        Request::Create(r) => create(sock, *r, fds),
+        Request::Exec(r) => exec(sock, *r, fds),
     }
 }
 

@@ -6,7 +6,7 @@
 use std::ffi::CString;
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -69,6 +69,16 @@ fn setup_container(c: &InitContext<'_>) -> SetupResult<Never> {
         .as_ref()
         .ok_or_else(|| "spec has no process".to_string())?;
     sys::reset_signals();
+    // Opened first: the fifo lives in the caller's state dir, which root of
+    // a user namespace may not be able to open any more.
+    let fifo = ctx(
+        nix::fcntl::open(
+            &c.req.exec_fifo,
+            OFlag::O_RDWR | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ),
+        || format!("open exec fifo {}", c.req.exec_fifo.display()),
+    )?;
     if let Some(sync) = &c.userns_sync {
         let mut b = [0u8; 1];
         let mut f = std::fs::File::from(ctx(nix::unistd::dup(sync), || "dup sync".into())?);
@@ -86,15 +96,6 @@ fn setup_container(c: &InitContext<'_>) -> SetupResult<Never> {
         )?;
     }
     ctx(nix::unistd::setsid(), || "setsid".into())?;
-    // Opened before pivot_root: the fifo lives in the caller's state dir.
-    let fifo = ctx(
-        nix::fcntl::open(
-            &c.req.exec_fifo,
-            OFlag::O_RDWR | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        ),
-        || format!("open exec fifo {}", c.req.exec_fifo.display()),
-    )?;
     let userns = c.plan.has(LinuxNamespaceType::User);
     if !c.plan.creates(LinuxNamespaceType::Mount) {
         return Err("the spec must ask for a new mount namespace".into());
@@ -427,10 +428,4 @@ fn exec(sock: BorrowedFd<'_>, t: &ExecTarget) -> ! {
     let _ = protocol::send(sock, &Report::Error(msg.clone()), &[]);
     let _ = nix::unistd::write(std::io::stderr(), format!("berth: {msg}\n").as_bytes());
     sys::exit_now(127)
-}
-
-/// A path inside the rootfs as the caller sees it (for messages).
-#[allow(dead_code)]
-pub fn host_path(rootfs: &Path, p: &Path) -> PathBuf {
-    rootfs.join(super::path::relative(p))
 }

@@ -51,18 +51,47 @@ pub fn relative(path: &Path) -> PathBuf {
 }
 
 /// Opens `path` inside `root`, creating what is missing (directories, and
-/// the last component as `kind`). Returns an `O_PATH` fd of the result.
+/// the last component as `kind`). A dangling symlink on the way is followed
+/// inside the root and its target created. Returns an `O_PATH` fd.
 pub fn ensure_in_root(root: BorrowedFd<'_>, path: &Path, kind: Kind) -> Result<OwnedFd, String> {
-    match open_in_root(root, path) {
-        Ok(fd) => return Ok(fd),
-        Err(Errno::ENOENT) => {}
-        Err(e) => return Err(format!("resolve {}: {e}", path.display())),
+    let mut want = relative(path);
+    for _hop in 0..40 {
+        match open_in_root(root, &want) {
+            Ok(fd) => return Ok(fd),
+            Err(Errno::ENOENT) => {}
+            Err(e) => return Err(format!("resolve {}: {e}", path.display())),
+        }
+        match create_missing(root, &want, kind)? {
+            Created::Done(fd) => return Ok(fd),
+            Created::FollowTo(next) => want = next,
+        }
     }
-    let rel = relative(path);
+    Err(format!(
+        "resolve {}: too many levels of symlinks",
+        path.display()
+    ))
+}
+
+enum Created {
+    Done(OwnedFd),
+    /// A dangling symlink was found: resolve this path instead.
+    FollowTo(PathBuf),
+}
+
+fn open_dir(parent: Option<&OwnedFd>, root: BorrowedFd<'_>) -> nix::Result<OwnedFd> {
+    let flags = OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC;
+    match parent {
+        Some(fd) => nix::fcntl::openat(fd, ".", flags, Mode::empty()),
+        None => nix::fcntl::openat(root, ".", flags, Mode::empty()),
+    }
+}
+
+fn create_missing(root: BorrowedFd<'_>, rel: &Path, kind: Kind) -> Result<Created, String> {
     let comps: Vec<Component<'_>> = rel.components().collect();
     let mut prefix = PathBuf::new();
     let mut parent: Option<OwnedFd> = None;
     for (i, comp) in comps.iter().enumerate() {
+        let parent_prefix = prefix.clone();
         prefix.push(comp.as_os_str());
         let last = i + 1 == comps.len();
         match open_in_root(root, &prefix) {
@@ -77,21 +106,8 @@ pub fn ensure_in_root(root: BorrowedFd<'_>, path: &Path, kind: Kind) -> Result<O
             return Err(format!("resolve {}: not found", prefix.display()));
         };
         // The parent was resolved inside the root; create the entry right in it.
-        let dir = match &parent {
-            Some(fd) => nix::fcntl::openat(
-                fd,
-                ".",
-                OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            ),
-            None => nix::fcntl::openat(
-                root,
-                ".",
-                OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            ),
-        }
-        .map_err(|e| format!("open parent of {}: {e}", prefix.display()))?;
+        let dir = open_dir(parent.as_ref(), root)
+            .map_err(|e| format!("open parent of {}: {e}", prefix.display()))?;
         let created = if last && kind == Kind::File {
             nix::fcntl::openat(
                 &dir,
@@ -106,10 +122,22 @@ pub fn ensure_in_root(root: BorrowedFd<'_>, path: &Path, kind: Kind) -> Result<O
         match created {
             Ok(()) => {}
             Err(Errno::EEXIST) => {
-                return Err(format!(
-                    "create {}: exists but cannot be resolved (dangling symlink?)",
-                    prefix.display()
-                ));
+                // Exists but does not resolve: a dangling symlink. Follow it
+                // (inside the root) and create what it points to.
+                let target = nix::fcntl::readlinkat(&dir, *name).map_err(|e| {
+                    format!(
+                        "create {}: exists but cannot be resolved: {e}",
+                        prefix.display()
+                    )
+                })?;
+                let target = PathBuf::from(target);
+                let base = if target.is_absolute() {
+                    relative(&target)
+                } else {
+                    parent_prefix.join(target)
+                };
+                let rest: PathBuf = comps[i + 1..].iter().collect();
+                return Ok(Created::FollowTo(base.join(rest)));
             }
             Err(e) => return Err(format!("create {}: {e}", prefix.display())),
         }
@@ -118,9 +146,10 @@ pub fn ensure_in_root(root: BorrowedFd<'_>, path: &Path, kind: Kind) -> Result<O
         parent = Some(fd);
     }
     match parent {
-        Some(fd) => Ok(fd),
+        Some(fd) => Ok(Created::Done(fd)),
         None => open_in_root(root, Path::new("."))
-            .map_err(|e| format!("resolve {}: {e}", path.display())),
+            .map(Created::Done)
+            .map_err(|e| format!("resolve {}: {e}", rel.display())),
     }
 }
 
@@ -196,11 +225,24 @@ mod tests {
     }
 
     #[test]
-    fn dangling_symlink_is_an_error() {
+    fn dangling_symlink_target_is_created_inside_root() {
         let tmp = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink("/nowhere/at/all", tmp.path().join("d")).unwrap();
+        std::os::unix::fs::symlink("../rel", tmp.path().join("r")).unwrap();
         let rfd = root_fd(tmp.path());
-        let err = ensure_in_root(rfd.as_fd(), Path::new("/d"), Kind::Dir).unwrap_err();
-        assert!(err.contains("/d") || err.contains("d:"), "{err}");
+        let fd = ensure_in_root(rfd.as_fd(), Path::new("/d/x"), Kind::Dir).unwrap();
+        assert_eq!(real_path(&fd), tmp.path().join("nowhere/at/all/x"));
+        assert!(!Path::new("/nowhere").exists());
+        let fd = ensure_in_root(rfd.as_fd(), Path::new("/r"), Kind::File).unwrap();
+        assert_eq!(real_path(&fd), tmp.path().join("rel"));
+    }
+
+    #[test]
+    fn symlink_loops_end_with_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("b", tmp.path().join("a")).unwrap();
+        std::os::unix::fs::symlink("a", tmp.path().join("b")).unwrap();
+        let rfd = root_fd(tmp.path());
+        assert!(ensure_in_root(rfd.as_fd(), Path::new("/a"), Kind::Dir).is_err());
     }
 }

@@ -19,8 +19,8 @@ const MAX_MESSAGE: usize = 1 << 20;
 /// stderr, in this order) travel with the message.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Request {
-    Create(CreateRequest),
-    Exec(ExecRequest),
+    Create(Box<CreateRequest>),
+    Exec(Box<ExecRequest>),
 }
 
 /// Set up a new container.

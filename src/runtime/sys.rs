@@ -220,3 +220,18 @@ pub fn reset_signals() {
         libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
     }
 }
+
+/// Reaps `pid`, a child of this process that the runtime itself made fail
+/// (an exec or create that never reached the user's program). A caller
+/// that reaps every child may have got it first: ECHILD is fine.
+pub fn reap_failed_child(pid: i32) {
+    loop {
+        match nix::sys::wait::waitpid(
+            nix::unistd::Pid::from_raw(pid),
+            Some(nix::sys::wait::WaitPidFlag::__WALL),
+        ) {
+            Err(Errno::EINTR) => continue,
+            _ => return,
+        }
+    }
+}

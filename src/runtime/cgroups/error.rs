@@ -6,6 +6,9 @@ pub enum CgroupError {
     /// A resource value the kernel or the hierarchy cannot take.
     #[error("invalid cgroup resources: {0}")]
     InvalidResources(String),
+    /// A cgroup path that is empty or leaves its hierarchy ("..").
+    #[error("invalid cgroup path {0:?}: must be a relative path below the hierarchy root")]
+    InvalidPath(String),
     /// The cgroup does not exist.
     #[error("cgroup {0} not found")]
     NotFound(String),

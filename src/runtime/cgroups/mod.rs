@@ -1,20 +1,36 @@
-//! Cgroups for containers, v1 and v2, through cgroups-rs.
+//! Cgroups for containers, v1 and v2.
 //!
 //! One [`CgroupManager`] per container; callers never know which hierarchy
 //! they are on. The container's init helper joins the cgroup *before* it
 //! clones the container process, so the process is born inside it.
 //!
-//! Status: CONTRACT — bodies are being filled in by the cgroups work; keep the
-//! signatures stable, or change them together with `runtime/`.
+//! cgroups-rs finds the hierarchy (v1 mount points from mountinfo, v2
+//! detection); berth then writes the cgroup files itself, because cgroups-rs
+//! pins v2 to /sys/fs/cgroup (so the v2 logic could not be tested here, on a
+//! v1 machine), drops cpuset set-up errors, and has no fd-based OOM
+//! notifier. The translation of OCI resources into file writes ([`plan`])
+//! and the parsing of stat files ([`stats`]) are pure and unit-tested
+//! against temp directories laid out like both hierarchies.
 
 use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use oci_spec::runtime::LinuxResources;
 
 use super::Stats;
 
+mod devices;
 mod error;
+mod freezer;
+mod fsio;
+mod hierarchy;
+mod oom;
+mod plan;
+mod stats;
+
 pub use error::CgroupError;
+pub use hierarchy::Hierarchy;
 
 /// Result of cgroup operations.
 pub type Result<T> = std::result::Result<T, CgroupError>;
@@ -24,6 +40,7 @@ pub type Result<T> = std::result::Result<T, CgroupError>;
 pub struct CgroupManager {
     /// Path relative to the hierarchy roots, without a leading slash.
     path: String,
+    hierarchy: Hierarchy,
 }
 
 impl CgroupManager {
@@ -31,8 +48,22 @@ impl CgroupManager {
     /// cgroupfs form, e.g. `/kubepods/pod1/ctr1`). Detects v1 / v2. Does not
     /// create anything.
     pub fn new(path: &str) -> Result<Self> {
+        Self::with_hierarchy(path, Hierarchy::detect())
+    }
+
+    /// A manager for `path` in an explicitly given hierarchy.
+    pub fn with_hierarchy(path: &str, hierarchy: Hierarchy) -> Result<Self> {
+        let rel = path.trim_start_matches('/').trim_end_matches('/');
+        let valid = !rel.is_empty()
+            && rel
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != "..");
+        if !valid {
+            return Err(CgroupError::InvalidPath(path.to_owned()));
+        }
         Ok(Self {
-            path: path.trim_start_matches('/').to_owned(),
+            path: rel.to_owned(),
+            hierarchy,
         })
     }
 
@@ -41,50 +72,275 @@ impl CgroupManager {
         &self.path
     }
 
+    /// The hierarchy this cgroup lives in.
+    pub fn hierarchy(&self) -> &Hierarchy {
+        &self.hierarchy
+    }
+
+    /// The directory of `controller` (v1) or the cgroup directory (v2).
+    pub fn dir(&self, controller: &str) -> Option<PathBuf> {
+        self.hierarchy.dir(controller, &self.path)
+    }
+
     /// Creates the cgroup (every controller on v1) and applies `resources`.
-    pub fn create(&self, _resources: Option<&LinuxResources>) -> Result<()> {
-        todo!("cgroups: create")
+    /// On failure, whatever this call created is removed again.
+    pub fn create(&self, resources: Option<&LinuxResources>) -> Result<()> {
+        let mut created = Vec::new();
+        let result = self.make_dirs(&mut created).and_then(|()| {
+            let none = LinuxResources::default();
+            self.apply_resources(resources.unwrap_or(&none), true)
+        });
+        if let Err(e) = result {
+            for dir in created.iter().rev() {
+                let _ = std::fs::remove_dir(dir);
+            }
+            return Err(e);
+        }
+        tracing::debug!(cgroup = %self.path, v2 = self.hierarchy.is_v2(), "cgroup created");
+        Ok(())
     }
 
     /// Moves the process `pid` (all its threads) into the cgroup.
-    pub fn add_process(&self, _pid: i32) -> Result<()> {
-        todo!("cgroups: add_process")
+    pub fn add_process(&self, pid: i32) -> Result<()> {
+        if pid <= 0 {
+            return Err(CgroupError::InvalidResources(format!("invalid pid {pid}")));
+        }
+        for (_, dir) in self.existing_dirs()? {
+            fsio::write(&dir, "cgroup.procs", &pid.to_string())?;
+        }
+        Ok(())
     }
 
     /// Applies new limits to the existing cgroup (update of a running container).
-    pub fn apply(&self, _resources: &LinuxResources) -> Result<()> {
-        todo!("cgroups: apply")
+    pub fn apply(&self, resources: &LinuxResources) -> Result<()> {
+        self.existing_dirs()?;
+        self.apply_resources(resources, false)
+    }
+
+    fn apply_resources(&self, resources: &LinuxResources, creating: bool) -> Result<()> {
+        let steps = plan::plan(&self.hierarchy, &self.path, resources, creating)?;
+        plan::execute(&self.hierarchy, &self.path, &steps)
     }
 
     /// Freezes every process in the cgroup; returns once they are frozen.
     pub fn freeze(&self) -> Result<()> {
-        todo!("cgroups: freeze")
+        self.existing_dirs()?;
+        freezer::freeze(&self.hierarchy, &self.path)
     }
 
     /// Thaws the cgroup.
     pub fn thaw(&self) -> Result<()> {
-        todo!("cgroups: thaw")
+        self.existing_dirs()?;
+        freezer::thaw(&self.hierarchy, &self.path)
     }
 
-    /// Pids of every process in the cgroup.
+    /// Pids of every process in the cgroup (and its sub-cgroups).
     pub fn pids(&self) -> Result<Vec<i32>> {
-        todo!("cgroups: pids")
+        let dirs = self.existing_dirs()?;
+        let dir = ["pids", "freezer", "memory", ""]
+            .iter()
+            .find_map(|c| self.dir(c).filter(|d| d.is_dir()))
+            .unwrap_or_else(|| dirs[0].1.clone());
+        let mut pids = Vec::new();
+        collect_procs(&dir, &mut pids)?;
+        pids.sort_unstable();
+        pids.dedup();
+        Ok(pids)
     }
 
-    /// Statistics (cpu, memory, pids, oom kills).
+    /// Statistics (cpu, memory, pids, oom kills). Unlimited limits ("max",
+    /// v1's page-rounded i64::MAX) read as `u64::MAX`; controllers that are
+    /// not there read as zeros. v1 swap is memsw usage minus memory usage.
     pub fn stats(&self) -> Result<Stats> {
-        todo!("cgroups: stats")
+        self.existing_dirs()?;
+        stats::read(&self.hierarchy, &self.path)
     }
 
     /// An fd that becomes readable on each OOM kill in the cgroup
     /// (v1: eventfd registered on memory.oom_control; v2: inotify on memory.events).
+    /// Non-blocking and close-on-exec. It may also fire without a kill (v1:
+    /// once when the cgroup is removed; v2: on any memory.events change):
+    /// drain it, then compare [`Stats::oom_kills`].
     pub fn oom_notifier(&self) -> Result<OwnedFd> {
-        todo!("cgroups: oom notifier")
+        self.existing_dirs()?;
+        oom::notifier(&self.hierarchy, &self.path)
     }
 
     /// Kills every process left (SIGKILL; thawing first if frozen), then
     /// removes the cgroup from every hierarchy. Idempotent.
     pub fn destroy(&self) -> Result<()> {
-        todo!("cgroups: destroy")
+        let dirs: Vec<PathBuf> = self
+            .hierarchy
+            .dirs(&self.path)
+            .into_iter()
+            .map(|(_, d)| d)
+            .filter(|d| d.is_dir())
+            .collect();
+        if dirs.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = freezer::thaw_if_frozen(&self.hierarchy, &self.path) {
+            tracing::warn!(cgroup = %self.path, error = %e, "thaw before destroy failed");
+        }
+        if self.hierarchy.is_v2() {
+            // Kills the whole subtree at once where the kernel has it (5.14+).
+            let _ = fsio::write(&dirs[0], "cgroup.kill", "1");
+        }
+        let mut delay = Duration::from_millis(1);
+        let mut left = Vec::new();
+        for _ in 0..60 {
+            left.clear();
+            for d in &dirs {
+                collect_procs(d, &mut left)?;
+            }
+            if left.is_empty() {
+                break;
+            }
+            for pid in &left {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(*pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(Duration::from_millis(100));
+        }
+        if !left.is_empty() {
+            left.sort_unstable();
+            left.dedup();
+            return Err(CgroupError::Backend {
+                path: self.path.clone(),
+                message: format!("processes {left:?} still in the cgroup after SIGKILL"),
+            });
+        }
+        for d in &dirs {
+            remove_tree(d)?;
+        }
+        tracing::debug!(cgroup = %self.path, "cgroup destroyed");
+        Ok(())
+    }
+
+    /// The directories of the cgroup; `NotFound` when none exists.
+    fn existing_dirs(&self) -> Result<Vec<(String, PathBuf)>> {
+        let dirs: Vec<_> = self
+            .hierarchy
+            .dirs(&self.path)
+            .into_iter()
+            .filter(|(_, d)| d.is_dir())
+            .collect();
+        if dirs.is_empty() {
+            return Err(CgroupError::NotFound(self.path.clone()));
+        }
+        Ok(dirs)
+    }
+
+    /// Creates the cgroup's directories, recording each one it made.
+    fn make_dirs(&self, created: &mut Vec<PathBuf>) -> Result<()> {
+        for (controller, _) in self.hierarchy.dirs(&self.path) {
+            let Some(mount) = self.hierarchy.mount(&controller) else {
+                continue;
+            };
+            let mount = mount.to_owned();
+            let mut cur = mount.clone();
+            for comp in Path::new(&self.path).components() {
+                let parent = cur.clone();
+                cur.push(comp);
+                if cur.is_dir() {
+                    continue;
+                }
+                if self.hierarchy.is_v2() {
+                    enable_v2_controllers(&parent)?;
+                }
+                std::fs::create_dir(&cur).map_err(|e| fsio::io_err(&cur, e))?;
+                created.push(cur.clone());
+                if controller == "cpuset" {
+                    // A v1 cpuset takes no task until cpus and mems are set:
+                    // inherit them from the parent.
+                    for file in ["cpuset.cpus", "cpuset.mems"] {
+                        let value = fsio::read(&parent, file)?;
+                        if fsio::read(&cur, file)?.trim().is_empty() {
+                            fsio::write(&cur, file, value.trim())?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
+
+/// v2: delegates every controller the parent has to its children.
+fn enable_v2_controllers(parent: &Path) -> Result<()> {
+    let Some(available) = fsio::read_opt(parent, "cgroup.controllers")? else {
+        return Ok(());
+    };
+    let enabled = fsio::read_opt(parent, "cgroup.subtree_control")?.unwrap_or_default();
+    let missing: Vec<String> = available
+        .split_whitespace()
+        .filter(|c| !enabled.split_whitespace().any(|e| e == *c))
+        .map(|c| format!("+{c}"))
+        .collect();
+    if missing.is_empty()
+        || fsio::write(parent, "cgroup.subtree_control", &missing.join(" ")).is_ok()
+    {
+        return Ok(());
+    }
+    // One controller the kernel refuses (e.g. a domain controller in a
+    // cgroup with processes) must not cost the others: one at a time.
+    for c in &missing {
+        if let Err(e) = fsio::write(parent, "cgroup.subtree_control", c) {
+            tracing::debug!(parent = %parent.display(), controller = %c, error = %e,
+                "controller not delegated");
+        }
+    }
+    Ok(())
+}
+
+/// Appends the pids in `dir/cgroup.procs` and in every sub-cgroup.
+fn collect_procs(dir: &Path, out: &mut Vec<i32>) -> Result<()> {
+    let Some(procs) = fsio::read_opt(dir, "cgroup.procs")? else {
+        return Ok(());
+    };
+    out.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+    for sub in subdirs(dir)? {
+        collect_procs(&sub, out)?;
+    }
+    Ok(())
+}
+
+fn subdirs(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(fsio::io_err(dir, e)),
+    };
+    Ok(entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+        .map(|e| e.path())
+        .collect())
+}
+
+/// rmdir of a cgroup and its sub-cgroups, deepest first; retries while the
+/// kernel still reports it busy (tasks exiting).
+fn remove_tree(dir: &Path) -> Result<()> {
+    for sub in subdirs(dir)? {
+        remove_tree(&sub)?;
+    }
+    let mut delay = Duration::from_millis(1);
+    for attempt in 0.. {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && attempt < 30 => {
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_millis(100));
+            }
+            Err(e) => return Err(fsio::io_err(dir, e)),
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,122 @@
+//! Where the cgroup hierarchies are: one v1 mount per controller, or the
+//! single v2 tree. Detection uses cgroups-rs; everything else takes explicit
+//! directories so that the logic can run against a temp dir in tests.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use cgroups_rs::fs::hierarchies;
+
+/// v1 controllers a container cgroup is created in (when mounted).
+pub(crate) const V1_CONTROLLERS: &[&str] = &[
+    "cpu",
+    "cpuacct",
+    "cpuset",
+    "memory",
+    "devices",
+    "freezer",
+    "blkio",
+    "pids",
+    "hugetlb",
+    "net_cls",
+    "net_prio",
+    "perf_event",
+];
+
+/// The cgroup hierarchy of the machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hierarchy {
+    /// Legacy / hybrid: one mount point per controller (co-mounted
+    /// controllers share the same directory).
+    V1 { mounts: BTreeMap<String, PathBuf> },
+    /// Unified: one tree.
+    V2 { root: PathBuf },
+}
+
+impl Hierarchy {
+    /// Detects the hierarchy of this machine (as this process sees it),
+    /// once per process: mounts of cgroup hierarchies do not move.
+    pub fn detect() -> Self {
+        static DETECTED: OnceLock<Hierarchy> = OnceLock::new();
+        DETECTED.get_or_init(Self::probe).clone()
+    }
+
+    fn probe() -> Self {
+        if hierarchies::is_cgroup2_unified_mode() {
+            return Hierarchy::V2 {
+                root: PathBuf::from(hierarchies::UNIFIED_MOUNTPOINT),
+            };
+        }
+        let mut mounts = BTreeMap::new();
+        for m in hierarchies::mountinfo_self() {
+            if m.fs_type.0 != "cgroup" {
+                continue;
+            }
+            for c in V1_CONTROLLERS {
+                if m.super_opts.iter().any(|o| o == c) {
+                    mounts
+                        .entry((*c).to_owned())
+                        .or_insert_with(|| m.mount_point.clone());
+                }
+            }
+        }
+        Hierarchy::V1 { mounts }
+    }
+
+    /// A v1 hierarchy with every controller in `controllers` at `root/<controller>`.
+    pub fn v1_at(root: &Path, controllers: &[&str]) -> Self {
+        Hierarchy::V1 {
+            mounts: controllers
+                .iter()
+                .map(|c| ((*c).to_owned(), root.join(c)))
+                .collect(),
+        }
+    }
+
+    /// A v2 hierarchy rooted at `root`.
+    pub fn v2_at(root: &Path) -> Self {
+        Hierarchy::V2 {
+            root: root.to_owned(),
+        }
+    }
+
+    pub fn is_v2(&self) -> bool {
+        matches!(self, Hierarchy::V2 { .. })
+    }
+
+    /// The directory of `controller` for the cgroup at relative `path`
+    /// (v2: the one directory, whatever the controller).
+    pub fn dir(&self, controller: &str, path: &str) -> Option<PathBuf> {
+        match self {
+            Hierarchy::V1 { mounts } => mounts.get(controller).map(|m| m.join(path)),
+            Hierarchy::V2 { root } => Some(root.join(path)),
+        }
+    }
+
+    /// The mount point (root directory) of `controller`.
+    pub fn mount(&self, controller: &str) -> Option<&Path> {
+        match self {
+            Hierarchy::V1 { mounts } => mounts.get(controller).map(PathBuf::as_path),
+            Hierarchy::V2 { root } => Some(root),
+        }
+    }
+
+    /// Every distinct directory of the cgroup at `path`, with one controller
+    /// that lives there (v1: co-mounted controllers give one entry).
+    pub fn dirs(&self, path: &str) -> Vec<(String, PathBuf)> {
+        match self {
+            Hierarchy::V1 { mounts } => {
+                let mut out: Vec<(String, PathBuf)> = Vec::new();
+                for (c, m) in mounts {
+                    let d = m.join(path);
+                    if !out.iter().any(|(_, o)| *o == d) {
+                        out.push((c.clone(), d));
+                    }
+                }
+                out
+            }
+            Hierarchy::V2 { root } => vec![(String::new(), root.join(path))],
+        }
+    }
+}
