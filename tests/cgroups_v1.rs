@@ -440,3 +440,30 @@ fn destroy_kills_everything_and_removes_every_directory() -> Result<()> {
     ));
     Ok(())
 }
+
+#[test]
+fn cpuset_parents_made_elsewhere_are_filled_in() -> Result<()> {
+    let mut cg = TestCgroup::nested("/pod/ctr");
+    if cg.v2() {
+        return Ok(());
+    }
+    // Parents made by someone else, with empty cpuset.cpus / mems.
+    let cpuset_root = cg.mgr.hierarchy().dir("cpuset", "").context("cpuset")?;
+    let pod = cpuset_root.join(cg.top.trim_start_matches('/')).join("pod");
+    std::fs::create_dir_all(&pod)?;
+    ensure!(
+        std::fs::read_to_string(pod.join("cpuset.cpus"))?
+            .trim()
+            .is_empty()
+    );
+    cg.mgr.create(None)?;
+    ensure!(
+        !std::fs::read_to_string(pod.join("cpuset.cpus"))?
+            .trim()
+            .is_empty()
+    );
+    ensure!(!cg.file("cpuset", "cpuset.mems").is_empty());
+    let pid = cg.add_sleep();
+    ensure!(cg.mgr.pids()?.contains(&pid));
+    Ok(())
+}

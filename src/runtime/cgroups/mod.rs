@@ -85,6 +85,7 @@ impl CgroupManager {
     /// Creates the cgroup (every controller on v1) and applies `resources`.
     /// On failure, whatever this call created is removed again.
     pub fn create(&self, resources: Option<&LinuxResources>) -> Result<()> {
+        let started = std::time::Instant::now();
         let mut created = Vec::new();
         let result = self.make_dirs(&mut created).and_then(|()| {
             let none = LinuxResources::default();
@@ -96,7 +97,12 @@ impl CgroupManager {
             }
             return Err(e);
         }
-        tracing::debug!(cgroup = %self.path, v2 = self.hierarchy.is_v2(), "cgroup created");
+        tracing::debug!(
+            cgroup = %self.path,
+            v2 = self.hierarchy.is_v2(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "cgroup created"
+        );
         Ok(())
     }
 
@@ -245,20 +251,21 @@ impl CgroupManager {
             for comp in Path::new(&self.path).components() {
                 let parent = cur.clone();
                 cur.push(comp);
-                if cur.is_dir() {
-                    continue;
-                }
                 if self.hierarchy.is_v2() {
                     enable_v2_controllers(&parent)?;
                 }
-                std::fs::create_dir(&cur).map_err(|e| fsio::io_err(&cur, e))?;
-                created.push(cur.clone());
+                match std::fs::create_dir(&cur) {
+                    Ok(()) => created.push(cur.clone()),
+                    // Made before, or just now by a sibling container.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(fsio::io_err(&cur, e)),
+                }
                 if controller == "cpuset" {
                     // A v1 cpuset takes no task until cpus and mems are set:
-                    // inherit them from the parent.
+                    // every level left empty inherits them from its parent.
                     for file in ["cpuset.cpus", "cpuset.mems"] {
-                        let value = fsio::read(&parent, file)?;
                         if fsio::read(&cur, file)?.trim().is_empty() {
+                            let value = fsio::read(&parent, file)?;
                             fsio::write(&cur, file, value.trim())?;
                         }
                     }
