@@ -90,6 +90,8 @@ pub struct Config {
     pub shutdown_timeout_secs: u64,
     /// The image service.
     pub image: ImageConfig,
+    /// Pod networking (`[network]`).
+    pub network: crate::network::NetworkConfig,
 }
 
 impl Default for Config {
@@ -101,6 +103,7 @@ impl Default for Config {
             log_level: "info".to_owned(),
             shutdown_timeout_secs: 10,
             image: ImageConfig::default(),
+            network: crate::network::NetworkConfig::default(),
         }
     }
 }

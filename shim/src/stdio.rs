@@ -67,11 +67,11 @@ pub fn open(paths: &StdioPaths) -> Result<(Stdio, ProcessIo)> {
         *io.stdin_keeper.get_mut().expect("fresh mutex") = Some(keeper);
         Some(reader)
     };
-    let stdout = open_output(&paths.stdout, &mut keepers)?;
+    let stdout = open_output(&paths.stdout, "stdout", &mut keepers)?;
     let stderr = if paths.terminal {
         None
     } else {
-        open_output(&paths.stderr, &mut keepers)?
+        open_output(&paths.stderr, "stderr", &mut keepers)?
     };
     io._keepers = keepers;
     if paths.terminal {
@@ -115,9 +115,16 @@ fn open_stdin(path: &str) -> Result<(OwnedFd, OwnedFd)> {
 }
 
 /// stdout/stderr: a fifo (the shim keeps a read end) or a `file://` log.
-fn open_output(uri: &str, keepers: &mut Vec<OwnedFd>) -> Result<Option<OwnedFd>> {
+fn open_output(
+    uri: &str,
+    stream: &'static str,
+    keepers: &mut Vec<OwnedFd>,
+) -> Result<Option<OwnedFd>> {
     if uri.is_empty() {
         return Ok(None);
+    }
+    if let Some(file) = uri.strip_prefix(crate::cri_log::SCHEME) {
+        return crate::cri_log::open(file, stream).map(Some);
     }
     if let Some(file) = uri.strip_prefix("file://") {
         let f = OpenOptions::new()
@@ -150,7 +157,7 @@ fn fifo_path(uri: &str) -> Result<&str> {
     }
     if uri.contains("://") {
         return Err(ShimError::Unimplemented(format!(
-            "stdio URI {uri}: only fifos and file:// are supported"
+            "stdio URI {uri}: only fifos, file:// and cri-log:// are supported"
         )));
     }
     Ok(uri)

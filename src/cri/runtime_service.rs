@@ -1,6 +1,6 @@
-//! `runtime.v1.RuntimeService`: Version and Status are real; the pod and
-//! container calls answer `Unimplemented`, naming the call, until they are
-//! built.
+//! `runtime.v1.RuntimeService`: thin adapters from CRI messages to
+//! [`crate::pod::PodManager`]. Exec, Attach, PortForward (the streaming
+//! server) and CheckpointContainer answer `Unimplemented`.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -12,7 +12,8 @@ use tonic::codegen::tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::config::Config;
-use crate::cri::error::unimplemented;
+use crate::cri::error::{invalid_argument, unimplemented};
+use crate::pod::PodManager;
 use crate::cri::{RUNTIME_API_VERSION, RUNTIME_NAME};
 
 /// CRI condition type: the runtime can run host-network containers.
@@ -27,14 +28,26 @@ const KUBELET_API_VERSION: &str = "0.1.0";
 #[derive(Debug, Clone)]
 pub struct CriRuntimeService {
     config: Arc<Config>,
+    pods: Arc<PodManager>,
 }
 
 impl CriRuntimeService {
-    pub fn new(config: Arc<Config>) -> Self {
-        Self { config }
+    pub fn new(config: Arc<Config>, pods: Arc<PodManager>) -> Self {
+        Self { config, pods }
     }
 
-    fn conditions(&self) -> Vec<cri::RuntimeCondition> {
+    async fn conditions(&self) -> Vec<cri::RuntimeCondition> {
+        let (ready, reason, message) = match self.pods.network() {
+            Some(net) => {
+                let r = net.status().await;
+                (r.ready, r.reason, r.message)
+            }
+            None => (
+                false,
+                "NetworkPluginNotReady".to_owned(),
+                "berth: pod networking could not be set up (see berthd's log); only host-network pods can run".to_owned(),
+            ),
+        };
         vec![
             cri::RuntimeCondition {
                 r#type: RUNTIME_READY.to_owned(),
@@ -44,10 +57,9 @@ impl CriRuntimeService {
             },
             cri::RuntimeCondition {
                 r#type: NETWORK_READY.to_owned(),
-                status: false,
-                reason: "NetworkPluginNotReady".to_owned(),
-                message: "berth: pod networking is not built yet; only host-network pods could run"
-                    .to_owned(),
+                status: ready,
+                reason,
+                message,
             },
         ]
     }
@@ -96,7 +108,7 @@ impl RuntimeService for CriRuntimeService {
         };
         Ok(Response::new(cri::StatusResponse {
             status: Some(cri::RuntimeStatus {
-                conditions: self.conditions(),
+                conditions: self.conditions().await,
             }),
             info,
             runtime_handlers: Vec::new(),
@@ -108,91 +120,169 @@ impl RuntimeService for CriRuntimeService {
         &self,
         _request: Request<cri::GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        Err(unimplemented("GetContainerEvents"))
+        let rx = self.pods.events().subscribe();
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(ev) => return Some((Ok(ev), rx)),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "container events subscriber lagged");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn run_pod_sandbox(
         &self,
-        _request: Request<cri::RunPodSandboxRequest>,
+        request: Request<cri::RunPodSandboxRequest>,
     ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
-        Err(unimplemented("RunPodSandbox"))
+        let req = request.into_inner();
+        let config = req
+            .config
+            .ok_or_else(|| invalid_argument("RunPodSandbox: config is required"))?;
+        if !req.runtime_handler.is_empty() {
+            tracing::debug!(handler = %req.runtime_handler, "runtime handler ignored");
+        }
+        let id = self.pods.run_pod(config).await?;
+        tracing::Span::current().record("pod", id.as_str());
+        Ok(Response::new(cri::RunPodSandboxResponse { pod_sandbox_id: id }))
     }
 
     async fn stop_pod_sandbox(
         &self,
-        _request: Request<cri::StopPodSandboxRequest>,
+        request: Request<cri::StopPodSandboxRequest>,
     ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
-        Err(unimplemented("StopPodSandbox"))
+        let req = request.into_inner();
+        need("pod_sandbox_id", &req.pod_sandbox_id)?;
+        tracing::Span::current().record("pod", req.pod_sandbox_id.as_str());
+        self.pods.stop_pod(&req.pod_sandbox_id).await?;
+        Ok(Response::new(cri::StopPodSandboxResponse {}))
     }
 
     async fn remove_pod_sandbox(
         &self,
-        _request: Request<cri::RemovePodSandboxRequest>,
+        request: Request<cri::RemovePodSandboxRequest>,
     ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
-        Err(unimplemented("RemovePodSandbox"))
+        let req = request.into_inner();
+        need("pod_sandbox_id", &req.pod_sandbox_id)?;
+        tracing::Span::current().record("pod", req.pod_sandbox_id.as_str());
+        self.pods.remove_pod(&req.pod_sandbox_id).await?;
+        Ok(Response::new(cri::RemovePodSandboxResponse {}))
     }
 
     async fn pod_sandbox_status(
         &self,
-        _request: Request<cri::PodSandboxStatusRequest>,
+        request: Request<cri::PodSandboxStatusRequest>,
     ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
-        Err(unimplemented("PodSandboxStatus"))
+        let req = request.into_inner();
+        need("pod_sandbox_id", &req.pod_sandbox_id)?;
+        let (status, info) = self.pods.pod_status(&req.pod_sandbox_id, req.verbose)?;
+        let containers_statuses = Vec::new();
+        Ok(Response::new(cri::PodSandboxStatusResponse {
+            status: Some(status),
+            info,
+            containers_statuses,
+            timestamp: crate::pod::now_ns(),
+        }))
     }
 
     async fn list_pod_sandbox(
         &self,
-        _request: Request<cri::ListPodSandboxRequest>,
+        request: Request<cri::ListPodSandboxRequest>,
     ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
-        Err(unimplemented("ListPodSandbox"))
+        let req = request.into_inner();
+        let items = self.pods.list_pods(req.filter.as_ref())?;
+        Ok(Response::new(cri::ListPodSandboxResponse { items }))
     }
 
     async fn create_container(
         &self,
-        _request: Request<cri::CreateContainerRequest>,
+        request: Request<cri::CreateContainerRequest>,
     ) -> Result<Response<cri::CreateContainerResponse>, Status> {
-        Err(unimplemented("CreateContainer"))
+        let req = request.into_inner();
+        need("pod_sandbox_id", &req.pod_sandbox_id)?;
+        let config = req
+            .config
+            .ok_or_else(|| invalid_argument("CreateContainer: config is required"))?;
+        tracing::Span::current().record("pod", req.pod_sandbox_id.as_str());
+        let id = self
+            .pods
+            .create_container(&req.pod_sandbox_id, config, req.sandbox_config)
+            .await?;
+        tracing::Span::current().record("container", id.as_str());
+        Ok(Response::new(cri::CreateContainerResponse { container_id: id }))
     }
 
     async fn start_container(
         &self,
-        _request: Request<cri::StartContainerRequest>,
+        request: Request<cri::StartContainerRequest>,
     ) -> Result<Response<cri::StartContainerResponse>, Status> {
-        Err(unimplemented("StartContainer"))
+        let req = request.into_inner();
+        need("container_id", &req.container_id)?;
+        tracing::Span::current().record("container", req.container_id.as_str());
+        self.pods.start_container(&req.container_id).await?;
+        Ok(Response::new(cri::StartContainerResponse {}))
     }
 
     async fn stop_container(
         &self,
-        _request: Request<cri::StopContainerRequest>,
+        request: Request<cri::StopContainerRequest>,
     ) -> Result<Response<cri::StopContainerResponse>, Status> {
-        Err(unimplemented("StopContainer"))
+        let req = request.into_inner();
+        need("container_id", &req.container_id)?;
+        tracing::Span::current().record("container", req.container_id.as_str());
+        self.pods
+            .stop_container(&req.container_id, req.timeout)
+            .await?;
+        Ok(Response::new(cri::StopContainerResponse {}))
     }
 
     async fn remove_container(
         &self,
-        _request: Request<cri::RemoveContainerRequest>,
+        request: Request<cri::RemoveContainerRequest>,
     ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
-        Err(unimplemented("RemoveContainer"))
+        let req = request.into_inner();
+        need("container_id", &req.container_id)?;
+        tracing::Span::current().record("container", req.container_id.as_str());
+        self.pods.remove_container(&req.container_id).await?;
+        Ok(Response::new(cri::RemoveContainerResponse {}))
     }
 
     async fn list_containers(
         &self,
-        _request: Request<cri::ListContainersRequest>,
+        request: Request<cri::ListContainersRequest>,
     ) -> Result<Response<cri::ListContainersResponse>, Status> {
-        Err(unimplemented("ListContainers"))
+        let req = request.into_inner();
+        let containers = self.pods.list_containers(req.filter.as_ref())?;
+        Ok(Response::new(cri::ListContainersResponse { containers }))
     }
 
     async fn container_status(
         &self,
-        _request: Request<cri::ContainerStatusRequest>,
+        request: Request<cri::ContainerStatusRequest>,
     ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
-        Err(unimplemented("ContainerStatus"))
+        let req = request.into_inner();
+        need("container_id", &req.container_id)?;
+        let (status, info) = self.pods.container_status(&req.container_id, req.verbose)?;
+        Ok(Response::new(cri::ContainerStatusResponse {
+            status: Some(status),
+            info,
+        }))
     }
 
     async fn update_container_resources(
         &self,
-        _request: Request<cri::UpdateContainerResourcesRequest>,
+        request: Request<cri::UpdateContainerResourcesRequest>,
     ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
-        Err(unimplemented("UpdateContainerResources"))
+        let req = request.into_inner();
+        need("container_id", &req.container_id)?;
+        self.pods
+            .update_container_resources(&req.container_id, req.linux)
+            .await?;
+        Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
     }
 
     async fn reopen_container_log(
@@ -204,9 +294,20 @@ impl RuntimeService for CriRuntimeService {
 
     async fn exec_sync(
         &self,
-        _request: Request<cri::ExecSyncRequest>,
+        request: Request<cri::ExecSyncRequest>,
     ) -> Result<Response<cri::ExecSyncResponse>, Status> {
-        Err(unimplemented("ExecSync"))
+        let req = request.into_inner();
+        need("container_id", &req.container_id)?;
+        tracing::Span::current().record("container", req.container_id.as_str());
+        let out = self
+            .pods
+            .exec_sync(&req.container_id, req.cmd, req.timeout)
+            .await?;
+        Ok(Response::new(cri::ExecSyncResponse {
+            stdout: out.stdout,
+            stderr: out.stderr,
+            exit_code: out.exit_code,
+        }))
     }
 
     async fn exec(
@@ -232,16 +333,21 @@ impl RuntimeService for CriRuntimeService {
 
     async fn container_stats(
         &self,
-        _request: Request<cri::ContainerStatsRequest>,
+        request: Request<cri::ContainerStatsRequest>,
     ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
-        Err(unimplemented("ContainerStats"))
+        let req = request.into_inner();
+        need("container_id", &req.container_id)?;
+        let stats = self.pods.container_stats(&req.container_id).await?;
+        Ok(Response::new(cri::ContainerStatsResponse { stats: Some(stats) }))
     }
 
     async fn list_container_stats(
         &self,
-        _request: Request<cri::ListContainerStatsRequest>,
+        request: Request<cri::ListContainerStatsRequest>,
     ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
-        Err(unimplemented("ListContainerStats"))
+        let req = request.into_inner();
+        let stats = self.pods.list_container_stats(req.filter.as_ref()).await?;
+        Ok(Response::new(cri::ListContainerStatsResponse { stats }))
     }
 
     async fn pod_sandbox_stats(
@@ -355,5 +461,14 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.code(), Code::Unimplemented);
         assert!(err.message().contains("RunPodSandbox"));
+    }
+}
+
+/// A required string field of a request.
+fn need(field: &str, value: &str) -> Result<(), Status> {
+    if value.is_empty() {
+        Err(invalid_argument(format!("{field} is required")))
+    } else {
+        Ok(())
     }
 }
