@@ -13,7 +13,7 @@ use crate::image::ImageError;
 /// A call of the CRI that berth does not implement yet.
 pub fn unimplemented(call: &str) -> Status {
     Status::unimplemented(format!(
-        "berth: {call} is not built yet (this version of berthd serves Version, Status and the ImageService)"
+        "berth: {call} is not built yet (the streaming server for Exec/Attach/PortForward and checkpointing are still to come)"
     ))
 }
 

@@ -400,18 +400,41 @@ impl RuntimeService for CriRuntimeService {
     }
 }
 
+/// A required string field of a request.
+fn need(field: &str, value: &str) -> Result<(), Status> {
+    if value.is_empty() {
+        Err(invalid_argument(format!("{field} is required")))
+    } else {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tonic::Code;
 
-    fn service() -> CriRuntimeService {
-        CriRuntimeService::new(Arc::new(Config::default()))
+    /// A service on temp dirs, without pod networking.
+    async fn service_in(dir: &std::path::Path) -> CriRuntimeService {
+        let config = Arc::new(Config {
+            root: dir.join("root"),
+            state: dir.join("state"),
+            ..Config::default()
+        });
+        let images = Arc::new(
+            crate::image::ImageStore::open(&config.root.join("images"), &config.image)
+                .await
+                .unwrap(),
+        );
+        let pods = PodManager::open(config.clone(), images, None).await.unwrap();
+        CriRuntimeService::new(config, pods)
     }
 
     #[tokio::test]
     async fn version_names_berth() {
-        let v = service()
+        let dir = tempfile::tempdir().unwrap();
+        let v = service_in(dir.path())
+            .await
             .version(Request::new(cri::VersionRequest::default()))
             .await
             .unwrap()
@@ -423,7 +446,8 @@ mod tests {
 
     #[tokio::test]
     async fn status_conditions_and_verbose() {
-        let s = service();
+        let dir = tempfile::tempdir().unwrap();
+        let s = service_in(dir.path()).await;
         let quiet = s
             .status(Request::new(cri::StatusRequest { verbose: false }))
             .await
@@ -450,25 +474,23 @@ mod tests {
             .unwrap()
             .into_inner();
         let config: serde_json::Value = serde_json::from_str(&verbose.info["config"]).unwrap();
-        assert_eq!(config["root"], "/var/lib/berth");
+        assert_eq!(config["root"], dir.path().join("root").display().to_string());
     }
 
     #[tokio::test]
     async fn unbuilt_calls_are_unimplemented() {
-        let err = service()
-            .run_pod_sandbox(Request::new(cri::RunPodSandboxRequest::default()))
+        let dir = tempfile::tempdir().unwrap();
+        let s = service_in(dir.path()).await;
+        let err = s
+            .exec(Request::new(cri::ExecRequest::default()))
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::Unimplemented);
-        assert!(err.message().contains("RunPodSandbox"));
-    }
-}
-
-/// A required string field of a request.
-fn need(field: &str, value: &str) -> Result<(), Status> {
-    if value.is_empty() {
-        Err(invalid_argument(format!("{field} is required")))
-    } else {
-        Ok(())
+        assert!(err.message().contains("Exec"));
+        let err = s
+            .run_pod_sandbox(Request::new(cri::RunPodSandboxRequest::default()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "a pod needs a config");
     }
 }
