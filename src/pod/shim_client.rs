@@ -84,6 +84,8 @@ impl Events for EventSink {
 /// Serves the Events endpoint at `<state>/events.sock`; returns its path
 /// (what the shims get as TTRPC_ADDRESS). The server lives as long as berthd.
 pub fn serve_events(state: &Path, oom: OomSet) -> Result<String> {
+    std::fs::create_dir_all(state)
+        .map_err(|e| PodError::io(format!("create {}", state.display()), e))?;
     let path = state.join(EVENTS_SOCKET);
     match std::fs::remove_file(&path) {
         Ok(()) => {}
