@@ -124,7 +124,30 @@ impl PodEnv {
 }
 
 impl Drop for PodEnv {
+    /// Also after a failed test: the shims this test's berthd started (their
+    /// command line names its temp dir), the mounts under the temp dir, the
+    /// test's cgroups, bridge and nftables table.
     fn drop(&mut self) {
+        let tmp = self.dirs.tmp.path().display().to_string();
+        for pid in processes_with(&tmp) {
+            if pid != std::process::id() as i32 {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        let mut mounts = mounts_containing(&tmp);
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+        for c in ["cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids"] {
+            let root = Path::new("/sys/fs/cgroup")
+                .join(c)
+                .join(self.cgroup_parent.trim_start_matches('/'));
+            remove_cgroup_tree(&root);
+        }
         let _ = std::process::Command::new("ip")
             .args(["link", "del", &self.bridge])
             .stderr(std::process::Stdio::null())
@@ -181,8 +204,19 @@ pub async fn create_container(
     rt: &mut Runtime,
     pod: &str,
     pod_config: &cri::PodSandboxConfig,
-    config: cri::ContainerConfig,
+    mut config: cri::ContainerConfig,
 ) -> Result<String> {
+    // As kubelet does: the container's namespace options are the pod's.
+    let ns = pod_config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.clone());
+    let linux = config.linux.get_or_insert_with(Default::default);
+    let sc = linux.security_context.get_or_insert_with(Default::default);
+    if sc.namespace_options.is_none() {
+        sc.namespace_options = ns;
+    }
     Ok(rt
         .create_container(cri::CreateContainerRequest {
             pod_sandbox_id: pod.into(),
@@ -243,4 +277,16 @@ pub fn processes_with(needle: &str) -> Vec<i32> {
         }
     }
     out
+}
+
+/// Removes a cgroup directory tree, deepest first (best effort).
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
