@@ -229,7 +229,7 @@ impl NftTable {
         let wanted: Vec<String> = ips.iter().map(|i| i.to_string()).collect();
         let mut s = String::new();
         let mut n = 0;
-        for (map, key, value) in parse_elements(&json)? {
+        for MapElement { map, key, value } in parse_elements(&json)? {
             if wanted.iter().any(|w| value.first() == Some(w)) {
                 s += &format!(
                     "delete element inet {} {map} {{ {} }}\n",
@@ -246,9 +246,7 @@ impl NftTable {
     }
 
     /// Every element of the hostPort maps (for tests and leak checks).
-    pub async fn port_elements(
-        &self,
-    ) -> Result<Vec<(String, Vec<String>, Vec<String>)>, NetworkError> {
+    pub async fn port_elements(&self) -> Result<Vec<MapElement>, NetworkError> {
         match nft(&["-j", "list", "table", "inet", &self.name], None).await {
             Ok(j) => parse_elements(&j),
             Err(NetworkError::Nft(m)) if m.contains("No such file") => Ok(Vec::new()),
@@ -266,6 +264,14 @@ impl NftTable {
     }
 }
 
+/// One element of a hostPort map: `key : value`, each a concatenation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapElement {
+    pub map: String,
+    pub key: Vec<String>,
+    pub value: Vec<String>,
+}
+
 fn scalar(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
@@ -281,7 +287,7 @@ fn concat(v: &Value) -> Vec<String> {
 }
 
 /// (map, key parts, value parts) of every element of berth's maps in `nft -j` output.
-fn parse_elements(json: &str) -> Result<Vec<(String, Vec<String>, Vec<String>)>, NetworkError> {
+fn parse_elements(json: &str) -> Result<Vec<MapElement>, NetworkError> {
     let v: Value = serde_json::from_str(json)
         .map_err(|e| NetworkError::Nft(format!("parse nft -j output: {e}")))?;
     let mut out = Vec::new();
@@ -303,7 +309,11 @@ fn parse_elements(json: &str) -> Result<Vec<(String, Vec<String>, Vec<String>)>,
             .flatten()
         {
             if let Some([k, val]) = e.as_array().map(|a| a.as_slice()) {
-                out.push((name.to_string(), concat(k), concat(val)));
+                out.push(MapElement {
+                    map: name.to_string(),
+                    key: concat(k),
+                    value: concat(val),
+                });
             }
         }
     }
@@ -365,11 +375,11 @@ mod tests {
         let e = parse_elements(j).unwrap();
         assert_eq!(
             e,
-            vec![(
-                "hp4".into(),
-                vec!["tcp".into(), "8080".into()],
-                vec!["10.99.0.2".into(), "80".into()]
-            )]
+            vec![MapElement {
+                map: "hp4".into(),
+                key: vec!["tcp".into(), "8080".into()],
+                value: vec!["10.99.0.2".into(), "80".into()]
+            }]
         );
     }
 }

@@ -1,7 +1,7 @@
 //! [`PodNetwork`]: one pod's network, set up and torn down in either mode.
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -12,7 +12,7 @@ use super::addr::{Ipv4Net, Ipv6Net};
 use super::cni::{self, CniConfList, CniRuntime};
 use super::config::{NetworkConfig, NetworkMode};
 use super::error::NetworkError;
-use super::ipam::{Ipam, Pool};
+use super::ipam::{self, Ipam, Pool};
 use super::links;
 use super::netns;
 use super::nft::NftTable;
@@ -35,7 +35,7 @@ struct Subnets {
 #[derive(Debug)]
 pub struct PodNetwork {
     config: NetworkConfig,
-    ipam_root: PathBuf,
+    /// Pod state files and IPAM leases, one directory (one fsync per operation).
     pods: StateDir,
     nft: NftTable,
     subnets: Mutex<Subnets>,
@@ -45,18 +45,14 @@ pub struct PodNetwork {
 
 impl PodNetwork {
     /// Checks the config and opens the state under `state_dir`
-    /// (`ipam/<subnet>/<address>` leases, `pods/<pod id>.json`). Touches no
+    /// (`lease-<address>` symlinks, `pod-<pod id>.json`). Touches no
     /// network device: the bridge and rules are made on the first setup.
     pub fn new(config: NetworkConfig, state_dir: &Path) -> Result<Self, NetworkError> {
         let (v4, v6) = config.validate()?;
-        let ipam_root = state_dir.join("ipam");
-        std::fs::create_dir_all(&ipam_root)
-            .map_err(|e| NetworkError::io(format!("create {}", ipam_root.display()), e))?;
-        let pods = StateDir::open(state_dir.join("pods"))?;
+        let pods = StateDir::open(state_dir.to_path_buf())?;
         Ok(Self {
             nft: NftTable::new(&config.bridge_name),
             config,
-            ipam_root,
             pods,
             subnets: Mutex::new(Subnets {
                 v4,
@@ -249,28 +245,31 @@ impl PodNetwork {
             let s = self.subnets.lock().unwrap_or_else(|p| p.into_inner());
             (s.v4, s.v6)
         };
-        let mut st = PodState {
+        let t_host = t0.elapsed();
+        // Leases first: each names its pod, so a crash from here on is undone
+        // by teardown even without the state file. One fsync makes both durable.
+        let dir = self.pods.dir();
+        let mut addrs = vec![(
+            Ipam::open(dir, Pool::V4(v4)).allocate(&req.pod_id)?,
+            v4.prefix,
+        )];
+        if let Some(n) = v6 {
+            addrs.push((
+                Ipam::open(dir, Pool::V6(n)).allocate(&req.pod_id)?,
+                n.prefix,
+            ));
+        }
+        let st = PodState {
             pod_id: req.pod_id.clone(),
             mode: PodMode::Builtin,
             netns_path: req.netns_path.clone(),
             interface: POD_IFNAME.into(),
-            ips: vec![],
+            ips: addrs.iter().map(|a| a.0).collect(),
             port_mappings: req.port_mappings.clone(),
             cni: None,
         };
         self.pods.save(&st)?;
-        let t_host = t0.elapsed();
-
-        let ip4 = Ipam::open(&self.ipam_root, Pool::V4(v4))?.allocate(&req.pod_id)?;
-        let mut addrs = vec![(ip4, v4.prefix)];
-        if let Some(n) = v6 {
-            addrs.push((
-                Ipam::open(&self.ipam_root, Pool::V6(n))?.allocate(&req.pod_id)?,
-                n.prefix,
-            ));
-        }
-        st.ips = addrs.iter().map(|a| a.0).collect();
-        self.pods.save(&st)?;
+        self.pods.sync()?;
         let t_ipam = t0.elapsed();
 
         let h = netns::netlink_host()?;
@@ -384,6 +383,7 @@ impl PodNetwork {
             }),
         };
         self.pods.save(&st)?;
+        self.pods.sync()?;
         let rt = self.cni_runtime(&req.pod_id, &req.netns_path, args, caps);
         self.cni_loopback(list, &rt).await?;
         let result = cni::add(list, &rt).await?;
@@ -392,6 +392,7 @@ impl PodNetwork {
             c.result = Some(result);
         }
         self.pods.save(&st)?;
+        self.pods.sync()?;
         Ok(PodNetworkStatus {
             ips: st.ips,
             interface: POD_IFNAME.into(),
@@ -469,6 +470,7 @@ impl PodNetwork {
             self.teardown_builtin(pod_id, st.as_ref()).await?;
         }
         self.pods.remove(pod_id)?;
+        self.pods.sync()?;
         debug!(pod = %pod_id, elapsed_us = start.elapsed().as_micros() as u64, "pod network torn down");
         Ok(())
     }
@@ -478,7 +480,11 @@ impl PodNetwork {
         pod_id: &str,
         st: Option<&PodState>,
     ) -> Result<(), NetworkError> {
-        let leased = ipam_find_all(&self.ipam_root, pod_id)?;
+        let leased: Vec<IpAddr> = ipam::leases(self.pods.dir())?
+            .into_iter()
+            .filter(|(_, owner)| owner == pod_id)
+            .map(|(ip, _)| ip)
+            .collect();
         let mut ips: Vec<IpAddr> = st.map(|s| s.ips.clone()).unwrap_or_default();
         for ip in leased {
             if !ips.contains(&ip) {
@@ -489,9 +495,11 @@ impl PodNetwork {
         if st.is_none_or(|s| !s.port_mappings.is_empty()) {
             self.nft.remove_ports(&ips).await?;
         }
+        let t_nft = Instant::now();
         let h = netns::netlink_host()?;
         links::delete_link(&h, &links::host_veth_name(pod_id)).await?;
-        ipam_release_all(&self.ipam_root, pod_id)?;
+        debug!(pod = %pod_id, veth_delete_us = t_nft.elapsed().as_micros() as u64, "built-in teardown: veth");
+        ipam::release(self.pods.dir(), pod_id)?;
         Ok(())
     }
 
@@ -527,11 +535,7 @@ impl PodNetwork {
 
     /// Every lease of the built-in IPAM: (address, pod id).
     pub fn leases(&self) -> Result<Vec<(IpAddr, String)>, NetworkError> {
-        let mut out = Vec::new();
-        for pool in ipam_pools(&self.ipam_root)? {
-            out.extend(pool.leases()?);
-        }
-        Ok(out)
+        ipam::leases(self.pods.dir())
     }
 
     /// Removes the built-in mode's host side (bridge and nftables table),
@@ -550,42 +554,4 @@ fn which_nft() -> bool {
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join("nft").is_file()))
         .unwrap_or(false)
-}
-
-/// Every pool that has a lease directory (current and earlier subnets).
-fn ipam_pools(root: &Path) -> Result<Vec<Ipam>, NetworkError> {
-    let mut out = Vec::new();
-    let rd = std::fs::read_dir(root)
-        .map_err(|e| NetworkError::io(format!("read {}", root.display()), e))?;
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some((a, p)) = name.rsplit_once('_') else {
-            continue;
-        };
-        let cidr = format!("{}/{p}", a.replace('-', ":"));
-        let pool = if cidr.contains(':') {
-            cidr.parse::<Ipv6Net>().map(Pool::V6)
-        } else {
-            cidr.parse::<Ipv4Net>().map(Pool::V4)
-        };
-        if let Ok(pool) = pool {
-            out.push(Ipam::open(root, pool)?);
-        }
-    }
-    Ok(out)
-}
-
-fn ipam_find_all(root: &Path, pod_id: &str) -> Result<Vec<IpAddr>, NetworkError> {
-    let mut out = Vec::new();
-    for pool in ipam_pools(root)? {
-        out.extend(pool.find(pod_id)?);
-    }
-    Ok(out)
-}
-
-fn ipam_release_all(root: &Path, pod_id: &str) -> Result<(), NetworkError> {
-    for pool in ipam_pools(root)? {
-        pool.release(pod_id)?;
-    }
-    Ok(())
 }

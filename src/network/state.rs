@@ -59,7 +59,9 @@ pub fn check_pod_id(id: &str) -> Result<(), NetworkError> {
     }
 }
 
-/// The directory of pod state files.
+/// The network state directory: pod state files `pod-<id>.json` (and the
+/// IPAM's leases, see [`super::ipam`]). Writes are atomic (temp file,
+/// fsync, rename); [`StateDir::sync`] makes names durable, once per operation.
 #[derive(Clone, Debug)]
 pub struct StateDir {
     dir: PathBuf,
@@ -73,7 +75,7 @@ impl StateDir {
     }
 
     fn path(&self, pod_id: &str) -> PathBuf {
-        self.dir.join(format!("{pod_id}.json"))
+        self.dir.join(format!("pod-{pod_id}.json"))
     }
 
     pub fn load(&self, pod_id: &str) -> Result<Option<PodState>, NetworkError> {
@@ -87,6 +89,7 @@ impl StateDir {
         }
     }
 
+    /// Writes the pod's state; durable once [`StateDir::sync`] returns.
     pub fn save(&self, st: &PodState) -> Result<(), NetworkError> {
         let p = self.path(&st.pod_id);
         let tmp = self.dir.join(format!(".{}.tmp", st.pod_id));
@@ -96,18 +99,23 @@ impl StateDir {
             let mut f = File::create(&tmp)?;
             f.write_all(&body)?;
             f.sync_all()?;
-            fs::rename(&tmp, &p)?;
-            File::open(&self.dir)?.sync_all()
+            fs::rename(&tmp, &p)
         };
         write().map_err(|e| NetworkError::io(format!("write {}", p.display()), e))
     }
 
+    /// Makes every create, rename and removal in the directory durable.
+    pub fn sync(&self) -> Result<(), NetworkError> {
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| NetworkError::io(format!("fsync {}", self.dir.display()), e))
+    }
+
+    /// Removes the pod's state; durable once [`StateDir::sync`] returns.
     pub fn remove(&self, pod_id: &str) -> Result<(), NetworkError> {
         let p = self.path(pod_id);
         match fs::remove_file(&p) {
-            Ok(()) => File::open(&self.dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| NetworkError::io(format!("fsync {}", self.dir.display()), e)),
+            Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(NetworkError::io(format!("remove {}", p.display()), e)),
         }
@@ -120,9 +128,7 @@ impl StateDir {
             .map_err(|e| NetworkError::io(format!("read {}", self.dir.display()), e))?;
         for e in rd.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
-            if let Some(id) = n.strip_suffix(".json")
-                && !n.starts_with('.')
-            {
+            if let Some(id) = n.strip_prefix("pod-").and_then(|n| n.strip_suffix(".json")) {
                 out.push(id.to_string());
             }
         }
@@ -149,7 +155,7 @@ mod tests {
     #[test]
     fn roundtrip() {
         let d = tempfile::tempdir().unwrap();
-        let s = StateDir::open(d.path().join("pods")).unwrap();
+        let s = StateDir::open(d.path().to_path_buf()).unwrap();
         let st = PodState {
             pod_id: "p1".into(),
             mode: PodMode::Builtin,

@@ -235,6 +235,28 @@ impl Fixture {
         }
     }
 
+    /// Binds a UDP socket on :9090 inside the pod (busybox nc has no UDP)
+    /// and sends datagrams to 127.0.0.1:`host_port` until one arrives.
+    /// Returns what the pod received.
+    pub fn udp_roundtrip(&self, pod: &PodNetworkRequest, host_port: u16) -> Result<String> {
+        let server = berth::network::run_in_netns(&pod.netns_path, || {
+            std::net::UdpSocket::bind("0.0.0.0:9090")
+        })??;
+        server.set_read_timeout(Some(Duration::from_millis(200)))?;
+        let client = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let start = Instant::now();
+        let mut buf = [0u8; 256];
+        loop {
+            client.send_to(b"udp-token", ("127.0.0.1", host_port))?;
+            if let Ok((n, _)) = server.recv_from(&mut buf) {
+                return Ok(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+            if start.elapsed() > WAIT {
+                bail!("no datagram reached the pod through 127.0.0.1:{host_port}/udp");
+            }
+        }
+    }
+
     /// Names of the links attached to the test's bridge.
     pub fn bridge_ports(&self) -> Result<Vec<String>> {
         let out = Command::new("ip")
@@ -253,7 +275,7 @@ impl Fixture {
             Ok(rd) => rd.count(),
             Err(_) => 0,
         };
-        let state_files = std::fs::read_dir(self.state_dir().join("pods"))?.count();
+        let state_files = self.pn().pods_with_state()?.len();
         let (leases, rules) = match self.mode {
             Mode::Builtin => (
                 self.pn().leases()?.len(),
@@ -359,6 +381,15 @@ pub fn http_get(addr: SocketAddr, deadline: Duration) -> Result<String> {
     }
 }
 
+/// A UDP port free on 127.0.0.1 right now.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A TCP port free on 127.0.0.1 right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -394,12 +425,18 @@ const WAIT: Duration = Duration::from_secs(15);
 /// host-IP mappings), interface counters; then nothing left.
 pub fn connectivity(mode: Mode, idx: u32) -> Result<()> {
     let fx = Fixture::new(mode, idx)?;
-    let (hp_any, hp_lo) = (free_port(), free_port());
+    let (hp_any, hp_lo, hp_udp) = (free_port(), free_port(), free_udp_port());
     let a = fx.new_pod(
         1,
         vec![
             tcp(hp_any, 8080, None),
             tcp(hp_lo, 8080, Some("127.0.0.1".parse()?)),
+            PortMapping {
+                protocol: Protocol::Udp,
+                container_port: 9090,
+                host_port: hp_udp,
+                host_ip: None,
+            },
         ],
     )?;
     let b = fx.new_pod(2, vec![])?;
@@ -468,6 +505,12 @@ pub fn connectivity(mode: Mode, idx: u32) -> Result<()> {
         http_get(sock(lo, hp_lo), WAIT)?,
         "token-a",
         "127.0.0.1:hostPort (hostIP 127.0.0.1)"
+    );
+
+    let got = fx.udp_roundtrip(&a, hp_udp)?;
+    assert!(
+        got.contains("udp-token"),
+        "UDP 127.0.0.1:hostPort → pod got {got:?}"
     );
 
     let st = fx
