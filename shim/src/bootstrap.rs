@@ -8,7 +8,7 @@
 //!   well as `containerd.task.v3.Task` (2.x), same messages.
 
 use std::io::Write;
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::sync::Arc;
 
@@ -89,6 +89,10 @@ fn serve(mut shim: BerthShim, flags: &Flags) -> anyhow::Result<()> {
     if flags.socket.is_empty() {
         bail!("shim socket cannot be empty (-socket)");
     }
+    // Still single-threaded: take our socket, drop whatever else containerd's
+    // callers leaked to us (a stray pipe held open here can hang a client).
+    let listener = take_listener(&flags.socket)?;
+    close_inherited_fds(listener.as_raw_fd());
     // Few threads and little churn: one malloc arena keeps RSS small.
     // SAFETY: mallopt only changes allocator tunables.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
@@ -98,7 +102,6 @@ fn serve(mut shim: BerthShim, flags: &Flags) -> anyhow::Result<()> {
         eprintln!("{RUNTIME_ID}: no log fifo: {e}");
     }
     crate::reaper::set_subreaper()?;
-    let listener = take_listener(&flags.socket)?;
 
     let ttrpc_address = std::env::var("TTRPC_ADDRESS").context("TTRPC_ADDRESS is not set")?;
     let publisher = RemotePublisher::new(&ttrpc_address)?;
@@ -119,6 +122,21 @@ fn serve(mut shim: BerthShim, flags: &Flags) -> anyhow::Result<()> {
     server.shutdown();
     let _ = std::fs::remove_file(flags.socket.trim_start_matches("unix://"));
     Ok(())
+}
+
+/// Closes every fd above stderr except `keep`.
+fn close_inherited_fds(keep: RawFd) {
+    let fds: Vec<RawFd> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(rd) => rd
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect(),
+        Err(_) => return,
+    };
+    for fd in fds.into_iter().filter(|fd| *fd > 2 && *fd != keep) {
+        // The directory's own fd is already closed by now: EBADF is fine.
+        let _ = nix::unistd::close(fd);
+    }
 }
 
 /// The socket `start` bound and passed down, or a fresh one when the daemon

@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 use std::os::fd::AsFd;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -287,25 +289,29 @@ impl Inner {
                 let mut seen = runtime.stats().map(|s| s.oom_kills).unwrap_or(0);
                 let mut buf = [0u8; 4096];
                 loop {
-                    match nix::unistd::read(fd.as_fd(), &mut buf) {
-                        Ok(0) => return,
+                    // The notifier is non-blocking: wait for it, then drain it.
+                    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+                    match poll(&mut fds, PollTimeout::NONE) {
                         Ok(_) => {}
                         Err(nix::errno::Errno::EINTR) => continue,
                         Err(_) => return,
                     }
-                    if stop.load(Ordering::SeqCst) {
-                        return;
+                    match nix::unistd::read(fd.as_fd(), &mut buf) {
+                        Ok(0) => return,
+                        Ok(_) | Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => {}
+                        Err(_) => return,
                     }
-                    // v1 signals only OOMs (and removal); v2 signals every
-                    // memory.events change, so count the kills.
-                    let kills = runtime.stats().map(|s| s.oom_kills).ok();
-                    let oom = match kills {
-                        Some(k) if k > seen => {
+                    // v1 signals OOMs and the cgroup's removal; v2 signals
+                    // every memory.events change: count the kills.
+                    let stopping = stop.load(Ordering::SeqCst);
+                    let oom = match runtime.stats().map(|s| s.oom_kills) {
+                        Ok(k) if k > seen => {
                             seen = k;
                             true
                         }
-                        Some(0) | None => true,
-                        Some(_) => false,
+                        Ok(_) => false,
+                        // No counter to read: on v1 a signal is an OOM.
+                        Err(_) => !stopping,
                     };
                     if oom {
                         tracing::info!(container = %id, "OOM");
@@ -313,6 +319,9 @@ impl Inner {
                             container_id: id.clone(),
                             ..Default::default()
                         });
+                    }
+                    if stopping {
+                        return;
                     }
                 }
             });

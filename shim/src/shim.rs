@@ -132,6 +132,13 @@ impl Shim for BerthShim {
         }
         crate::rootfs::unmount_all(&bundle.join("rootfs"));
         let _ = std::fs::remove_file(bundle.join(service::STATE_FILE));
+        // The dead shim's socket, unless another container's shim serves it.
+        if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {
+            let path = socket_path(address.trim());
+            if Path::new(path).exists() && UnixStream::connect(path).is_err() {
+                let _ = std::fs::remove_file(path);
+            }
+        }
         Ok(DeleteResponse {
             pid,
             exit_status: signal_exit_code(libc::SIGKILL),
@@ -144,9 +151,12 @@ impl Shim for BerthShim {
         self.exit.wait();
     }
 
-    fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
+    /// The crate hands over a connected publisher; the shim publishes
+    /// through its own reconnecting [`EventSender`] instead.
+    fn create_task_service(&self, _publisher: RemotePublisher) -> Self::T {
+        let address = std::env::var("TTRPC_ADDRESS").unwrap_or_default();
         let events =
-            EventSender::start(publisher, self.namespace.clone()).expect("start the events thread");
+            EventSender::start(address, self.namespace.clone()).expect("start the events thread");
         TaskService::new(&self.namespace, events, self.exit.clone())
             .expect("start the task service")
     }

@@ -1,25 +1,30 @@
 //! A process' stdio through containerd's fifos.
 //!
-//! Without a terminal the container gets the fifo ends themselves: no copy,
-//! no thread, no extra wake-up per write. The shim keeps the *other* end of
-//! each fifo open as the runc shim does, so a container writing while
-//! containerd restarts never gets EPIPE (its writes block until containerd
-//! reads again), and a container reading stdin sees EOF only once the client
-//! closed it *and* containerd sent CloseIO.
+//! Output without a terminal: the container gets the fifo's write end
+//! itself: no copy, no thread, no extra wake-up per write. The shim keeps a
+//! read end of each output fifo open as the runc shim does, so a container
+//! writing while containerd restarts never gets EPIPE (its writes block until
+//! containerd reads again).
 //!
-//! With a terminal the runtime hands back the pty master; two small threads
-//! copy stdin fifo → master and master → stdout fifo.
+//! stdin is copied by a small thread from the fifo to a pipe the process
+//! reads: a fifo read end handed over directly would read EOF before the
+//! client has even opened its end. The thread polls the fifo (which reports
+//! hang-up only once a writer came and went), so the process sees EOF exactly
+//! when the client closes stdin, or on CloseIO.
+//!
+//! With a terminal the runtime hands back the pty master; threads copy stdin
+//! fifo → master and master → stdout fifo.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth::runtime::Stdio;
-use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::error::{Result, ShimError};
@@ -40,8 +45,8 @@ pub struct StdioPaths {
 /// What the shim holds for one process' stdio.
 #[derive(Default)]
 pub struct ProcessIo {
-    /// Our write end of the stdin fifo: dropped on CloseIO.
-    stdin_keeper: Mutex<Option<OwnedFd>>,
+    /// Dropping it stops the stdin copy (CloseIO).
+    stdin_cancel: Mutex<Option<OwnedFd>>,
     /// Our read ends of the stdout/stderr fifos (never read: they keep the
     /// fifo open while containerd is away).
     _keepers: Vec<OwnedFd>,
@@ -63,9 +68,7 @@ pub fn open(paths: &StdioPaths) -> Result<(Stdio, ProcessIo)> {
     let stdin = if paths.stdin.is_empty() {
         None
     } else {
-        let (reader, keeper) = open_stdin(&paths.stdin)?;
-        *io.stdin_keeper.get_mut().expect("fresh mutex") = Some(keeper);
-        Some(reader)
+        Some(open_stdin(&paths.stdin)?)
     };
     let stdout = open_output(&paths.stdout, "stdout", &mut keepers)?;
     let stderr = if paths.terminal {
@@ -85,6 +88,24 @@ pub fn open(paths: &StdioPaths) -> Result<(Stdio, ProcessIo)> {
             io,
         ));
     }
+    // The process reads a pipe; a thread feeds it from the fifo.
+    let stdin = match stdin {
+        None => None,
+        Some(fifo) => {
+            let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(ShimError::sys("pipe"))?;
+            let (cancel_r, cancel_w) =
+                nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(ShimError::sys("pipe"))?;
+            *io.stdin_cancel.get_mut().expect("fresh mutex") = Some(cancel_w);
+            let rx = spawn_copy(
+                "stdin-copy",
+                File::from(fifo),
+                File::from(w),
+                Arc::new(cancel_r),
+            )?;
+            io.copies.get_mut().expect("fresh mutex").push(rx);
+            Some(r)
+        }
+    };
     Ok((
         Stdio {
             stdin,
@@ -96,22 +117,16 @@ pub fn open(paths: &StdioPaths) -> Result<(Stdio, ProcessIo)> {
     ))
 }
 
-/// stdin: the process gets a blocking read end; the shim keeps a write end.
-fn open_stdin(path: &str) -> Result<(OwnedFd, OwnedFd)> {
+/// stdin: a non-blocking read end of the fifo for the copy thread to poll.
+fn open_stdin(path: &str) -> Result<OwnedFd> {
     let path = fifo_path(path)?;
-    // Non-blocking so the open does not wait for a writer; made blocking after.
+    // Non-blocking: the open must not wait for the client's writer.
     let reader = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
         .map_err(ShimError::io(format!("open stdin fifo {path}")))?;
-    let keeper = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(ShimError::io(format!("open stdin fifo {path} for writing")))?;
-    let reader = OwnedFd::from(reader);
-    set_blocking(reader.as_fd())?;
-    Ok((reader, OwnedFd::from(keeper)))
+    Ok(OwnedFd::from(reader))
 }
 
 /// stdout/stderr: a fifo (the shim keeps a read end) or a `file://` log.
@@ -163,13 +178,6 @@ fn fifo_path(uri: &str) -> Result<&str> {
     Ok(uri)
 }
 
-fn set_blocking(fd: BorrowedFd<'_>) -> Result<()> {
-    let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(ShimError::sys("fcntl F_GETFL"))?;
-    let flags = OFlag::from_bits_truncate(flags) & !OFlag::O_NONBLOCK;
-    fcntl(fd, FcntlArg::F_SETFL(flags)).map_err(ShimError::sys("fcntl F_SETFL"))?;
-    Ok(())
-}
-
 impl ProcessIo {
     /// Starts copying between the fifos and the pty master of a terminal process.
     pub fn attach_pty(&self, master: OwnedFd) -> Result<()> {
@@ -178,7 +186,8 @@ impl ProcessIo {
         let Some((stdin, stdout)) = self.pending_tty.lock().expect("io lock").take() else {
             return Ok(());
         };
-        let (cancel_r, cancel_w) = nix::unistd::pipe().map_err(ShimError::sys("pipe"))?;
+        let (cancel_r, cancel_w) =
+            nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(ShimError::sys("pipe"))?;
         let cancel_r = Arc::new(cancel_r);
         *self.cancel.lock().expect("io lock") = Some(cancel_w);
         let mut copies = self.copies.lock().expect("io lock");
@@ -188,7 +197,15 @@ impl ProcessIo {
                     .try_clone()
                     .map_err(ShimError::io("dup pty master"))?,
             );
-            copies.push(spawn_copy("stdin-copy", stdin, master_w, cancel_r.clone())?);
+            let (stdin_r, stdin_w) =
+                nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(ShimError::sys("pipe"))?;
+            *self.stdin_cancel.lock().expect("io lock") = Some(stdin_w);
+            copies.push(spawn_copy(
+                "stdin-copy",
+                stdin,
+                master_w,
+                Arc::new(stdin_r),
+            )?);
         }
         if let Some(stdout) = stdout {
             let master_r = File::from(
@@ -217,20 +234,20 @@ impl ProcessIo {
         Ok(())
     }
 
-    /// Closes the shim's end of stdin (CloseIO): the process reads EOF once
-    /// the client closed its end too.
+    /// Stops feeding stdin (CloseIO): the process reads EOF.
     pub fn close_stdin(&self) {
-        self.stdin_keeper.lock().expect("io lock").take();
+        self.stdin_cancel.lock().expect("io lock").take();
     }
 
     /// Lets the copies drain what the exited process left (bounded by
     /// `grace`), then stops them.
     pub fn shutdown(&self, grace: Duration) {
+        // The process is gone: its stdin no longer matters. The output copy
+        // ends by itself (EIO once the pty slave is closed).
+        self.stdin_cancel.lock().expect("io lock").take();
         let copies = std::mem::take(&mut *self.copies.lock().expect("io lock"));
         let deadline = std::time::Instant::now() + grace;
-        // Only the output copy ends by itself (EIO once the pty slave is
-        // closed); stdin waits for a client that may never close it.
-        for rx in copies.iter().rev() {
+        for rx in &copies {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match rx.recv_timeout(left) {
                 Ok(()) | Err(RecvTimeoutError::Disconnected) => {}
@@ -238,7 +255,6 @@ impl ProcessIo {
             }
         }
         self.cancel.lock().expect("io lock").take();
-        self.stdin_keeper.lock().expect("io lock").take();
         self.pty_master.lock().expect("io lock").take();
     }
 }
@@ -266,6 +282,10 @@ fn spawn_copy(
         .spawn(move || {
             let _done = tx;
             let mut buf = [0u8; COPY_BUF];
+            let mut total = 0usize;
+            let name = std::thread::current().name().unwrap_or("copy").to_string();
+            let end =
+                |why: &str, total: usize| tracing::debug!(copy = %name, total, why, "copy ended");
             loop {
                 let mut fds = [
                     PollFd::new(src.as_fd(), PollFlags::POLLIN),
@@ -277,19 +297,20 @@ fn spawn_copy(
                     Err(_) => return,
                 }
                 if fds[1].any().unwrap_or(true) {
-                    return;
+                    return end("cancelled", total);
                 }
                 match src.read(&mut buf) {
-                    Ok(0) => return,
+                    Ok(0) => return end("eof", total),
                     Ok(n) => {
+                        total += n;
                         if dst.write_all(&buf[..n]).is_err() {
-                            return;
+                            return end("write failed", total);
                         }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                     // EIO: the pty slave is closed, the process is gone.
-                    Err(_) => return,
+                    Err(_) => return end("closed", total),
                 }
             }
         })
@@ -339,7 +360,7 @@ mod tests {
     }
 
     #[test]
-    fn stdin_stays_open_until_close_io() {
+    fn stdin_is_fed_until_the_client_closes_it() {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("stdin");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
@@ -348,20 +369,35 @@ mod tests {
             ..Default::default()
         };
         let (stdio, io) = open(&paths).unwrap();
+        let mut reader = File::from(stdio.stdin.unwrap());
+        // No client yet: the process must not see EOF.
+        let mut fds = [PollFd::new(reader.as_fd(), PollFlags::POLLIN)];
+        assert_eq!(poll(&mut fds, PollTimeout::from(50u8)).unwrap(), 0);
         let mut client = OpenOptions::new().write(true).open(&fifo).unwrap();
         client.write_all(b"in").unwrap();
         drop(client);
-        let r = stdio.stdin.unwrap();
-        let mut reader = File::from(r);
-        let mut got = [0u8; 2];
-        reader.read_exact(&mut got).unwrap();
-        assert_eq!(&got, b"in");
-        // Client closed, but the shim's end keeps stdin open: no EOF yet.
-        let mut fds = [PollFd::new(reader.as_fd(), PollFlags::POLLIN)];
-        assert_eq!(poll(&mut fds, PollTimeout::ZERO).unwrap(), 0);
+        let mut got = Vec::new();
+        reader.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"in");
+        drop(io);
+    }
+
+    #[test]
+    fn close_io_ends_stdin() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("stdin");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let paths = StdioPaths {
+            stdin: fifo.to_str().unwrap().to_string(),
+            ..Default::default()
+        };
+        let (stdio, io) = open(&paths).unwrap();
+        let _client = OpenOptions::new().write(true).open(&fifo).unwrap();
         io.close_stdin();
         let mut rest = Vec::new();
-        reader.read_to_end(&mut rest).unwrap();
+        File::from(stdio.stdin.unwrap())
+            .read_to_end(&mut rest)
+            .unwrap();
         assert!(rest.is_empty());
     }
 }

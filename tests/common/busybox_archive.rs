@@ -140,3 +140,15 @@ pub fn write_archive(path: &Path) -> Result<()> {
     tar.into_inner()?.flush()?;
     Ok(())
 }
+
+/// The same busybox tree unpacked into `dir` (for specs with their own root).
+pub fn write_rootfs(dir: &Path) -> Result<()> {
+    for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "root", "home"] {
+        std::fs::create_dir_all(dir.join(d))?;
+    }
+    std::fs::copy(BUSYBOX, dir.join("bin/busybox")).with_context(|| format!("copy {BUSYBOX}"))?;
+    for a in APPLETS {
+        std::os::unix::fs::symlink("busybox", dir.join("bin").join(a))?;
+    }
+    Ok(())
+}

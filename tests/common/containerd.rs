@@ -24,8 +24,18 @@ pub const CGROUP_CONTROLLERS: &[&str] = &[
     "memory", "pids", "cpu", "cpuacct", "cpuset", "freezer", "devices", "blkio",
 ];
 
-/// The shim binary `cargo build --workspace` produced next to this test.
+/// The shim binary `cargo build --workspace` produced next to this test
+/// (or the one `BERTH_SHIM_BIN` names, e.g. a release build for the bench).
 pub fn shim_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("BERTH_SHIM_BIN") {
+        let bin = PathBuf::from(bin);
+        assert!(
+            bin.exists(),
+            "BERTH_SHIM_BIN={} does not exist",
+            bin.display()
+        );
+        return std::fs::canonicalize(&bin).expect("canonical shim path");
+    }
     let exe = std::env::current_exe().expect("current exe");
     // target/<profile>/deps/<test> → target/<profile>/<shim>
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
@@ -96,7 +106,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
   address = "{sock}.ttrpc"
 [debug]
   address = "{dir}/debug.sock"
-  level = "info"
+  level = "{level}"
 [metrics]
   address = ""
 [plugins."io.containerd.internal.v1.opt"]
@@ -106,43 +116,73 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             state = dir.join("state").display(),
             sock = address.display(),
             dir = dir.display(),
+            level = if std::env::var_os("BERTH_CONTAINERD_DEBUG").is_some() {
+                "debug"
+            } else {
+                "info"
+            },
         );
         std::fs::write(dir.join("config.toml"), config)?;
-        let log = std::fs::File::create(dir.join("containerd.log"))?;
+        let mut c = Containerd {
+            dir,
+            address,
+            namespace: name,
+            child: None,
+        };
+        c.launch()?;
+        Ok(c)
+    }
+
+    /// Starts the containerd process (again) and waits until it answers.
+    fn launch(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("containerd.log"))?;
         let path = format!(
             "{}:{}",
-            dir.join("bin").display(),
+            self.dir.join("bin").display(),
             std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
         );
         let child = Command::new(CONTAINERD)
             .arg("--config")
-            .arg(dir.join("config.toml"))
+            .arg(self.dir.join("config.toml"))
             .env("PATH", path)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .context("start containerd")?;
-        let mut c = Containerd {
-            dir,
-            address,
-            namespace: name,
-            child: Some(child),
-        };
+        self.child = Some(child);
         let up = wait_until(Duration::from_secs(30), || {
-            c.address.exists()
-                && c.ctr(&["version"])
+            self.address.exists()
+                && self
+                    .ctr(&["version"])
                     .map(|o| o.status.success())
                     .unwrap_or(false)
         });
         if !up {
-            let status = c.child.as_mut().and_then(|ch| ch.try_wait().ok().flatten());
+            let status = self
+                .child
+                .as_mut()
+                .and_then(|ch| ch.try_wait().ok().flatten());
             bail!(
                 "containerd did not come up ({status:?}); log:\n{}",
-                c.log_tail()
+                self.log_tail()
             );
         }
-        Ok(c)
+        Ok(())
+    }
+
+    /// Stops containerd (SIGTERM, by pid) and starts it again; shims and
+    /// their containers live on.
+    pub fn restart(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            kill(child.id() as i32, libc::SIGTERM);
+            child.wait()?;
+        }
+        let _ = std::fs::remove_file(&self.address);
+        self.launch()
     }
 
     pub fn log_tail(&self) -> String {
