@@ -27,7 +27,15 @@ type Test = (&'static str, fn() -> Result<()>);
 const TESTS: &[Test] = &[
     ("output_and_exit_codes", output_and_exit_codes),
     ("env_cwd_and_args", env_cwd_and_args),
+    (
+        "parallel_creates_from_threads",
+        parallel_creates_from_threads,
+    ),
     ("kill_init_and_kill_all", kill_init_and_kill_all),
+    (
+        "lifecycle_errors_and_idempotent_delete",
+        lifecycle_errors_and_idempotent_delete,
+    ),
     ("user_and_groups", user_and_groups),
     ("hostname_and_namespaces", hostname_and_namespaces),
     (
@@ -36,10 +44,22 @@ const TESTS: &[Test] = &[
     ),
     ("masked_and_readonly_paths", masked_and_readonly_paths),
     (
+        "bind_mount_options_and_propagation",
+        bind_mount_options_and_propagation,
+    ),
+    (
         "capabilities_visible_in_status",
         capabilities_visible_in_status,
     ),
+    (
+        "seccomp_profile_for_init_and_exec",
+        seccomp_profile_for_init_and_exec,
+    ),
     ("rlimits_umask_and_devices", rlimits_umask_and_devices),
+    (
+        "unprivileged_limits_are_clamped",
+        unprivileged_limits_are_clamped,
+    ),
     ("exec_into_running_container", exec_into_running_container),
     ("terminal_for_init_and_exec", terminal_for_init_and_exec),
     (
@@ -59,6 +79,7 @@ const TESTS: &[Test] = &[
         security_symlink_mount_destination_stays_in_rootfs,
     ),
     ("user_namespace", user_namespace),
+    ("time_and_cgroup_namespaces", time_and_cgroup_namespaces),
     ("join_namespaces_by_path", join_namespaces_by_path),
 ];
 
@@ -104,7 +125,8 @@ fn kill_init_and_kill_all() -> Result<()> {
     c.container.start()?;
     // Wait until all three processes are in the cgroup.
     let mut pids = vec![];
-    for _ in 0..500 {
+    // A bound against hanging, not a timing check.
+    for _ in 0..6000 {
         pids = c.container.pids()?;
         if pids.len() >= 3 {
             break;
@@ -406,6 +428,18 @@ fn exec_into_running_container() -> Result<()> {
         out == "exec-box\nfrom-exec\nsleep 1000 \n/tmp\n1000\nCapEff:\t0000000000000020\n",
         "exec stdout {out:?} stderr {err:?}"
     );
+    // A paused container refuses exec (instead of hanging it); resumed, it runs.
+    c.container.pause()?;
+    let err = c
+        .container
+        .exec(&p, Stdio::default())
+        .unwrap_err()
+        .to_string();
+    ensure!(
+        err.contains("paused"),
+        "exec into a paused container: {err}"
+    );
+    c.container.resume()?;
     // A failing exec is an error with a cause, not a process.
     p.set_args(Some(vec!["/no/such/binary".into()]));
     let err = c
@@ -432,6 +466,31 @@ fn read_pty(master: OwnedFd) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
+/// Reads the pty until `needle` shows up, the other side closes, or nothing
+/// came for a minute (a guard against hanging the suite, not a timing check).
+fn read_pty_until(master: &OwnedFd, needle: &str) -> String {
+    use std::os::fd::AsFd;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !String::from_utf8_lossy(&buf).contains(needle) {
+        let mut fds = [nix::poll::PollFd::new(
+            master.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        match nix::poll::poll(&mut fds, 60_000u16) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => break,
+        }
+        match nix::unistd::read(master, &mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
 fn terminal_for_init_and_exec() -> Result<()> {
     let bundle = busybox_bundle()?;
     let id = unique_id("tty");
@@ -441,11 +500,18 @@ fn terminal_for_init_and_exec() -> Result<()> {
         &[
             "sh",
             "-c",
-            "tty; test -t 0 && echo stdin-is-tty; sleep 1000",
+            "tty; test -t 0 && echo stdin-is-tty; stty size; echo end-of-init; sleep 1000",
         ],
     );
     set_process(&mut spec, |p| {
         p.set_terminal(Some(true));
+        p.set_console_size(Some(
+            oci_spec::runtime::BoxBuilder::default()
+                .height(33u64)
+                .width(101u64)
+                .build()
+                .unwrap(),
+        ));
     });
     let state = tempfile::tempdir()?;
     let (container, pty) = berth::runtime::Container::create(berth::runtime::CreateOptions {
@@ -461,6 +527,11 @@ fn terminal_for_init_and_exec() -> Result<()> {
     let guard = Guard(&container);
     let master = pty.context("no pty master for a terminal container")?;
     container.start()?;
+    let out = read_pty_until(&master, "end-of-init");
+    ensure!(
+        out.contains("/dev/pts/0") && out.contains("stdin-is-tty") && out.contains("33 101"),
+        "tty output {out:?}"
+    );
     // Exec with a terminal too.
     let mut p = spec.process().clone().unwrap();
     p.set_args(Some(vec![
@@ -484,11 +555,7 @@ fn terminal_for_init_and_exec() -> Result<()> {
     );
     container.kill(libc::SIGKILL, false)?;
     ensure!(wait_exit(container.pid)? == 137);
-    let out = read_pty(master);
-    ensure!(
-        out.contains("/dev/pts/0") && out.contains("stdin-is-tty"),
-        "tty output {out:?}"
-    );
+    drop(master);
     drop(guard);
     Ok(())
 }
@@ -536,6 +603,35 @@ fn setup_error_is_reported_and_cleaned_up() -> Result<()> {
     };
     ensure!(err.contains("/bin/nope"), "error: {err}");
     ensure!(!cgroup_exists(&id), "cgroup {id} left behind");
+    // The cgroup of a live container is never shared (nor destroyed on failure).
+    let id = unique_id("busy");
+    let live_spec = spec_for(&bundle, &id, &["sleep", "1000"]);
+    let mut live = create(&bundle, &id, &live_spec, Stdio::default())?;
+    let twin = unique_id("twin");
+    let err = match create(&bundle, &twin, &live_spec, Stdio::default()) {
+        Ok(_) => bail!("a second container got the cgroup of a live one"),
+        Err(e) => format!("{e:#}"),
+    };
+    ensure!(err.contains("already holds processes"), "error: {err}");
+    ensure!(
+        cgroup_exists(&id),
+        "the live container's cgroup was destroyed"
+    );
+    live.container.kill(libc::SIGKILL, false)?;
+    ensure!(live.wait()? == 137);
+    drop(live);
+    // A sysctl that is not namespaced would change the host: refused.
+    let id = unique_id("bad-sysctl");
+    let mut spec = spec_for(&bundle, &id, &["true"]);
+    let mut linux = spec.linux().clone().unwrap();
+    linux.set_sysctl(Some([("kernel.panic".to_string(), "1".to_string())].into()));
+    spec.set_linux(Some(linux));
+    let err = match create(&bundle, &id, &spec, Stdio::default()) {
+        Ok(_) => bail!("create with a host sysctl succeeded"),
+        Err(e) => format!("{e:#}"),
+    };
+    ensure!(err.contains("kernel.panic"), "error: {err}");
+    ensure!(!cgroup_exists(&id), "cgroup {id} left behind");
     // Bad input is refused before anything is made.
     let id = unique_id("bad-id");
     let spec = spec_for(&bundle, &id, &["true"]);
@@ -551,14 +647,21 @@ fn security_no_fd_leaks_into_container() -> Result<()> {
         nix::sys::stat::Mode::empty(),
     )?;
     let n = leaked.as_raw_fd();
-    // No pipeline: the shell would hold pipe fds of its own while `ls` looks.
-    let out = run_sh("ls /proc/$$/fd; readlink /proc/$$/cwd")?;
+    // `ls` itself as the container process (a shell may hold fds of its own
+    // for a moment): its fds are the three stdio ones and the directory it reads.
+    let out = run_args(&["ls", "/proc/self/fd"])?;
+    let cwd = run_args(&["readlink", "/proc/self/cwd"])?;
     drop(leaked);
     ensure!(out.code == 0, "exit {} stderr {}", out.code, out.stderr);
     ensure!(
-        out.stdout == "0\n1\n2\n/\n",
+        out.stdout == "0\n1\n2\n3\n",
         "fds in the container (leaked fd was {n}): {:?}",
         out.stdout
+    );
+    ensure!(
+        cwd.stdout == "/\n",
+        "cwd of the container: {:?}",
+        cwd.stdout
     );
     Ok(())
 }
@@ -753,6 +856,34 @@ fn user_namespace() -> Result<()> {
         c
     };
     drop(c);
+
+    // Exec into a container with its own user namespace joins it first.
+    let id = unique_id("userns-exec");
+    let mut spec2 = spec_for(&bundle, &id, &["sleep", "1000"]);
+    spec2.set_linux(spec.linux().clone());
+    let mut linux = spec2.linux().clone().unwrap();
+    linux.set_cgroups_path(Some(format!("/{id}").into()));
+    spec2.set_linux(Some(linux));
+    let mut c = create(&bundle, &id, &spec2, Stdio::default())?;
+    c.container.start()?;
+    let mut p = spec2.process().clone().unwrap();
+    p.set_args(Some(vec![
+        "sh".into(),
+        "-c".into(),
+        "id -u; cat /proc/self/uid_map".into(),
+    ]));
+    let (stdio, out_r, err_r) = piped()?;
+    let e = c.container.exec(&p, stdio)?;
+    let out = drain(out_r).join().unwrap();
+    let err = drain(err_r).join().unwrap();
+    ensure!(wait_exit(e.pid)? == 0, "exec failed: {err}");
+    let norm: Vec<String> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    ensure!(norm == ["0", "0 200000 65536"], "exec output {out:?}");
+    c.container.kill(libc::SIGKILL, false)?;
+    ensure!(c.wait()? == 137);
     Ok(())
 }
 
@@ -902,4 +1033,276 @@ fn main() {
     if !failed.is_empty() {
         std::process::exit(1);
     }
+}
+
+fn time_and_cgroup_namespaces() -> Result<()> {
+    let bundle = busybox_bundle()?;
+    let id = unique_id("timens");
+    let mut spec = spec(
+        &bundle,
+        &id,
+        &[
+            "sh",
+            "-c",
+            "readlink /proc/self/ns/time; readlink /proc/self/ns/cgroup; cat /proc/self/cgroup | grep ':pids:'; ls /sys/fs/cgroup/pids/cgroup.procs",
+        ],
+    );
+    let mut linux = spec.linux().clone().unwrap();
+    let mut ns = linux.namespaces().clone().unwrap();
+    // The default spec already asks for a cgroup namespace.
+    ns.push(
+        LinuxNamespaceBuilder::default()
+            .typ(LinuxNamespaceType::Time)
+            .build()
+            .unwrap(),
+    );
+    linux.set_namespaces(Some(ns));
+    spec.set_linux(Some(linux));
+    let out = run(&bundle, &id, &spec)?;
+    ensure!(
+        out.code == 0,
+        "exit {} stdout {:?} stderr {}",
+        out.code,
+        out.stdout,
+        out.stderr
+    );
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    ensure!(lines.len() == 4, "stdout {:?}", out.stdout);
+    let host_time = std::fs::read_link("/proc/self/ns/time")?;
+    let host_cg = std::fs::read_link("/proc/self/ns/cgroup")?;
+    ensure!(
+        lines[0] != host_time.to_string_lossy(),
+        "same time namespace as the host"
+    );
+    ensure!(
+        lines[1] != host_cg.to_string_lossy(),
+        "same cgroup namespace as the host"
+    );
+    // In its own cgroup namespace the container's cgroup is the root.
+    ensure!(lines[2].ends_with(":pids:/"), "cgroup line {:?}", lines[2]);
+    ensure!(
+        lines[3] == "/sys/fs/cgroup/pids/cgroup.procs",
+        "{:?}",
+        lines[3]
+    );
+    Ok(())
+}
+
+fn lifecycle_errors_and_idempotent_delete() -> Result<()> {
+    use berth::runtime::RuntimeError;
+    let bundle = busybox_bundle()?;
+    let id = unique_id("life");
+    let spec = spec(&bundle, &id, &["true"]);
+    let mut c = create(&bundle, &id, &spec, Stdio::default())?;
+    c.container.start()?;
+    ensure!(c.wait()? == 0);
+    // Started once: a second start is refused.
+    match c.container.start() {
+        Err(RuntimeError::NotFound(_)) => {}
+        other => bail!("second start: {other:?}"),
+    }
+    // The init is gone (and reaped): kill says so.
+    match c.container.kill(libc::SIGTERM, false) {
+        Err(RuntimeError::NotFound(_)) => {}
+        other => bail!("kill of an exited container: {other:?}"),
+    }
+    c.container.delete()?;
+    c.container.delete()?;
+    ensure!(!cgroup_exists(&id), "cgroup {id} left after delete");
+    ensure!(
+        std::fs::read_dir(c.state.path())?.next().is_none(),
+        "state files left after delete"
+    );
+    // A container whose init died before start: start says so, delete cleans up.
+    let id = unique_id("died");
+    let spec = spec_for(&bundle, &id, &["sleep", "1000"]);
+    let mut c = create(&bundle, &id, &spec, Stdio::default())?;
+    c.container.kill(libc::SIGKILL, false)?;
+    ensure!(c.wait()? == 137);
+    ensure!(
+        c.container.start().is_err(),
+        "start of a dead container succeeded"
+    );
+    c.container.delete()?;
+    ensure!(!cgroup_exists(&id));
+    Ok(())
+}
+
+/// Without CAP_SYS_RESOURCE (this machine), a negative oom_score_adj and a
+/// raised hard rlimit cannot be had: the container still starts, with the
+/// runtime's own values (clamped and logged, as containerd does).
+fn unprivileged_limits_are_clamped() -> Result<()> {
+    use oci_spec::runtime::{PosixRlimitBuilder, PosixRlimitType};
+    if caps::has_cap(
+        None,
+        caps::CapSet::Effective,
+        caps::Capability::CAP_SYS_RESOURCE,
+    )? {
+        println!("(skipped: this process has CAP_SYS_RESOURCE) ");
+        return Ok(());
+    }
+    let own_oom = std::fs::read_to_string("/proc/self/oom_score_adj")?;
+    let (_, own_hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
+    let bundle = busybox_bundle()?;
+    let id = unique_id("clamp");
+    let mut spec = spec(
+        &bundle,
+        &id,
+        &[
+            "sh",
+            "-c",
+            "cat /proc/self/oom_score_adj; ulimit -Hn; ulimit -n",
+        ],
+    );
+    set_process(&mut spec, |p| {
+        p.set_oom_score_adj(Some(-999));
+        p.set_rlimits(Some(vec![
+            PosixRlimitBuilder::default()
+                .typ(PosixRlimitType::RlimitNofile)
+                .soft(own_hard + 1000)
+                .hard(own_hard + 1000)
+                .build()
+                .unwrap(),
+        ]));
+    });
+    let out = run(&bundle, &id, &spec)?;
+    ensure!(out.code == 0, "exit {} stderr {}", out.code, out.stderr);
+    let want = format!("{}\n{own_hard}\n{own_hard}\n", own_oom.trim());
+    ensure!(out.stdout == want, "stdout {:?} want {want:?}", out.stdout);
+    Ok(())
+}
+
+fn bind_mount_options_and_propagation() -> Result<()> {
+    let bundle = busybox_bundle()?;
+    let src = tempfile::tempdir()?;
+    std::fs::write(src.path().join("data"), "from-host")?;
+    let file_src = src.path().join("data");
+    let id = unique_id("bind");
+    let mut spec = spec(
+        &bundle,
+        &id,
+        &[
+            "sh",
+            "-c",
+            "cat /ro/data; echo; touch /ro/x; echo rc=$?; echo y > /rw/y && echo rw-ok; cat /file; echo; \
+             grep -c ' /rw .*shared:' /proc/self/mountinfo",
+        ],
+    );
+    let mut mounts = spec.mounts().clone().unwrap();
+    let bind = |dest: &str, src: &std::path::Path, opts: &[&str]| {
+        MountBuilder::default()
+            .destination(dest)
+            .typ("bind")
+            .source(src)
+            .options(opts.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .build()
+            .unwrap()
+    };
+    mounts.push(bind("/ro", src.path(), &["rbind", "ro", "nosuid"]));
+    mounts.push(bind("/rw", src.path(), &["bind", "rw", "shared"]));
+    mounts.push(bind("/file", &file_src, &["bind", "ro"]));
+    spec.set_mounts(Some(mounts));
+    let out = run(&bundle, &id, &spec)?;
+    ensure!(
+        out.stdout == "from-host\nrc=1\nrw-ok\nfrom-host\n1\n",
+        "stdout {:?} stderr {:?}",
+        out.stdout,
+        out.stderr
+    );
+    // The rw bind wrote through to the host directory; the ro one did not.
+    ensure!(std::fs::read_to_string(src.path().join("y"))? == "y\n");
+    ensure!(!src.path().join("x").exists());
+    Ok(())
+}
+
+fn seccomp_profile_for_init_and_exec() -> Result<()> {
+    use oci_spec::runtime::{LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder};
+    let bundle = busybox_bundle()?;
+    // Everything allowed but making directories (EACCES) and chmod (EPERM by default errno).
+    let mut deny_mkdir = LinuxSyscallBuilder::default()
+        .names(vec!["mkdir".to_string(), "mkdirat".to_string()])
+        .action(LinuxSeccompAction::ScmpActErrno)
+        .build()
+        .unwrap();
+    deny_mkdir.set_errno_ret(Some(libc::EACCES as u32));
+    // A profile may refuse close_range (the runtime then marks fds one by one).
+    let deny_close_range = LinuxSyscallBuilder::default()
+        .names(vec!["close_range".to_string()])
+        .action(LinuxSeccompAction::ScmpActErrno)
+        .build()
+        .unwrap();
+    let profile = LinuxSeccompBuilder::default()
+        .default_action(LinuxSeccompAction::ScmpActAllow)
+        .syscalls(vec![deny_mkdir, deny_close_range])
+        .build()
+        .unwrap();
+    let script = "ls /proc/$$/fd; mkdir /tmp/d; echo rc=$?; grep Seccomp: /proc/self/status";
+    for nnp in [true, false] {
+        let id = unique_id("seccomp");
+        let mut spec = spec(&bundle, &id, &["sh", "-c", script]);
+        let mut linux = spec.linux().clone().unwrap();
+        linux.set_seccomp(Some(profile.clone()));
+        spec.set_linux(Some(linux));
+        set_process(&mut spec, |p| {
+            p.set_no_new_privileges(Some(nnp));
+        });
+        let out = run(&bundle, &id, &spec)?;
+        ensure!(
+            out.stdout == "0\n1\n2\nrc=1\nSeccomp:\t2\n",
+            "no_new_privs={nnp}: stdout {:?} stderr {:?}",
+            out.stdout,
+            out.stderr
+        );
+        ensure!(
+            out.stderr.contains("Permission denied"),
+            "stderr {:?}",
+            out.stderr
+        );
+        ensure!(!bundle.rootfs.join("tmp/d").exists());
+    }
+    // An exec'd process gets the container's profile too.
+    let id = unique_id("seccomp-exec");
+    let mut spec = spec_for(&bundle, &id, &["sleep", "1000"]);
+    let mut linux = spec.linux().clone().unwrap();
+    linux.set_seccomp(Some(profile.clone()));
+    spec.set_linux(Some(linux));
+    let mut c = create(&bundle, &id, &spec, Stdio::default())?;
+    c.container.start()?;
+    let mut p = spec.process().clone().unwrap();
+    p.set_args(Some(vec!["sh".into(), "-c".into(), script.into()]));
+    let (stdio, out_r, err_r) = piped()?;
+    let e = c.container.exec(&p, stdio)?;
+    let out = drain(out_r).join().unwrap();
+    let _ = drain(err_r).join().unwrap();
+    ensure!(wait_exit(e.pid)? == 0);
+    ensure!(out == "0\n1\n2\nrc=1\nSeccomp:\t2\n", "exec stdout {out:?}");
+    c.container.kill(libc::SIGKILL, false)?;
+    ensure!(c.wait()? == 137);
+    Ok(())
+}
+
+/// The shim creates containers from several threads at once.
+fn parallel_creates_from_threads() -> Result<()> {
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            std::thread::spawn(move || -> Result<String> {
+                let out = run_args(&["ls", "/proc/self/fd"])?;
+                ensure!(
+                    out.code == 0,
+                    "thread {i}: exit {} stderr {}",
+                    out.code,
+                    out.stderr
+                );
+                Ok(out.stdout)
+            })
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        let out = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("thread {i} panicked"))??;
+        // No fd of a sibling container's set-up leaks in either.
+        ensure!(out == "0\n1\n2\n3\n", "thread {i}: {out:?}");
+    }
+    Ok(())
 }

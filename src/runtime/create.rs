@@ -123,6 +123,9 @@ pub fn create(opts: CreateOptions<'_>) -> Result<(Container, Option<OwnedFd>)> {
         .map(|p| p.to_string_lossy().into_owned())
         .filter(|p| !p.is_empty())
         .unwrap_or_else(|| default_cgroup_path(opts.id));
+    if spec_in.hooks().is_some() {
+        tracing::warn!(container = opts.id, "OCI hooks are not supported; ignored");
+    }
     let terminal = opts.stdio.terminal || process.terminal().unwrap_or(false);
     let mut spec = spec_in.clone();
     if let Some(p) = spec.process_mut() {
@@ -135,27 +138,32 @@ pub fn create(opts: CreateOptions<'_>) -> Result<(Container, Option<OwnedFd>)> {
     })?;
     let exec_fifo = state::make_exec_fifo(opts.state_dir)?;
     let cgroup = CgroupManager::new(&cgroup_path)?;
+    // Never share (and, on failure, destroy) the cgroup of a live container.
+    if cgroup.pids().is_ok_and(|p| !p.is_empty()) {
+        return Err(RuntimeError::InvalidSpec(format!(
+            "cgroup {cgroup_path} already holds processes"
+        )));
+    }
     let mut cleanup = Cleanup {
         pid: None,
         cgroup: None,
         state_dir: opts.state_dir,
         armed: true,
     };
+    if let Some(profile) = linux.and_then(|l| l.seccomp().as_ref()) {
+        // Checked here for a clear error; the init compiles it again.
+        super::seccomp::compile(profile).map_err(RuntimeError::InvalidSpec)?;
+        state::save_seccomp(opts.state_dir, profile)?;
+    }
     let stdio = stdio_fds(opts.stdio)?;
-    // Start the helper first: its exec overlaps with the cgroup work.
+    // The helper starts, parses the request and joins namespaces while the
+    // cgroup is made; it clones the container only after `Proceed`.
     let helper = Helper::spawn()?;
-    let t_cg = std::time::Instant::now();
-    let r = cgroup.create(linux.and_then(|l| l.resources().as_ref()));
-    if r.is_ok() {
-        cleanup.cgroup = Some(&cgroup);
-    }
-    let r = r.and_then(|()| cgroup.add_process(helper.child.id() as i32));
-    let cgroup_ms = t_cg.elapsed().as_secs_f64() * 1000.0;
-    if let Err(e) = r {
-        let _ = sys::kill(helper.child.id() as i32, libc::SIGKILL);
+    let hpid = helper.child.id() as i32;
+    let abort = |helper: Helper| {
+        let _ = sys::kill(hpid, libc::SIGKILL);
         helper.reap();
-        return Err(e.into());
-    }
+    };
     let req = Request::Create(Box::new(CreateRequest {
         spec,
         rootfs,
@@ -164,10 +172,27 @@ pub fn create(opts: CreateOptions<'_>) -> Result<(Container, Option<OwnedFd>)> {
     }));
     let raw: Vec<i32> = stdio.iter().map(|f| f.as_raw_fd()).collect();
     if let Err(e) = protocol::send(helper.sock.as_fd(), &req, &raw) {
-        let _ = sys::kill(helper.child.id() as i32, libc::SIGKILL);
-        helper.reap();
+        abort(helper);
         return Err(RuntimeError::Io {
             context: "send request to the init helper".into(),
+            source: e,
+        });
+    }
+    let t_cg = std::time::Instant::now();
+    // Destroyed on failure even if only part of it was made (destroy is idempotent).
+    cleanup.cgroup = Some(&cgroup);
+    let r = cgroup
+        .create(linux.and_then(|l| l.resources().as_ref()))
+        .and_then(|()| cgroup.add_process(hpid));
+    let cgroup_ms = t_cg.elapsed().as_secs_f64() * 1000.0;
+    if let Err(e) = r {
+        abort(helper);
+        return Err(e.into());
+    }
+    if let Err(e) = protocol::send(helper.sock.as_fd(), &Request::Proceed, &[]) {
+        abort(helper);
+        return Err(RuntimeError::Io {
+            context: "tell the init helper to proceed".into(),
             source: e,
         });
     }

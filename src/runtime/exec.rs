@@ -26,24 +26,43 @@ pub fn exec(c: &Container, process: &Process, stdio: Stdio) -> Result<ExecProces
     let mut process = process.clone();
     process.set_terminal(Some(terminal));
     let fds = stdio_fds(stdio)?;
+    let seccomp = state::load_seccomp(&c.state_dir)?;
+    let cg = CgroupManager::new(&c.cgroup_path)?;
+    if is_frozen(&cg) {
+        // The helper would freeze as soon as it joined the cgroup.
+        return Err(RuntimeError::InvalidSpec(format!(
+            "container {} is paused; resume it before exec",
+            c.id
+        )));
+    }
     let helper = Helper::spawn()?;
     let hpid = helper.child.id() as i32;
-    let cg = CgroupManager::new(&c.cgroup_path)?;
-    if let Err(e) = cg.add_process(hpid) {
+    let abort = |helper: Helper| {
         let _ = sys::kill(hpid, libc::SIGKILL);
         helper.reap();
-        return Err(e.into());
-    }
+    };
     let req = Request::Exec(Box::new(ExecRequest {
         process,
         init_pid: c.pid,
+        seccomp,
     }));
     let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
     if let Err(e) = protocol::send(helper.sock.as_fd(), &req, &raw) {
-        let _ = sys::kill(hpid, libc::SIGKILL);
-        helper.reap();
+        abort(helper);
         return Err(RuntimeError::Io {
             context: "send request to the exec helper".into(),
+            source: e,
+        });
+    }
+    // Into the container's cgroup before it clones the process.
+    if let Err(e) = cg.add_process(hpid) {
+        abort(helper);
+        return Err(e.into());
+    }
+    if let Err(e) = protocol::send(helper.sock.as_fd(), &Request::Proceed, &[]) {
+        abort(helper);
+        return Err(RuntimeError::Io {
+            context: "tell the exec helper to proceed".into(),
             source: e,
         });
     }
@@ -73,5 +92,18 @@ pub fn exec(c: &Container, process: &Process, stdio: Stdio) -> Result<ExecProces
         (None, None) => Err(RuntimeError::Setup(
             "the exec helper exited without starting the process".into(),
         )),
+    }
+}
+
+/// Whether the cgroup is frozen (or freezing).
+fn is_frozen(cg: &CgroupManager) -> bool {
+    if cg.hierarchy().is_v2() {
+        cg.dir("")
+            .and_then(|d| std::fs::read_to_string(d.join("cgroup.freeze")).ok())
+            .is_some_and(|s| s.trim() == "1")
+    } else {
+        cg.dir("freezer")
+            .and_then(|d| std::fs::read_to_string(d.join("freezer.state")).ok())
+            .is_some_and(|s| s.trim() != "THAWED")
     }
 }

@@ -61,6 +61,16 @@ fn helper_main(sock: BorrowedFd<'_>) -> std::result::Result<(), String> {
     match req {
         Request::Create(r) => create(sock, *r, fds),
         Request::Exec(r) => exec(sock, *r, fds),
+        Request::Proceed => Err("unexpected Proceed before a request".into()),
+    }
+}
+
+/// Waits until the caller has put this helper in the container's cgroup.
+fn wait_for_proceed(sock: BorrowedFd<'_>) -> std::result::Result<(), String> {
+    match protocol::recv::<Request>(sock).map_err(|e| format!("read request: {e}"))? {
+        Some((Request::Proceed, _)) => Ok(()),
+        Some(_) => Err("unexpected request while waiting for Proceed".into()),
+        None => Err("the caller closed the socket".into()),
     }
 }
 
@@ -105,7 +115,15 @@ fn create(
     } else {
         None
     };
-    let flags = libc::CLONE_PARENT | plan.clone_flags;
+    wait_for_proceed(sock)?;
+    let mut flags = libc::CLONE_PARENT | plan.clone_flags;
+    if flags & libc::CLONE_NEWTIME != 0 {
+        // CLONE_NEWTIME shares its bit with the exit signal in clone(2):
+        // unshare it here, and the child is born in the new time namespace.
+        nix::sched::unshare(CloneFlags::from_bits_retain(libc::CLONE_NEWTIME))
+            .map_err(|e| format!("create time namespace: {e}"))?;
+        flags &= !libc::CLONE_NEWTIME;
+    }
     match sys::clone_fork(flags).map_err(|e| format!("clone container process: {e}"))? {
         CloneResult::Child => {
             let (sync_r, sync_w) = match sync {
@@ -199,6 +217,7 @@ fn exec(
         )?;
     }
     drop(joins);
+    wait_for_proceed(sock)?;
     match sys::clone_fork(libc::CLONE_PARENT).map_err(|e| format!("clone exec process: {e}"))? {
         CloneResult::Child => {
             let sock = sock
@@ -206,6 +225,7 @@ fn exec(
                 .unwrap_or_else(|_| sys::exit_now(1));
             init::exec_init(ExecContext {
                 process: &req.process,
+                seccomp: req.seccomp.as_ref(),
                 sock,
                 stdio,
             })

@@ -12,12 +12,13 @@ use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use nix::unistd::{Gid, Uid};
-use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
+use oci_spec::runtime::{LinuxNamespaceType, LinuxSeccomp, Process, Spec};
 
 use super::namespaces::NamespacePlan;
 use super::process_spec;
 use super::protocol::{self, CreateRequest, Report};
 use super::rootfs::{self, RootfsContext, SetupResult};
+use super::seccomp;
 use super::sys;
 
 fn errno_text(e: Errno) -> String {
@@ -112,11 +113,12 @@ fn setup_container(c: &InitContext<'_>) -> SetupResult<Never> {
     rootfs::pivot(&c.req.rootfs)?;
     rootfs::finish(spec)?;
     let tty = if process.terminal().unwrap_or(false) {
-        Some(open_pty(sock)?)
+        Some(open_pty(sock, process)?)
     } else {
         None
     };
-    let target = setup_process(sock, process)?;
+    let profile = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
+    let target = setup_process(sock, process, profile)?;
     install_stdio(tty.as_ref(), &c.stdio)?;
     protocol::send(sock, &Report::Ready, &[]).map_err(|e| format!("report ready: {e}"))?;
     // Block until `start` writes to the fifo.
@@ -137,6 +139,8 @@ fn setup_container(c: &InitContext<'_>) -> SetupResult<Never> {
 /// What the exec child needs from the helper.
 pub struct ExecContext<'a> {
     pub process: &'a Process,
+    /// The container's seccomp profile (exec'd processes get it too).
+    pub seccomp: Option<&'a LinuxSeccomp>,
     pub sock: OwnedFd,
     pub stdio: Vec<OwnedFd>,
 }
@@ -150,11 +154,11 @@ pub fn exec_init(c: ExecContext<'_>) -> ! {
         ctx(nix::unistd::setsid(), || "setsid".into())?;
         set_oom_score_adj(sock, c.process)?;
         let tty = if c.process.terminal().unwrap_or(false) {
-            Some(open_pty(sock)?)
+            Some(open_pty(sock, c.process)?)
         } else {
             None
         };
-        let target = setup_process(sock, c.process)?;
+        let target = setup_process(sock, c.process, c.seccomp)?;
         install_stdio(tty.as_ref(), &c.stdio)?;
         exec(sock, &target)
     })();
@@ -226,7 +230,7 @@ fn set_oom_score_adj(sock: BorrowedFd<'_>, process: &Process) -> SetupResult<()>
     }
 }
 
-fn open_pty(sock: BorrowedFd<'_>) -> SetupResult<OwnedFd> {
+fn open_pty(sock: BorrowedFd<'_>, process: &Process) -> SetupResult<OwnedFd> {
     let master = ctx(
         nix::fcntl::open(
             "/dev/ptmx",
@@ -244,6 +248,12 @@ fn open_pty(sock: BorrowedFd<'_>) -> SetupResult<OwnedFd> {
         ),
         || format!("open /dev/pts/{n}"),
     )?;
+    if let Some(size) = process.console_size() {
+        ctx(
+            sys::set_winsize(master.as_fd(), size.height() as u16, size.width() as u16),
+            || "set the console size".into(),
+        )?;
+    }
     protocol::send(sock, &Report::PtyMaster, &[master.as_raw_fd()])
         .map_err(|e| format!("send pty master: {e}"))?;
     drop(master);
@@ -274,6 +284,8 @@ struct ExecTarget {
     path: CString,
     argv: Vec<CString>,
     env: Vec<CString>,
+    /// Seccomp programs still to install right before exec (with no_new_privs).
+    seccomp: Vec<seccompiler::BpfProgram>,
 }
 
 fn cstring(s: &str, what: &str) -> SetupResult<CString> {
@@ -282,7 +294,23 @@ fn cstring(s: &str, what: &str) -> SetupResult<CString> {
 
 /// rlimits, user and groups, capabilities, no_new_privs, umask, cwd, and the
 /// executable lookup; everything up to the exec itself.
-fn setup_process(sock: BorrowedFd<'_>, process: &Process) -> SetupResult<ExecTarget> {
+fn setup_process(
+    sock: BorrowedFd<'_>,
+    process: &Process,
+    seccomp_profile: Option<&LinuxSeccomp>,
+) -> SetupResult<ExecTarget> {
+    let mut programs = match seccomp_profile {
+        Some(p) => seccomp::compile(p)?,
+        None => Vec::new(),
+    };
+    let nnp = process.no_new_privileges().unwrap_or(false);
+    if !nnp && !programs.is_empty() {
+        // Without no_new_privs, installing a filter needs CAP_SYS_ADMIN: do
+        // it before the capabilities go (as runc does). The profile must then
+        // allow the rest of the set-up.
+        seccomp::install(&programs)?;
+        programs.clear();
+    }
     for r in process.rlimits().iter().flatten() {
         let res = process_spec::rlimit_resource(r.typ());
         match sys::setrlimit(res, r.soft(), r.hard()) {
@@ -385,10 +413,11 @@ fn setup_process(sock: BorrowedFd<'_>, process: &Process) -> SetupResult<ExecTar
     })?;
     nix::unistd::access(&path, nix::unistd::AccessFlags::X_OK)
         .map_err(|e| format!("exec {}: {}", path.display(), errno_text(e)))?;
-    if process.no_new_privileges().unwrap_or(false) {
+    if nnp {
         ctx(sys::set_no_new_privs(), || "set no_new_privs".into())?;
     }
     Ok(ExecTarget {
+        seccomp: programs,
         path: cstring(&path.to_string_lossy(), "executable path")?,
         argv: args
             .iter()
@@ -403,9 +432,24 @@ fn setup_process(sock: BorrowedFd<'_>, process: &Process) -> SetupResult<ExecTar
 
 /// The home directory of `uid` from the container's /etc/passwd, else "/".
 fn home_of(uid: u32) -> String {
-    let Ok(passwd) = std::fs::read_to_string("/etc/passwd") else {
+    // The file belongs to the container: only a regular file, and not much of it
+    // (a FIFO or /dev/zero in its place must not stall the set-up).
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open("/etc/passwd")
+    else {
         return "/".into();
     };
+    if !f.metadata().map(|m| m.is_file()).unwrap_or(false) {
+        return "/".into();
+    }
+    let mut passwd = String::new();
+    if f.take(1 << 20).read_to_string(&mut passwd).is_err() {
+        return "/".into();
+    }
     passwd
         .lines()
         .filter_map(|l| {
@@ -421,6 +465,10 @@ fn exec(sock: BorrowedFd<'_>, t: &ExecTarget) -> ! {
     // Nothing of the runtime may survive into the container (CVE-2024-21626).
     if let Err(e) = sys::cloexec_from(3) {
         fail(sock, format!("mark fds close-on-exec: {}", errno_text(e)));
+    }
+    // As late as possible: only execve itself has to be allowed.
+    if let Err(e) = seccomp::install(&t.seccomp) {
+        fail(sock, e);
     }
     let e = sys::execve(&t.path, &t.argv, &t.env);
     let msg = format!("exec {:?}: {}", t.path, errno_text(e));

@@ -11,7 +11,35 @@
 //! the rootfs and the process, reports the container pid, and waits for
 //! `start`. The caller is expected to be a child subreaper
 //! (`PR_SET_CHILD_SUBREAPER`) and to reap every child itself: the runtime never
-//! calls `waitpid`, so the caller's reaper owns all exit statuses.
+//! waits for a container or exec process it started, so the caller's reaper
+//! owns all exit statuses.
+//!
+//! In detail:
+//! - The helper is a sealed memfd copy of `/proc/self/exe` (made once per
+//!   process), started with `_BERTH_RUNTIME_INIT_HELPER=1` and its socket at
+//!   fd 3; it closes every other inherited fd and is non-dumpable.
+//! - The helper joins the spec's namespaces given by path (user first), then
+//!   `clone(CLONE_PARENT | CLONE_NEW*)`: the container init is a child of the
+//!   *caller*, born inside the cgroup (the caller moved the helper there) and
+//!   its pid is reported in the caller's pid namespace. The helper then exits;
+//!   the runtime reaps it itself (a caller reaping with `waitpid(-1)` may get
+//!   it first and must ignore pids it does not know).
+//! - The init sets up mounts, devices, `pivot_root`, masked/read-only paths,
+//!   hostname, sysctls, rlimits, user, capabilities, no_new_privs, umask and
+//!   the pty, sends `Ready`, and blocks on `<state_dir>/exec.fifo` until
+//!   [`Container::start`] writes to it. Every fd >= 3 is close-on-exec at exec.
+//! - Errors travel back over the socket with their context and become
+//!   [`RuntimeError::Setup`]; a failed create leaves nothing behind (process
+//!   killed and reaped, cgroup destroyed, state files removed).
+//! - Exec into a paused container is refused (its helper would freeze).
+//! - Seccomp (`seccomp.rs`, x86_64): the container's profile also applies to
+//!   exec'd processes (kept in `<state_dir>/seccomp.json`).
+//! - Not implemented: OCI hooks, idmapped mounts, seccomp notify, AppArmor /
+//!   SELinux labels (absent on the target machines).
+//!
+//! Binaries that create containers call [`run_helper_if_requested`] first in
+//! `main`. Integration tests therefore use `harness = false` test binaries
+//! (see `tests/runtime_containers.rs`).
 //!
 //! Layout: one file per operation (`create.rs`, `start.rs`, `kill.rs`,
 //! `exec.rs`, `delete.rs`); the helper side in `helper.rs` (namespaces,
@@ -39,6 +67,8 @@ mod path;
 mod process_spec;
 mod protocol;
 mod rootfs;
+mod seccomp;
+mod seccomp_syscalls;
 mod start;
 mod state;
 mod sys;

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use nix::sys::socket::{
     ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, sendmsg,
 };
-use oci_spec::runtime::{Process, Spec};
+use oci_spec::runtime::{LinuxSeccomp, Process, Spec};
 use serde::{Deserialize, Serialize};
 
 /// The largest message either side accepts.
@@ -21,6 +21,10 @@ const MAX_MESSAGE: usize = 1 << 20;
 pub enum Request {
     Create(Box<CreateRequest>),
     Exec(Box<ExecRequest>),
+    /// Sent after `Create`/`Exec` once the caller has moved the helper into
+    /// the container's cgroup: the helper parses and joins namespaces
+    /// meanwhile, and clones only after this.
+    Proceed,
 }
 
 /// Set up a new container.
@@ -41,6 +45,9 @@ pub struct ExecRequest {
     pub process: Process,
     /// The container init whose namespaces the process joins.
     pub init_pid: i32,
+    /// The container's seccomp profile, applied to this process too.
+    #[serde(default)]
+    pub seccomp: Option<LinuxSeccomp>,
 }
 
 /// What the helper and the container init report back.
@@ -131,4 +138,48 @@ pub fn recv<T: for<'de> Deserialize<'de>>(
     }
     let msg = serde_json::from_slice(&buf[..len]).map_err(std::io::Error::other)?;
     Ok(Some((msg, fds)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn messages_and_fds_round_trip() {
+        let (a, b) = socket_pair().unwrap();
+        let (r, w) = nix::unistd::pipe().unwrap();
+        send(a.as_fd(), &Report::Pid(42), &[w.as_raw_fd()]).unwrap();
+        drop(w);
+        let (msg, mut fds) = recv::<Report>(b.as_fd()).unwrap().unwrap();
+        assert!(matches!(msg, Report::Pid(42)));
+        assert_eq!(fds.len(), 1);
+        // The fd that came over is the pipe's write end: data reaches `r`.
+        let w2 = fds.pop().unwrap();
+        nix::unistd::write(&w2, b"x").unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(nix::unistd::read(&r, &mut buf).unwrap(), 1);
+        // Received fds are close-on-exec.
+        let flags = nix::fcntl::fcntl(&w2, nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        assert_ne!(flags & libc::FD_CLOEXEC, 0);
+        drop(a);
+        assert!(recv::<Report>(b.as_fd()).unwrap().is_none());
+    }
+
+    #[test]
+    fn requests_serialize() {
+        let req = Request::Exec(Box::new(ExecRequest {
+            process: Process::default(),
+            init_pid: 7,
+            seccomp: None,
+        }));
+        let (a, b) = socket_pair().unwrap();
+        send(a.as_fd(), &req, &[]).unwrap();
+        let (got, fds) = recv::<Request>(b.as_fd()).unwrap().unwrap();
+        assert!(fds.is_empty());
+        match got {
+            Request::Exec(e) => assert_eq!(e.init_pid, 7),
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -7,6 +7,38 @@ use super::{Result, RuntimeError};
 
 const EXEC_FIFO: &str = "exec.fifo";
 const INIT_START: &str = "init.start";
+const SECCOMP: &str = "seccomp.json";
+
+/// Keeps the container's seccomp profile for later execs.
+pub fn save_seccomp(state_dir: &Path, profile: &oci_spec::runtime::LinuxSeccomp) -> Result<()> {
+    let p = state_dir.join(SECCOMP);
+    let data = serde_json::to_vec(profile).map_err(|e| RuntimeError::Io {
+        context: "serialize seccomp profile".into(),
+        source: std::io::Error::other(e),
+    })?;
+    std::fs::write(&p, data).map_err(|e| RuntimeError::Io {
+        context: format!("write {}", p.display()),
+        source: e,
+    })
+}
+
+/// The container's seccomp profile, if it has one.
+pub fn load_seccomp(state_dir: &Path) -> Result<Option<oci_spec::runtime::LinuxSeccomp>> {
+    let p = state_dir.join(SECCOMP);
+    match std::fs::read(&p) {
+        Ok(data) => serde_json::from_slice(&data)
+            .map(Some)
+            .map_err(|e| RuntimeError::Io {
+                context: format!("parse {}", p.display()),
+                source: std::io::Error::other(e),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(RuntimeError::Io {
+            context: format!("read {}", p.display()),
+            source: e,
+        }),
+    }
+}
 
 pub fn exec_fifo(state_dir: &Path) -> PathBuf {
     state_dir.join(EXEC_FIFO)
@@ -60,6 +92,7 @@ pub fn is_same_process(state_dir: &Path, pid: i32) -> bool {
 pub fn remove(state_dir: &Path) {
     let _ = std::fs::remove_file(exec_fifo(state_dir));
     let _ = std::fs::remove_file(state_dir.join(INIT_START));
+    let _ = std::fs::remove_file(state_dir.join(SECCOMP));
 }
 
 #[cfg(test)]

@@ -55,7 +55,28 @@ pub fn cloexec_from(first: RawFd) -> nix::Result<()> {
             libc::CLOSE_RANGE_CLOEXEC,
         )
     };
-    Errno::result(ret).map(drop)
+    match Errno::result(ret) {
+        Ok(_) => Ok(()),
+        // A seccomp profile may refuse close_range: one fd at a time then.
+        Err(_) => cloexec_each(first),
+    }
+}
+
+fn cloexec_each(first: RawFd) -> nix::Result<()> {
+    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd >= first)
+        .collect();
+    for fd in fds {
+        // SAFETY: F_SETFD only changes the flags of the descriptor (the one
+        // of the read_dir above is already closed: EBADF is ignored).
+        let r = unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        if r < 0 && Errno::last() != Errno::EBADF {
+            return Err(Errno::last());
+        }
+    }
+    Ok(())
 }
 
 /// Closes every fd from `first` upward.
@@ -234,4 +255,16 @@ pub fn reap_failed_child(pid: i32) {
             _ => return,
         }
     }
+}
+
+/// Sets the window size of a terminal.
+pub fn set_winsize(fd: BorrowedFd<'_>, rows: u16, cols: u16) -> nix::Result<()> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize from the valid pointer.
+    Errno::result(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) }).map(drop)
 }

@@ -22,7 +22,7 @@ use oci_spec::runtime::Spec;
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "id", "ls", "sleep", "hostname", "touch", "mkdir", "grep", "true",
     "false", "env", "pwd", "wc", "head", "readlink", "stat", "test", "mount", "ps", "kill",
-    "umask", "printf", "tr", "sed", "awk", "ulimit", "dd", "rm", "sort", "cut", "uname",
+    "umask", "printf", "tr", "sed", "awk", "ulimit", "dd", "rm", "sort", "cut", "uname", "stty",
 ];
 
 /// A bundle in a temp dir; removed on drop.
@@ -209,6 +209,14 @@ pub fn run(bundle: &Bundle, id: &str, spec: &Spec) -> Result<Output> {
         stdout: out.join().unwrap(),
         stderr: err.join().unwrap(),
     })
+}
+
+/// Runs `args` (no shell) in a default busybox container.
+pub fn run_args(args: &[&str]) -> Result<Output> {
+    let bundle = busybox_bundle()?;
+    let id = unique_id("args");
+    let spec = spec(&bundle, &id, args);
+    run(&bundle, &id, &spec)
 }
 
 /// Runs `sh -c script` in a default busybox container.

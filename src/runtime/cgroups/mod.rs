@@ -192,9 +192,9 @@ impl CgroupManager {
             // Kills the whole subtree at once where the kernel has it (5.14+).
             let _ = fsio::write(&dirs[0], "cgroup.kill", "1");
         }
-        let mut delay = Duration::from_millis(1);
+        let mut delay = Duration::from_micros(200);
         let mut left = Vec::new();
-        for _ in 0..60 {
+        for _ in 0..70 {
             left.clear();
             for d in &dirs {
                 collect_procs(d, &mut left)?;
