@@ -119,7 +119,10 @@ async fn containers_run_log_exec_stop_and_survive_restart() -> Result<()> {
         .await?
         .into_inner();
     assert_eq!(exec.exit_code, 42);
-    assert_eq!(String::from_utf8_lossy(&exec.stdout), "out\ncri-container\n");
+    assert_eq!(
+        String::from_utf8_lossy(&exec.stdout),
+        "out\ncri-container\n"
+    );
     assert_eq!(String::from_utf8_lossy(&exec.stderr), "err\n");
     let timed_out = rt
         .exec_sync(cri::ExecSyncRequest {
@@ -129,7 +132,58 @@ async fn containers_run_log_exec_stop_and_survive_restart() -> Result<()> {
         })
         .await
         .unwrap_err();
-    assert_eq!(timed_out.code(), tonic::Code::DeadlineExceeded, "{timed_out:?}");
+    assert_eq!(
+        timed_out.code(),
+        tonic::Code::DeadlineExceeded,
+        "{timed_out:?}"
+    );
+
+    // A container that logs, waits for a file from the host, logs, exits 7.
+    let shared = env.dirs.tmp.path().join("shared");
+    std::fs::create_dir_all(&shared)?;
+    let mut waiter_cfg = container_config(
+        "waiter",
+        &reference,
+        "echo before; until [ -f /shared/go ]; do sleep 0.05; done; echo after; exit 7",
+    );
+    waiter_cfg.mounts = vec![cri::Mount {
+        container_path: "/shared".into(),
+        host_path: shared.display().to_string(),
+        ..Default::default()
+    }];
+    let c3 = create_container(&mut rt, &pod, &pod_cfg, waiter_cfg).await?;
+    rt.start_container(cri::StartContainerRequest {
+        container_id: c3.clone(),
+    })
+    .await?;
+    let c3_log = env.log_dir.join("ctrpod").join("waiter/0.log");
+    let deadline = std::time::Instant::now() + common::berthd::PATIENCE;
+    while !std::fs::read_to_string(&c3_log)
+        .unwrap_or_default()
+        .contains("before")
+    {
+        assert!(std::time::Instant::now() < deadline, "no log line");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // kubelet's log rotation: rename, then ReopenContainerLog.
+    let rotated = c3_log.with_extension("log.1");
+    std::fs::rename(&c3_log, &rotated)?;
+    rt.reopen_container_log(cri::ReopenContainerLogRequest {
+        container_id: c3.clone(),
+    })
+    .await?;
+    let c3_pid: i32 = {
+        let info = rt
+            .container_status(cri::ContainerStatusRequest {
+                container_id: c3.clone(),
+                verbose: true,
+            })
+            .await?
+            .into_inner()
+            .info;
+        let v: serde_json::Value = serde_json::from_str(&info["info"])?;
+        v["pid"].as_i64().expect("pid in the verbose info") as i32
+    };
 
     // 3. berthd is SIGKILLed and restarted: the container runs on.
     let listed_before = rt
@@ -139,8 +193,28 @@ async fn containers_run_log_exec_stop_and_survive_restart() -> Result<()> {
         .containers
         .len();
     berthd.stop(Signal::SIGKILL).ok();
+    // While berthd is down, the waiter exits.
+    std::fs::write(shared.join("go"), "")?;
+    let pid = nix::unistd::Pid::from_raw(c3_pid);
+    while nix::sys::signal::kill(pid, None).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the waiter did not exit"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let mut berthd = env.start()?;
     let mut rt = berthd.runtime().await?;
+    let s = wait_exited(&mut rt, &c3).await?;
+    assert_eq!(s.exit_code, 7, "an exit while berthd was down is reported");
+    assert_eq!(s.reason, "Error");
+    let old_log = log_records(&rotated)?;
+    let new_log = log_records(&c3_log)?;
+    assert_eq!(
+        old_log,
+        vec![("stdout".into(), "F".into(), "before".into())]
+    );
+    assert_eq!(new_log, vec![("stdout".into(), "F".into(), "after".into())]);
     let s = container_status(&mut rt, &c2).await?;
     assert_eq!(s.state, cri::ContainerState::ContainerRunning as i32);
     let listed = rt
@@ -155,7 +229,7 @@ async fn containers_run_log_exec_stop_and_survive_restart() -> Result<()> {
         .await?
         .into_inner()
         .containers;
-    assert_eq!(listed.len(), 1);
+    assert_eq!(listed.len(), 1, "only the sleeper runs");
     assert_eq!(listed[0].id, c2);
     assert_eq!(
         rt.list_containers(cri::ListContainersRequest { filter: None })
@@ -208,7 +282,9 @@ async fn containers_run_log_exec_stop_and_survive_restart() -> Result<()> {
     );
     assert!(processes_with(&pod).is_empty(), "no shim left");
     assert!(mounts_containing(&pod).is_empty());
-    assert!(mounts_containing(&c1).is_empty() && mounts_containing(&c2).is_empty());
+    for c in [&c1, &c2, &c3] {
+        assert!(mounts_containing(c).is_empty(), "no mount of {c} left");
+    }
     assert!(env.remove_cgroup_parent().is_empty(), "no cgroup left");
     berthd.stop(Signal::SIGTERM)?;
     Ok(())

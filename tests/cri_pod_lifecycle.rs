@@ -47,7 +47,10 @@ async fn pod_lifecycle_leaves_nothing() -> Result<()> {
     assert_eq!(s.labels.get("app").map(String::as_str), Some("web"));
     assert_eq!(s.annotations.get("note").map(String::as_str), Some("berth"));
     let ip = s.network.as_ref().unwrap().ip.clone();
-    assert!(ip.starts_with("10.180."), "pod IP {ip:?} from the test subnet");
+    assert!(
+        ip.starts_with("10.180."),
+        "pod IP {ip:?} from the test subnet"
+    );
     let ns = s.linux.unwrap().namespaces.unwrap().options.unwrap();
     assert_eq!(ns.network, cri::NamespaceMode::Pod as i32);
     for f in ["netns", "ipcns", "utsns"] {
@@ -59,7 +62,10 @@ async fn pod_lifecycle_leaves_nothing() -> Result<()> {
     assert!(!mounts_containing(&pod_dir.join("shm").display().to_string()).is_empty());
     let resolv = std::fs::read_to_string(pod_dir.join("resolv.conf"))?;
     assert!(resolv.contains("nameserver 10.0.0.10"), "{resolv}");
-    assert!(resolv.contains("search default.svc.cluster.local"), "{resolv}");
+    assert!(
+        resolv.contains("search default.svc.cluster.local"),
+        "{resolv}"
+    );
     let hosts = std::fs::read_to_string(pod_dir.join("hosts"))?;
     assert!(hosts.contains(&ip) && hosts.contains("web"), "{hosts}");
     let cg = std::path::Path::new("/sys/fs/cgroup/memory")
@@ -72,10 +78,23 @@ async fn pod_lifecycle_leaves_nothing() -> Result<()> {
     let host_id = run_pod(&mut rt, &host_cfg).await?;
     let hs = pod_status(&mut rt, &host_id).await?;
     assert_eq!(
-        hs.linux.unwrap().namespaces.unwrap().options.unwrap().network,
+        hs.linux
+            .unwrap()
+            .namespaces
+            .unwrap()
+            .options
+            .unwrap()
+            .network,
         cri::NamespaceMode::Node as i32
     );
-    assert!(!env.dirs.state.join("pods").join(&host_id).join("netns").exists());
+    assert!(
+        !env.dirs
+            .state
+            .join("pods")
+            .join(&host_id)
+            .join("netns")
+            .exists()
+    );
 
     // The same name again is refused.
     let err = rt
@@ -143,7 +162,10 @@ async fn pod_lifecycle_leaves_nothing() -> Result<()> {
     stop_remove(&mut rt, &host_id).await?;
 
     assert!(!pod_dir.exists(), "pod dir removed");
-    assert!(mounts_containing(&id).is_empty(), "no mount of the pod left");
+    assert!(
+        mounts_containing(&id).is_empty(),
+        "no mount of the pod left"
+    );
     assert!(!cg.exists(), "pod cgroup removed");
     assert!(env.remove_cgroup_parent().is_empty());
     berthd.stop(Signal::SIGTERM)?;

@@ -7,6 +7,11 @@
 //! process gets the write end of a pipe; a small thread in the shim reads
 //! the other end and appends records to the file, so logging goes on while
 //! berthd is down or restarting.
+//!
+//! Log rotation (ReopenContainerLog): kubelet renames the file away and
+//! berthd creates a new one at the path; before each batch of records the
+//! writer compares the path's inode with its open file's and reopens the
+//! path when they differ (or the path is gone).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -25,12 +30,7 @@ const STACK: usize = 64 * 1024;
 /// Opens `path` for appending and returns the pipe end the process writes
 /// `stream` ("stdout" or "stderr") to.
 pub fn open(path: &str, stream: &'static str) -> Result<OwnedFd> {
-    let file = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o640)
-        .open(path)
-        .map_err(ShimError::io(format!("open log file {path}")))?;
+    let file = LogFile::open(path).map_err(ShimError::io(format!("open log file {path}")))?;
     let (reader, writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(ShimError::sys("pipe for the CRI log"))?;
     std::thread::Builder::new()
@@ -41,8 +41,70 @@ pub fn open(path: &str, stream: &'static str) -> Result<OwnedFd> {
     Ok(writer)
 }
 
+/// The log file, reopened when the path names another file (rotation).
+struct LogFile {
+    path: String,
+    file: File,
+    ino: (u64, u64),
+}
+
+impl LogFile {
+    fn open(path: &str) -> std::io::Result<LogFile> {
+        use std::os::unix::fs::MetadataExt;
+        let file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o640)
+            .open(path)?;
+        let m = file.metadata()?;
+        Ok(LogFile {
+            path: path.to_string(),
+            file,
+            ino: (m.dev(), m.ino()),
+        })
+    }
+
+    fn check_rotated(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        let same = std::fs::metadata(&self.path)
+            .map(|m| (m.dev(), m.ino()) == self.ino)
+            .unwrap_or(false);
+        if !same && let Ok(new) = LogFile::open(&self.path) {
+            *self = new;
+        }
+    }
+}
+
+impl Write for LogFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Where records go; a rotating log file checks its path before each batch.
+trait RecordSink: Write {
+    fn before_batch(&mut self) {}
+}
+
+impl RecordSink for LogFile {
+    fn before_batch(&mut self) {
+        self.check_rotated();
+    }
+}
+
+impl RecordSink for Vec<u8> {}
+
+impl<T: RecordSink + ?Sized> RecordSink for &mut T {
+    fn before_batch(&mut self) {
+        (**self).before_batch();
+    }
+}
+
 /// Copies `input` to `out` as CRI log records until EOF.
-pub fn copy_lines(mut input: impl Read, mut out: impl Write, stream: &str) {
+fn copy_lines(mut input: impl Read, mut out: impl RecordSink, stream: &str) {
     let mut buf = vec![0u8; MAX_LINE];
     let mut pending = 0usize;
     loop {
@@ -53,6 +115,7 @@ pub fn copy_lines(mut input: impl Read, mut out: impl Write, stream: &str) {
             Err(_) => break,
         };
         pending += n;
+        out.before_batch();
         let mut start = 0;
         while let Some(pos) = buf[start..pending].iter().position(|&b| b == b'\n') {
             let _ = write_record(&mut out, stream, 'F', &buf[start..start + pos]);
@@ -149,7 +212,10 @@ mod tests {
     #[test]
     fn full_and_partial_lines() {
         let r = records(b"hello\nworld\n\nlast");
-        let tags: Vec<_> = r.iter().map(|(s, t, x)| (s.as_str(), t.as_str(), x.as_str())).collect();
+        let tags: Vec<_> = r
+            .iter()
+            .map(|(s, t, x)| (s.as_str(), t.as_str(), x.as_str()))
+            .collect();
         assert_eq!(
             tags,
             vec![
@@ -168,5 +234,31 @@ mod tests {
         assert_eq!(r[0].2.len(), MAX_LINE);
         assert_eq!(r[1].1, "F");
         assert_eq!(r[1].2.len(), 10);
+    }
+
+    #[test]
+    fn rotation_reopens_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let p = path.to_str().unwrap();
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let file = LogFile::open(p).unwrap();
+        let t = std::thread::spawn(move || copy_lines(File::from(r), file, "stdout"));
+        let mut w = File::from(w);
+        w.write_all(b"before\n").unwrap();
+        // Wait until the record is written, then rotate as kubelet does.
+        while std::fs::read_to_string(&path).unwrap().is_empty() {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        std::fs::rename(&path, dir.path().join("0.log.1")).unwrap();
+        std::fs::File::create(&path).unwrap();
+        w.write_all(b"after\n").unwrap();
+        drop(w);
+        t.join().unwrap();
+        let old = std::fs::read_to_string(dir.path().join("0.log.1")).unwrap();
+        let new = std::fs::read_to_string(&path).unwrap();
+        assert!(old.ends_with(" stdout F before\n"), "{old}");
+        assert!(new.ends_with(" stdout F after\n"), "{new}");
+        assert!(!old.contains("after"));
     }
 }

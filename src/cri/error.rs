@@ -80,6 +80,34 @@ fn image_error_code(err: &ImageError) -> Code {
     }
 }
 
+impl From<crate::pod::PodError> for Status {
+    fn from(err: crate::pod::PodError) -> Self {
+        use crate::pod::PodError as E;
+        let code = match &err {
+            E::InvalidArgument(_) | E::Spec(_) => Code::InvalidArgument,
+            E::NotFound(_) => Code::NotFound,
+            E::AlreadyExists(_) => Code::AlreadyExists,
+            E::FailedPrecondition(_) => Code::FailedPrecondition,
+            E::Unimplemented(_) => Code::Unimplemented,
+            E::Timeout(_) => Code::DeadlineExceeded,
+            E::Image(e) => image_error_code(e),
+            E::Network(crate::network::NetworkError::InvalidRequest(_)) => Code::InvalidArgument,
+            E::Namespace(_)
+            | E::Cgroup(_)
+            | E::Io { .. }
+            | E::Store(_)
+            | E::Network(_)
+            | E::Shim(_) => Code::Internal,
+        };
+        if code == Code::Internal {
+            tracing::error!(error = %err, "pod/container operation failed");
+        } else {
+            tracing::debug!(error = %err, code = ?code, "pod/container request refused");
+        }
+        Status::new(code, err.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,33 +214,5 @@ mod tests {
         assert_eq!(st.code(), Code::Unimplemented);
         assert!(st.message().contains("RunPodSandbox"));
         assert!(st.message().contains("not built yet"));
-    }
-}
-
-impl From<crate::pod::PodError> for Status {
-    fn from(err: crate::pod::PodError) -> Self {
-        use crate::pod::PodError as E;
-        let code = match &err {
-            E::InvalidArgument(_) | E::Spec(_) => Code::InvalidArgument,
-            E::NotFound(_) => Code::NotFound,
-            E::AlreadyExists(_) => Code::AlreadyExists,
-            E::FailedPrecondition(_) => Code::FailedPrecondition,
-            E::Unimplemented(_) => Code::Unimplemented,
-            E::Timeout(_) => Code::DeadlineExceeded,
-            E::Image(e) => image_error_code(e),
-            E::Network(crate::network::NetworkError::InvalidRequest(_)) => Code::InvalidArgument,
-            E::Namespace(_)
-            | E::Cgroup(_)
-            | E::Io { .. }
-            | E::Store(_)
-            | E::Network(_)
-            | E::Shim(_) => Code::Internal,
-        };
-        if code == Code::Internal {
-            tracing::error!(error = %err, "pod/container operation failed");
-        } else {
-            tracing::debug!(error = %err, code = ?code, "pod/container request refused");
-        }
-        Status::new(code, err.to_string())
     }
 }

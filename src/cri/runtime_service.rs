@@ -13,8 +13,8 @@ use tonic::{Request, Response, Status};
 
 use crate::config::Config;
 use crate::cri::error::{invalid_argument, unimplemented};
-use crate::pod::PodManager;
 use crate::cri::{RUNTIME_API_VERSION, RUNTIME_NAME};
+use crate::pod::PodManager;
 
 /// CRI condition type: the runtime can run host-network containers.
 pub const RUNTIME_READY: &str = "RuntimeReady";
@@ -148,7 +148,9 @@ impl RuntimeService for CriRuntimeService {
         }
         let id = self.pods.run_pod(config).await?;
         tracing::Span::current().record("pod", id.as_str());
-        Ok(Response::new(cri::RunPodSandboxResponse { pod_sandbox_id: id }))
+        Ok(Response::new(cri::RunPodSandboxResponse {
+            pod_sandbox_id: id,
+        }))
     }
 
     async fn stop_pod_sandbox(
@@ -213,7 +215,9 @@ impl RuntimeService for CriRuntimeService {
             .create_container(&req.pod_sandbox_id, config, req.sandbox_config)
             .await?;
         tracing::Span::current().record("container", id.as_str());
-        Ok(Response::new(cri::CreateContainerResponse { container_id: id }))
+        Ok(Response::new(cri::CreateContainerResponse {
+            container_id: id,
+        }))
     }
 
     async fn start_container(
@@ -287,9 +291,12 @@ impl RuntimeService for CriRuntimeService {
 
     async fn reopen_container_log(
         &self,
-        _request: Request<cri::ReopenContainerLogRequest>,
+        request: Request<cri::ReopenContainerLogRequest>,
     ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
-        Err(unimplemented("ReopenContainerLog"))
+        let req = request.into_inner();
+        need("container_id", &req.container_id)?;
+        self.pods.reopen_container_log(&req.container_id)?;
+        Ok(Response::new(cri::ReopenContainerLogResponse {}))
     }
 
     async fn exec_sync(
@@ -338,7 +345,9 @@ impl RuntimeService for CriRuntimeService {
         let req = request.into_inner();
         need("container_id", &req.container_id)?;
         let stats = self.pods.container_stats(&req.container_id).await?;
-        Ok(Response::new(cri::ContainerStatsResponse { stats: Some(stats) }))
+        Ok(Response::new(cri::ContainerStatsResponse {
+            stats: Some(stats),
+        }))
     }
 
     async fn list_container_stats(
@@ -366,9 +375,26 @@ impl RuntimeService for CriRuntimeService {
 
     async fn update_runtime_config(
         &self,
-        _request: Request<cri::UpdateRuntimeConfigRequest>,
+        request: Request<cri::UpdateRuntimeConfigRequest>,
     ) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
-        Err(unimplemented("UpdateRuntimeConfig"))
+        let req = request.into_inner();
+        let cidr = req
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr)
+            .unwrap_or_default();
+        if !cidr.is_empty() {
+            let net = self.pods.network().ok_or_else(|| {
+                Status::failed_precondition(
+                    "pod networking is unavailable; cannot set the pod CIDR",
+                )
+            })?;
+            // A comma-separated list for dual stack.
+            net.set_pod_cidr(&cidr)
+                .await
+                .map_err(crate::pod::PodError::from)?;
+        }
+        Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
     }
 
     async fn checkpoint_container(
@@ -396,7 +422,11 @@ impl RuntimeService for CriRuntimeService {
         &self,
         _request: Request<cri::RuntimeConfigRequest>,
     ) -> Result<Response<cri::RuntimeConfigResponse>, Status> {
-        Err(unimplemented("RuntimeConfig"))
+        Ok(Response::new(cri::RuntimeConfigResponse {
+            linux: Some(cri::LinuxRuntimeConfiguration {
+                cgroup_driver: cri::CgroupDriver::Cgroupfs as i32,
+            }),
+        }))
     }
 }
 
@@ -426,7 +456,9 @@ mod tests {
                 .await
                 .unwrap(),
         );
-        let pods = PodManager::open(config.clone(), images, None).await.unwrap();
+        let pods = PodManager::open(config.clone(), images, None)
+            .await
+            .unwrap();
         CriRuntimeService::new(config, pods)
     }
 
@@ -474,7 +506,10 @@ mod tests {
             .unwrap()
             .into_inner();
         let config: serde_json::Value = serde_json::from_str(&verbose.info["config"]).unwrap();
-        assert_eq!(config["root"], dir.path().join("root").display().to_string());
+        assert_eq!(
+            config["root"],
+            dir.path().join("root").display().to_string()
+        );
     }
 
     #[tokio::test]

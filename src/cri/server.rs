@@ -77,7 +77,8 @@ impl CriServer {
         if config.state != config.root {
             locks.push(lock_dir(&config.state)?);
         }
-        let images = Arc::new(ImageStore::open(&config.root.join(IMAGES_DIR), &config.image).await?);
+        let images =
+            Arc::new(ImageStore::open(&config.root.join(IMAGES_DIR), &config.image).await?);
         let network = match PodNetwork::new(config.network.clone(), &config.state.join("network")) {
             Ok(n) => Some(n),
             Err(e) => {

@@ -136,9 +136,12 @@ impl PodManager {
                 pod.id
             )));
         }
-        if let Some(c) = self.store.containers()?.into_iter().find(|c| {
-            c.pod_id == pod.id && c.name == meta.name && c.attempt == meta.attempt
-        }) {
+        if let Some(c) = self
+            .store
+            .containers()?
+            .into_iter()
+            .find(|c| c.pod_id == pod.id && c.name == meta.name && c.attempt == meta.attempt)
+        {
             return Err(PodError::AlreadyExists(format!(
                 "container name {} (attempt {}) is reserved by container {} in pod {}",
                 meta.name, meta.attempt, c.id, pod.id
@@ -238,9 +241,7 @@ impl PodManager {
             .map_err(|e| PodError::io(format!("create {}", bundle.display()), e))?;
         self.store.put_container(record)?;
         let image_config: ImageConfiguration = serde_json::from_slice(&image.config_json)
-            .map_err(|e| {
-                PodError::FailedPrecondition(format!("image {} config: {e}", image.id))
-            })?;
+            .map_err(|e| PodError::FailedPrecondition(format!("image {} config: {e}", image.id)))?;
         let rootfs = self.images.prepare_rootfs(&image.id, &id)?;
         let passwd = image_file(&rootfs.lower_dirs, "passwd");
         let group = image_file(&rootfs.lower_dirs, "group");

@@ -94,7 +94,9 @@ impl PodManager {
         let out_path = dir.join(format!("{exec_id}.stdout"));
         let err_path = dir.join(format!("{exec_id}.stderr"));
         let result = self
-            .run_exec(&c.pod_id, &c.id, &exec_id, process, &out_path, &err_path, timeout)
+            .run_exec(
+                &c.pod_id, &c.id, &exec_id, process, &out_path, &err_path, timeout,
+            )
             .await;
         let _ = std::fs::remove_file(&out_path);
         let _ = std::fs::remove_file(&err_path);

@@ -49,6 +49,8 @@ impl PodManager {
         let shim = self.shim_of(&c.pod_id)?;
         let cid = c.id.clone();
         let s = shim.clone();
+        // The process may exit before Start returns: take the start time first.
+        let started_at = now_ns();
         let pid = tokio::task::spawn_blocking(move || s.start(&cid, ""))
             .await
             .map_err(|e| PodError::Shim(format!("start task: {e}")))?;
@@ -66,7 +68,7 @@ impl PodManager {
         };
         c.state = ContainerState::Running;
         c.pid = pid;
-        c.started_at = now_ns();
+        c.started_at = started_at;
         self.store.put_container(&c)?;
         self.spawn_waiter(shim, &c.id);
         self.events.send(event(
@@ -113,7 +115,7 @@ impl PodManager {
         }
         c.state = ContainerState::Exited;
         c.exit_code = status as i32;
-        c.finished_at = at;
+        c.finished_at = at.max(c.started_at);
         let oom = self.oom.lock().expect("oom lock").remove(id);
         c.reason = if oom {
             "OOMKilled".into()
@@ -199,9 +201,10 @@ impl PodManager {
         }
         let s = shim.clone();
         let cid2 = cid.clone();
-        let sent = tokio::task::spawn_blocking(move || s.kill(&cid2, "", libc::SIGKILL as u32, true))
-            .await
-            .map_err(|e| PodError::Shim(e.to_string()))?;
+        let sent =
+            tokio::task::spawn_blocking(move || s.kill(&cid2, "", libc::SIGKILL as u32, true))
+                .await
+                .map_err(|e| PodError::Shim(e.to_string()))?;
         if let Err(e) = sent {
             tracing::debug!(container = %cid, error = %e, "SIGKILL");
         }
@@ -274,8 +277,7 @@ impl PodManager {
         let req = api::UpdateTaskRequest {
             id: c.id.clone(),
             resources: Some(Any {
-                type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources"
-                    .into(),
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into(),
                 value: json,
                 ..Default::default()
             })
@@ -286,6 +288,30 @@ impl PodManager {
         tokio::task::spawn_blocking(move || shim.update(&req))
             .await
             .map_err(|e| PodError::Shim(e.to_string()))?
+    }
+
+    /// ReopenContainerLog: after kubelet renamed the log file away, starts a
+    /// new one. The shim's log writer notices the new file (another inode at
+    /// the path) at its next record and writes there.
+    pub fn reopen_container_log(&self, id: &str) -> Result<()> {
+        let c = self.container_or_not_found(id)?;
+        if c.state != ContainerState::Running {
+            return Err(PodError::FailedPrecondition(format!(
+                "container {} is not running",
+                c.id
+            )));
+        }
+        if c.log_path.is_empty() {
+            return Ok(());
+        }
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o640)
+            .open(&c.log_path)
+            .map(drop)
+            .map_err(|e| PodError::io(format!("create {}", c.log_path), e))
     }
 
     /// Shuts the pod's shim down (once it holds no container). Best effort.

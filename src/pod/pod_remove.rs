@@ -50,7 +50,10 @@ impl PodManager {
         keep(unmount_dir(&pod.dir.join("shm")));
         if let Some(cg) = &pod.cgroup {
             match crate::runtime::cgroups::CgroupManager::new(cg) {
-                Ok(m) => keep(m.destroy().map_err(|e| PodError::Cgroup(format!("{cg}: {e}")))),
+                Ok(m) => keep(
+                    m.destroy()
+                        .map_err(|e| PodError::Cgroup(format!("{cg}: {e}"))),
+                ),
                 Err(e) => keep(Err(PodError::Cgroup(e.to_string()))),
             }
         }

@@ -90,7 +90,10 @@ impl PodManager {
             ..Default::default()
         };
         drop(_enter);
-        match self.setup_pod(&config, &ns, &cgroup_parent, &mut record).await {
+        match self
+            .setup_pod(&config, &ns, &cgroup_parent, &mut record)
+            .await
+        {
             Ok(()) => {
                 tracing::info!(pod = %id, name = %meta.name, ips = ?record.ips, "pod ready");
                 Ok(id)
@@ -190,9 +193,12 @@ impl PodManager {
 
 fn cgroup_exists(path: &str) -> bool {
     let rel = path.trim_start_matches('/');
-    ["memory", "cpu", "pids", "unified"]
-        .iter()
-        .any(|c| std::path::Path::new("/sys/fs/cgroup").join(c).join(rel).is_dir())
+    ["memory", "cpu", "pids", "unified"].iter().any(|c| {
+        std::path::Path::new("/sys/fs/cgroup")
+            .join(c)
+            .join(rel)
+            .is_dir()
+    })
 }
 
 fn network_request(

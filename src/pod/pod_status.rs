@@ -57,10 +57,7 @@ impl PodManager {
             created_at: pod.created_at,
             network: Some(network),
             linux: Some(cri::LinuxPodSandboxStatus {
-                namespaces: Some(cri::Namespace {
-                    options: Some(ns),
-                    ..Default::default()
-                }),
+                namespaces: Some(cri::Namespace { options: Some(ns) }),
             }),
             labels: pod.labels.clone(),
             annotations: pod.annotations.clone(),
@@ -84,7 +81,10 @@ impl PodManager {
     }
 
     /// Pods matching `filter`.
-    pub fn list_pods(&self, filter: Option<&cri::PodSandboxFilter>) -> Result<Vec<cri::PodSandbox>> {
+    pub fn list_pods(
+        &self,
+        filter: Option<&cri::PodSandboxFilter>,
+    ) -> Result<Vec<cri::PodSandbox>> {
         let mut out = Vec::new();
         for p in self.store.pods()? {
             if let Some(f) = filter {

@@ -28,7 +28,12 @@ impl PodManager {
             if c.state != ContainerState::Running {
                 continue;
             }
-            let shim = self.shims.lock().expect("shims lock").get(&c.pod_id).cloned();
+            let shim = self
+                .shims
+                .lock()
+                .expect("shims lock")
+                .get(&c.pod_id)
+                .cloned();
             let Some(shim) = shim else {
                 c.state = ContainerState::Exited;
                 c.exit_code = 255;
@@ -44,7 +49,9 @@ impl PodManager {
                 .await
                 .map_err(|e| super::PodError::Shim(e.to_string()))?;
             match st {
-                Ok(st) if st.status.value() == containerd_shim_protos::api::Status::STOPPED as i32 => {
+                Ok(st)
+                    if st.status.value() == containerd_shim_protos::api::Status::STOPPED as i32 =>
+                {
                     let at = st
                         .exited_at
                         .as_ref()

@@ -292,10 +292,9 @@ impl ShimClient {
         // The shim exits while answering: a closed connection is success.
         match self.task.shutdown(ctx(), &req) {
             Ok(_) => Ok(()),
-            Err(ttrpc::Error::RpcStatus(s)) => Err(PodError::Shim(format!(
-                "Shutdown: {}",
-                s.message()
-            ))),
+            Err(ttrpc::Error::RpcStatus(s)) => {
+                Err(PodError::Shim(format!("Shutdown: {}", s.message())))
+            }
             Err(_) => Ok(()),
         }
     }

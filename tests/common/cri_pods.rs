@@ -73,7 +73,11 @@ impl PodEnv {
                 namespace: "default".into(),
                 attempt: 0,
             }),
-            hostname: if host_network { String::new() } else { name.into() },
+            hostname: if host_network {
+                String::new()
+            } else {
+                name.into()
+            },
             log_directory: self.log_dir.join(name).display().to_string(),
             labels: HashMap::from([("app".into(), name.into()), ("tier".into(), "test".into())]),
             annotations: HashMap::from([("note".into(), "berth".into())]),
@@ -103,7 +107,9 @@ impl PodEnv {
     /// (removing it first if it is empty).
     pub fn remove_cgroup_parent(&self) -> Vec<PathBuf> {
         let mut left = Vec::new();
-        for c in ["cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids"] {
+        for c in [
+            "cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids",
+        ] {
             let p = Path::new("/sys/fs/cgroup")
                 .join(c)
                 .join(self.cgroup_parent.trim_start_matches('/'));
@@ -142,7 +148,9 @@ impl Drop for PodEnv {
         for m in mounts {
             let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
         }
-        for c in ["cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids"] {
+        for c in [
+            "cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids",
+        ] {
             let root = Path::new("/sys/fs/cgroup")
                 .join(c)
                 .join(self.cgroup_parent.trim_start_matches('/'));
