@@ -251,6 +251,7 @@ impl PodManager {
             .map(|l| l.cgroup_parent.clone())
             .unwrap_or_default();
         let cgroups_path = spec::container_cgroups_path(&cgroup_parent, &id);
+        record.cgroup = cgroups_path.as_ref().map(|p| p.display().to_string());
         let namespaces = PodNamespaces {
             network: ns_of(&pod.netns),
             ipc: ns_of(&pod.ipcns),

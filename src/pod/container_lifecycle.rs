@@ -116,7 +116,8 @@ impl PodManager {
         c.state = ContainerState::Exited;
         c.exit_code = status as i32;
         c.finished_at = at.max(c.started_at);
-        let oom = self.oom.lock().expect("oom lock").remove(id);
+        let oom = self.oom.lock().expect("oom lock").remove(id)
+            || c.cgroup.as_deref().is_some_and(oom_killed);
         c.reason = if oom {
             "OOMKilled".into()
         } else if status == 0 {
@@ -343,4 +344,27 @@ async fn wait_gone(pid: i32) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     tracing::warn!(shim_pid = pid, "shim still running after Shutdown");
+}
+
+/// Whether the OOM killer killed a process of the cgroup at `path`: v1's
+/// `memory.oom_control` (`oom_kill N`) or v2's `memory.events`
+/// (`oom_kill N`). This covers exits whose TaskOOM event berthd missed (it
+/// was down, or the exit was seen first). The shim removes the cgroup only
+/// on Task.Delete, so it is still there when the exit is recorded.
+fn oom_killed(path: &str) -> bool {
+    let rel = path.trim_start_matches('/');
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    [
+        root.join("memory").join(rel).join("memory.oom_control"),
+        root.join(rel).join("memory.events"),
+    ]
+    .iter()
+    .filter_map(|f| std::fs::read_to_string(f).ok())
+    .any(|text| {
+        text.lines().any(|l| {
+            l.strip_prefix("oom_kill ")
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .is_some_and(|n| n > 0)
+        })
+    })
 }

@@ -15,6 +15,7 @@ pub enum PodState {
 
 /// Everything berthd remembers about a pod.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct PodRecord {
     pub id: String,
     pub name: String,
@@ -56,6 +57,7 @@ pub enum ContainerState {
 
 /// Everything berthd remembers about a container.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ContainerRecord {
     pub id: String,
     pub pod_id: String,
@@ -83,4 +85,6 @@ pub struct ContainerRecord {
     pub config: Vec<u8>,
     /// The OCI bundle directory (config.json, rootfs).
     pub bundle: PathBuf,
+    /// The container's cgroup (relative to the cgroup roots), if any.
+    pub cgroup: Option<String>,
 }
