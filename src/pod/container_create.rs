@@ -273,6 +273,7 @@ impl PodManager {
             oom_score_adj_min: own_oom_score_adj(),
             ..Default::default()
         };
+        let target_pid_ns = self.target_pid_namespace(config, &pod.id)?;
         let rootfs_path = bundle.join("rootfs");
         let oci = spec::container_spec(&spec::ContainerSpecInput {
             container_id: &id,
@@ -288,7 +289,7 @@ impl PodManager {
             rootfs: &rootfs_path,
             cgroups_path: cgroups_path.as_deref(),
             namespaces: &namespaces,
-            target_pid_namespace: None,
+            target_pid_namespace: target_pid_ns.as_deref(),
             pod_files: &pod_files,
             image_volumes: &[],
             seccomp_localhost_profile: None,
@@ -334,6 +335,44 @@ impl PodManager {
             "task created"
         );
         Ok(())
+    }
+}
+
+impl PodManager {
+    /// For NamespaceMode TARGET: the pid namespace of the running target
+    /// container of the same pod.
+    fn target_pid_namespace(
+        &self,
+        config: &cri::ContainerConfig,
+        pod_id: &str,
+    ) -> Result<Option<PathBuf>> {
+        let Some(ns) = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.as_ref())
+        else {
+            return Ok(None);
+        };
+        if ns.pid != cri::NamespaceMode::Target as i32 {
+            return Ok(None);
+        }
+        let target = self
+            .resolve_container(&ns.target_id)?
+            .filter(|t| t.pod_id == pod_id)
+            .ok_or_else(|| {
+                PodError::NotFound(format!(
+                    "target container {:?} of the pid namespace (in pod {pod_id})",
+                    ns.target_id
+                ))
+            })?;
+        if target.state != ContainerState::Running || target.pid == 0 {
+            return Err(PodError::FailedPrecondition(format!(
+                "target container {} is not running",
+                target.id
+            )));
+        }
+        Ok(Some(PathBuf::from(format!("/proc/{}/ns/pid", target.pid))))
     }
 }
 

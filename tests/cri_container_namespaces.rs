@@ -1,0 +1,85 @@
+//! Namespaces of containers in a pod: the pod's UTS namespace (hostname),
+//! and NamespaceMode TARGET (a container in another container's pid
+//! namespace, as ephemeral debug containers are).
+
+mod common;
+
+use anyhow::Result;
+use common::cri_images::{busybox_image, pull, push};
+use common::cri_pods::{
+    PodEnv, container_config, container_status, create_container, run_pod, wait_exited,
+};
+use common::oci_image::Compression;
+use common::registry::Registry;
+use k8s_cri::v1 as cri;
+use nix::sys::signal::Signal;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn target_pid_namespace_and_pod_hostname() -> Result<()> {
+    let registry = Registry::start()?;
+    let image = busybox_image("0", "cri-ns", Compression::Gzip);
+    let reference = push(&registry, "berth-test/ns", "v1", &image).await?;
+    let env = PodEnv::new("ns", 4)?;
+    let mut berthd = env.start()?;
+    let mut images = berthd.images().await?;
+    pull(&mut images, &reference, None).await?;
+    let mut rt = berthd.runtime().await?;
+    let pod_cfg = env.pod_config("nspod", false);
+    let pod = run_pod(&mut rt, &pod_cfg).await?;
+
+    let main = create_container(
+        &mut rt,
+        &pod,
+        &pod_cfg,
+        container_config("main", &reference, "exec sleep 1000"),
+    )
+    .await?;
+    rt.start_container(cri::StartContainerRequest {
+        container_id: main.clone(),
+    })
+    .await?;
+    assert_eq!(
+        container_status(&mut rt, &main).await?.state,
+        cri::ContainerState::ContainerRunning as i32
+    );
+
+    let mut debug = container_config(
+        "debug",
+        &reference,
+        "tr '\\0' ' ' < /proc/1/cmdline; echo; hostname",
+    );
+    debug.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                network: cri::NamespaceMode::Pod as i32,
+                pid: cri::NamespaceMode::Target as i32,
+                ipc: cri::NamespaceMode::Pod as i32,
+                target_id: main.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let dbg = create_container(&mut rt, &pod, &pod_cfg, debug).await?;
+    rt.start_container(cri::StartContainerRequest {
+        container_id: dbg.clone(),
+    })
+    .await?;
+    let s = wait_exited(&mut rt, &dbg).await?;
+    assert_eq!(s.exit_code, 0, "{s:?}");
+    let log = std::fs::read_to_string(env.log_dir.join("nspod").join("debug/0.log"))?;
+    assert!(
+        log.contains("stdout F sleep 1000"),
+        "pid 1 of the target's namespace is the target's process: {log}"
+    );
+    assert!(log.contains("stdout F nspod"), "the pod's hostname: {log}");
+
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await?;
+    assert!(env.remove_cgroup_parent().is_empty(), "no cgroup left");
+    berthd.stop(Signal::SIGTERM)?;
+    Ok(())
+}
