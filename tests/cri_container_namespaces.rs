@@ -75,6 +75,39 @@ async fn target_pid_namespace_and_pod_hostname() -> Result<()> {
     );
     assert!(log.contains("stdout F nspod"), "the pod's hostname: {log}");
 
+    // Stats: the running container's cgroup, the pod's interface.
+    let cs = rt
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: main.clone(),
+        })
+        .await?
+        .into_inner()
+        .stats
+        .unwrap();
+    assert!(cs.cpu.unwrap().usage_core_nano_seconds.unwrap().value > 0);
+    assert!(cs.memory.unwrap().working_set_bytes.is_some());
+    let ps = rt
+        .pod_sandbox_stats(cri::PodSandboxStatsRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await?
+        .into_inner()
+        .stats
+        .unwrap()
+        .linux
+        .unwrap();
+    assert_eq!(ps.containers.len(), 2);
+    let net = ps
+        .network
+        .expect("network usage of a pod with its own netns");
+    assert_eq!(net.default_interface.unwrap().name, "eth0");
+    let listed = rt
+        .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest { filter: None })
+        .await?
+        .into_inner()
+        .stats;
+    assert_eq!(listed.len(), 1);
+
     rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
         pod_sandbox_id: pod.clone(),
     })

@@ -20,6 +20,7 @@ mod files;
 pub mod namespaces;
 mod pod_remove;
 mod pod_run;
+mod pod_stats;
 mod pod_status;
 mod pod_stop;
 mod recover;
