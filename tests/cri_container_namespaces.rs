@@ -116,3 +116,79 @@ async fn target_pid_namespace_and_pod_hostname() -> Result<()> {
     berthd.stop(Signal::SIGTERM)?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shared_pid_namespace_has_a_built_in_init() -> Result<()> {
+    let registry = Registry::start()?;
+    let image = busybox_image("0", "cri-pidns", Compression::Gzip);
+    let reference = push(&registry, "berth-test/pidns", "v1", &image).await?;
+    let env = PodEnv::new("pidns", 5)?;
+    let mut berthd = env.start()?;
+    let mut images = berthd.images().await?;
+    pull(&mut images, &reference, None).await?;
+    let mut rt = berthd.runtime().await?;
+    let mut pod_cfg = env.pod_config("pidpod", true);
+    let ns = pod_cfg
+        .linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap()
+        .namespace_options
+        .as_mut()
+        .unwrap();
+    ns.pid = cri::NamespaceMode::Pod as i32;
+    let pod = run_pod(&mut rt, &pod_cfg).await?;
+    let inits = common::cri_pods::processes_with(&pod);
+    assert!(!inits.is_empty(), "the pod's init runs");
+
+    let sleeper = create_container(
+        &mut rt,
+        &pod,
+        &pod_cfg,
+        container_config("sleeper", &reference, "exec sleep 1000"),
+    )
+    .await?;
+    rt.start_container(cri::StartContainerRequest {
+        container_id: sleeper.clone(),
+    })
+    .await?;
+    let looker = create_container(
+        &mut rt,
+        &pod,
+        &pod_cfg,
+        container_config(
+            "looker",
+            &reference,
+            "tr '\\0' ' ' < /proc/1/cmdline; echo; for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done",
+        ),
+    )
+    .await?;
+    rt.start_container(cri::StartContainerRequest {
+        container_id: looker.clone(),
+    })
+    .await?;
+    let s = wait_exited(&mut rt, &looker).await?;
+    assert_eq!(s.exit_code, 0);
+    let log = std::fs::read_to_string(env.log_dir.join("pidpod").join("looker/0.log"))?;
+    let first = log.lines().next().unwrap_or_default();
+    assert!(first.contains("pod-init"), "pid 1 is the pod's init: {log}");
+    assert!(
+        log.contains("stdout F sleep 1000"),
+        "the other container's process is visible: {log}"
+    );
+
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await?;
+    assert!(
+        common::cri_pods::processes_with(&pod).is_empty(),
+        "no init or shim left"
+    );
+    assert!(common::cri_pods::mounts_containing(&pod).is_empty());
+    assert!(env.remove_cgroup_parent().is_empty(), "no cgroup left");
+    berthd.stop(Signal::SIGTERM)?;
+    Ok(())
+}

@@ -18,6 +18,7 @@ mod container_status;
 mod error;
 mod files;
 pub mod namespaces;
+pub mod pod_init;
 mod pod_remove;
 mod pod_run;
 mod pod_stats;

@@ -80,6 +80,26 @@ pub fn pin_namespaces(kinds: &[(NsKind, PathBuf)], hostname: &str) -> Result<(),
     Ok(())
 }
 
+/// Pins the namespace file `source` (e.g. `/proc/<pid>/ns/pid`) at `target`.
+pub fn pin_path(source: &str, target: &Path) -> Result<(), PodError> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(target)
+        .map_err(|e| PodError::io(format!("create {}", target.display()), e))?;
+    mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| {
+        let _ = std::fs::remove_file(target);
+        PodError::Namespace(format!("bind mount {source} on {}: {e}", target.display()))
+    })
+}
+
 /// Unpins and removes a namespace file; idempotent.
 pub fn unpin(path: &Path) -> Result<(), PodError> {
     match umount2(path, MntFlags::MNT_DETACH) {

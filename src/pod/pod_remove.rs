@@ -41,6 +41,9 @@ impl PodManager {
         {
             keep(net.teardown(&pod.id, netns).await.map_err(Into::into));
         }
+        if let Some(pid) = pod.init_pid {
+            super::pod_init::kill(pid, &pod.id);
+        }
         if let Some(p) = &pod.netns {
             keep(crate::network::remove_netns(p).map_err(Into::into));
         }

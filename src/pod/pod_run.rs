@@ -35,12 +35,6 @@ impl PodManager {
             return Err(PodError::InvalidArgument("pod metadata has no name".into()));
         }
         let ns = namespace_options(&config);
-        if ns.pid == cri::NamespaceMode::Pod as i32 {
-            return Err(PodError::Unimplemented(
-                "a shared pid namespace (shareProcessNamespace) is not supported by berth yet"
-                    .into(),
-            ));
-        }
         if ns.network == cri::NamespaceMode::Target as i32
             || ns.ipc == cri::NamespaceMode::Target as i32
         {
@@ -146,6 +140,15 @@ impl PodManager {
             let path = dir.join("netns");
             record.netns = Some(path.clone());
             network::create_netns(&path)?;
+        }
+        if ns.pid == cri::NamespaceMode::Pod as i32 {
+            // A shared pid namespace: the built-in init is its pid 1.
+            let pid = super::pod_init::spawn(&record.id)?;
+            record.init_pid = Some(pid);
+            self.store.put_pod(record)?;
+            let pin = dir.join("pidns");
+            record.pidns = Some(pin.clone());
+            super::namespaces::pin_path(&format!("/proc/{pid}/ns/pid"), &pin)?;
         }
         let ns_ms = started.elapsed().as_secs_f64() * 1e3;
 

@@ -36,6 +36,8 @@ pub struct PodRecord {
     pub ipcns: Option<PathBuf>,
     pub utsns: Option<PathBuf>,
     pub pidns: Option<PathBuf>,
+    /// Host pid of the pod's init (pid 1 of its shared pid namespace).
+    pub init_pid: Option<i32>,
     /// The pod cgroup (relative to the cgroup roots), if any.
     pub cgroup: Option<String>,
     /// Whether the pod network was set up (and must be torn down).
