@@ -6,7 +6,7 @@ use std::os::fd::AsFd;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -57,6 +57,8 @@ pub struct ContainerEntry {
     pub rootfs: Option<PathBuf>,
     /// Set before the cgroup goes away so the OOM watcher knows to stop.
     pub oom_stop: Arc<AtomicBool>,
+    /// OOM kills already reported (watcher and Delete share it).
+    pub oom_reported: Arc<AtomicU64>,
 }
 
 impl ContainerEntry {
@@ -240,6 +242,7 @@ impl Inner {
             execs: Mutex::new(HashMap::new()),
             rootfs,
             oom_stop: Arc::new(AtomicBool::new(false)),
+            oom_reported: Arc::new(AtomicU64::new(0)),
         });
         self.containers
             .lock()
@@ -280,13 +283,17 @@ impl Inner {
         };
         let runtime = c.runtime.clone();
         let stop = c.oom_stop.clone();
+        let reported = c.oom_reported.clone();
         let events = self.events.clone();
         let id = c.id.clone();
         let spawned = std::thread::Builder::new()
             .name("oom".into())
             .stack_size(128 * 1024)
             .spawn(move || {
-                let mut seen = runtime.stats().map(|s| s.oom_kills).unwrap_or(0);
+                reported.fetch_max(
+                    runtime.stats().map(|s| s.oom_kills).unwrap_or(0),
+                    Ordering::SeqCst,
+                );
                 let mut buf = [0u8; 4096];
                 loop {
                     // The notifier is non-blocking: wait for it, then drain it.
@@ -305,11 +312,7 @@ impl Inner {
                     // every memory.events change: count the kills.
                     let stopping = stop.load(Ordering::SeqCst);
                     let oom = match runtime.stats().map(|s| s.oom_kills) {
-                        Ok(k) if k > seen => {
-                            seen = k;
-                            true
-                        }
-                        Ok(_) => false,
+                        Ok(k) => k > reported.fetch_max(k, Ordering::SeqCst),
                         // No counter to read: on v1 a signal is an OOM.
                         Err(_) => !stopping,
                     };
@@ -424,6 +427,16 @@ impl Inner {
                 "container {} is running: kill it first",
                 c.id
             )));
+        }
+        // An OOM the watcher has not got to yet must not vanish with the cgroup.
+        if let Ok(stats) = c.runtime.stats()
+            && stats.oom_kills > c.oom_reported.fetch_max(stats.oom_kills, Ordering::SeqCst)
+        {
+            tracing::info!(container = %c.id, "OOM");
+            self.events.send(TaskOOM {
+                container_id: c.id.clone(),
+                ..Default::default()
+            });
         }
         c.oom_stop.store(true, Ordering::SeqCst);
         if let Err(e) = c.runtime.delete() {

@@ -325,9 +325,21 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        // Shims (and so their containers) our containerd started.
+        // Shims (and so their containers) our containerd started, and the
+        // sockets a killed shim cannot remove itself.
         for pid in self.shim_pids() {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<String> = cmd
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
             kill(pid, libc::SIGKILL);
+            if let Some(w) = args.windows(2).find(|w| w[0] == "-socket") {
+                let path = w[1].trim_start_matches("unix://");
+                if path.starts_with(SHIM_SOCKET_DIR) {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
         }
         if let Some(mut child) = self.child.take() {
             kill(child.id() as i32, libc::SIGTERM);
@@ -339,10 +351,13 @@ impl Drop for Containerd {
                 let _ = child.wait();
             }
         }
-        // Container processes still in our namespace's cgroups, then the cgroups.
-        for c in CGROUP_CONTROLLERS {
-            let ns = Path::new("/sys/fs/cgroup").join(c).join(&self.namespace);
-            remove_cgroup_tree(&ns);
+        // Container processes still in our namespace's cgroups, then the
+        // cgroups, in every hierarchy (runc also uses name=systemd, unified).
+        let hierarchies = std::fs::read_dir("/sys/fs/cgroup")
+            .map(|rd| rd.flatten().map(|e| e.path()).collect::<Vec<_>>())
+            .unwrap_or_default();
+        for h in hierarchies {
+            remove_cgroup_tree(&h.join(&self.namespace));
         }
         // Anything still mounted under our dir (a failed test's rootfs).
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
