@@ -19,7 +19,7 @@ use common::oci_image::{self, Compression, Format, LayerBuilder, host_arch};
 use common::registry::Registry;
 
 const CHILD_ENV: &str = "BERTH_BENCH_PULL_CHILD";
-const RUNS: usize = 3;
+const RUNS: usize = 5;
 
 fn main() -> Result<()> {
     if let Ok(args) = std::env::var(CHILD_ENV) {
@@ -53,6 +53,8 @@ fn main() -> Result<()> {
     let mut berth = Vec::new();
     let mut ctrd = Vec::new();
     for run in 0..RUNS {
+        // Start each side with no dirty pages of the previous run to flush.
+        rustix::fs::sync();
         let (t, rss) = berth_pull(work.path(), run, &reference)?;
         println!(
             "run {run}: berth      {:>7.0} ms  peak RSS {:>6.1} MB",
@@ -60,6 +62,7 @@ fn main() -> Result<()> {
             rss as f64 / 1e6
         );
         berth.push((t, rss));
+        rustix::fs::sync();
         let (t, rss, ctr_rss) = containerd_pull(work.path(), run, &reference)?;
         println!(
             "run {run}: containerd {:>7.0} ms  peak RSS {:>6.1} MB (containerd) + {:.1} MB (ctr)",

@@ -376,7 +376,9 @@ impl ImageStore {
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
         )
         .map_err(io_err("chmod temp snapshot"))?;
-        let (tx, rx) = mpsc::channel::<Bytes>(64);
+        // A short queue: hyper hands over chunks of up to a few hundred KB,
+        // and a long queue per layer is what dominates peak memory.
+        let (tx, rx) = mpsc::channel::<Bytes>(4);
         let worker = {
             let job = job.clone();
             let path = dir.path().to_owned();

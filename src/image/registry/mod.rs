@@ -166,11 +166,16 @@ impl Session {
         path: &str,
         accept: Option<&str>,
     ) -> Result<reqwest::Response, ImageError> {
-        let mut state = self.state.lock().await;
-        if !self.auth.registry_token.is_empty() && state.authorization.is_none() {
-            state.authorization = Some(format!("Bearer {}", self.auth.registry_token));
-        }
-        let schemes: Vec<&'static str> = match state.scheme {
+        // The state is only read and updated under the lock, never held
+        // across a request: parallel blob downloads start at once.
+        let (known_scheme, authorization) = {
+            let mut state = self.state.lock().await;
+            if !self.auth.registry_token.is_empty() && state.authorization.is_none() {
+                state.authorization = Some(format!("Bearer {}", self.auth.registry_token));
+            }
+            (state.scheme, state.authorization.clone())
+        };
+        let schemes: Vec<&'static str> = match known_scheme {
             Some(s) => vec![s],
             None if self.plain_ok => vec!["https", "http"],
             None => vec!["https"],
@@ -181,26 +186,28 @@ impl Session {
             let url = format!("{scheme}://{}/v2/{path}", self.host);
             let sent = tokio::time::timeout(
                 self.stall,
-                self.send_once(&method, &url, accept, state.authorization.as_deref()),
+                self.send_once(&method, &url, accept, authorization.as_deref()),
             )
             .await;
             match sent {
                 Err(_) => return Err(self.stalled(path)),
                 Ok(Ok(r)) => {
-                    state.scheme = Some(scheme);
-                    response = Some(r);
+                    response = Some((scheme, r));
                     break;
                 }
                 Ok(Err(e)) => last_err = Some(e),
             }
         }
-        let response = match response {
+        let (scheme, response) = match response {
             Some(r) => r,
             None => {
                 let e = last_err.map(|e| format_reqwest(&e)).unwrap_or_default();
                 return Err(self.err(format!("cannot connect: {e}")));
             }
         };
+        if known_scheme.is_none() {
+            self.state.lock().await.scheme = Some(scheme);
+        }
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
         }
@@ -234,15 +241,11 @@ impl Session {
                 return Err(self.unauthenticated("401 without a usable WWW-Authenticate challenge"));
             }
         };
-        state.authorization = Some(authorization);
-        let url = format!(
-            "{}://{}/v2/{path}",
-            state.scheme.unwrap_or("https"),
-            self.host
-        );
+        self.state.lock().await.authorization = Some(authorization.clone());
+        let url = format!("{scheme}://{}/v2/{path}", self.host);
         let response = tokio::time::timeout(
             self.stall,
-            self.send_once(&method, &url, accept, state.authorization.as_deref()),
+            self.send_once(&method, &url, accept, Some(&authorization)),
         )
         .await
         .map_err(|_| self.stalled(path))?
