@@ -25,8 +25,11 @@ async fn target_pid_namespace_and_pod_hostname() -> Result<()> {
     pull(&mut images, &reference, None).await?;
     let mut rt = berthd.runtime().await?;
     let pod_cfg = env.pod_config("nspod", false);
+    let t0 = std::time::Instant::now();
     let pod = run_pod(&mut rt, &pod_cfg).await?;
+    let t_pod = t0.elapsed();
 
+    let t1 = std::time::Instant::now();
     let main = create_container(
         &mut rt,
         &pod,
@@ -38,6 +41,12 @@ async fn target_pid_namespace_and_pod_hostname() -> Result<()> {
         container_id: main.clone(),
     })
     .await?;
+    // Figures only (never asserted): a debug build, first shim of the pod.
+    eprintln!(
+        "RunPodSandbox (own netns + built-in network): {:?}; CreateContainer+StartContainer (shim start included): {:?}",
+        t_pod,
+        t1.elapsed()
+    );
     assert_eq!(
         container_status(&mut rt, &main).await?.state,
         cri::ContainerState::ContainerRunning as i32
