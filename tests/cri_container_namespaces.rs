@@ -95,6 +95,8 @@ async fn target_pid_namespace_and_pod_hostname() -> Result<()> {
         .unwrap();
     assert!(cs.cpu.unwrap().usage_core_nano_seconds.unwrap().value > 0);
     assert!(cs.memory.unwrap().working_set_bytes.is_some());
+    let wl = cs.writable_layer.unwrap();
+    assert!(wl.inodes_used.is_some() && wl.used_bytes.is_some());
     let ps = rt
         .pod_sandbox_stats(cri::PodSandboxStatsRequest {
             pod_sandbox_id: pod.clone(),

@@ -243,6 +243,7 @@ impl PodManager {
         let image_config: ImageConfiguration = serde_json::from_slice(&image.config_json)
             .map_err(|e| PodError::FailedPrecondition(format!("image {} config: {e}", image.id)))?;
         let rootfs = self.images.prepare_rootfs(&image.id, &id)?;
+        record.upper_dir = Some(rootfs.upper_dir.clone());
         let passwd = image_file(&rootfs.lower_dirs, "passwd");
         let group = image_file(&rootfs.lower_dirs, "group");
         let cgroup_parent = sandbox_config

@@ -200,12 +200,47 @@ impl PodManager {
                 }
             }
         }
+        let (bytes, inodes) = match c.upper_dir.clone() {
+            Some(dir) => tokio::task::spawn_blocking(move || dir_usage(&dir))
+                .await
+                .unwrap_or_default(),
+            None => (0, 0),
+        };
         stats.writable_layer = Some(cri::FilesystemUsage {
             timestamp: now,
             fs_id: None,
-            used_bytes: None,
-            inodes_used: None,
+            used_bytes: Some(cri::UInt64Value { value: bytes }),
+            inodes_used: Some(cri::UInt64Value { value: inodes }),
         });
         Ok(stats)
     }
+}
+
+/// Bytes (allocated blocks) and inodes under `dir`, not following symlinks
+/// nor crossing into other filesystems.
+fn dir_usage(dir: &std::path::Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(root) = std::fs::symlink_metadata(dir) else {
+        return (0, 0);
+    };
+    let dev = root.dev();
+    let (mut bytes, mut inodes) = (0u64, 0u64);
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if m.dev() != dev {
+                continue;
+            }
+            inodes += 1;
+            bytes += m.blocks() * 512;
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    (bytes, inodes)
 }

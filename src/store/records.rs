@@ -89,4 +89,6 @@ pub struct ContainerRecord {
     pub bundle: PathBuf,
     /// The container's cgroup (relative to the cgroup roots), if any.
     pub cgroup: Option<String>,
+    /// The writable layer (overlay upper dir).
+    pub upper_dir: Option<PathBuf>,
 }
