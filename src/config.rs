@@ -70,6 +70,33 @@ const KEY_DOCS: &[(&str, &str, &str)] = &[
         "A layer whose uncompressed content exceeds this many bytes is refused\n\
          (decompression bombs).",
     ),
+    (
+        "network",
+        "mode",
+        "builtin (berth's bridge, IPAM and nftables), cni, or auto (CNI when a\n\
+         config list is in cni_conf_dir, else built-in).",
+    ),
+    (
+        "network",
+        "cni_conf_dir",
+        "Where CNI config lists are read from.",
+    ),
+    (
+        "network",
+        "cni_bin_dirs",
+        "Where CNI plugins are looked for, in order.",
+    ),
+    ("network", "bridge_name", "The built-in mode's bridge."),
+    (
+        "network",
+        "pod_subnet",
+        "The built-in mode's IPv4 pod subnet.",
+    ),
+    (
+        "network",
+        "pod_subnet_v6",
+        "The built-in mode's IPv6 pod subnet (dual stack when set).",
+    ),
 ];
 
 /// The whole berthd configuration.
@@ -90,6 +117,8 @@ pub struct Config {
     pub shutdown_timeout_secs: u64,
     /// The image service.
     pub image: ImageConfig,
+    /// Pod networking (`[network]`).
+    pub network: crate::network::NetworkConfig,
 }
 
 impl Default for Config {
@@ -101,6 +130,7 @@ impl Default for Config {
             log_level: "info".to_owned(),
             shutdown_timeout_secs: 10,
             image: ImageConfig::default(),
+            network: crate::network::NetworkConfig::default(),
         }
     }
 }

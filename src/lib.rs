@@ -16,6 +16,8 @@ pub mod image;
 #[cfg(feature = "daemon")]
 pub mod network;
 #[cfg(feature = "daemon")]
+pub mod pod;
+#[cfg(feature = "daemon")]
 pub mod spec;
 #[cfg(feature = "daemon")]
 pub mod store;

@@ -79,6 +79,10 @@ impl Cli {
 }
 
 fn main() -> ExitCode {
+    // The pod init mode runs before anything else (single-threaded).
+    if std::env::args().nth(1).as_deref() == Some(berth::pod::pod_init::POD_INIT_ARG) {
+        berth::pod::pod_init::main();
+    }
     let cli = Cli::parse();
     let result = match &cli.command {
         Some(Command::Config {

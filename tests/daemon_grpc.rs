@@ -55,9 +55,11 @@ async fn status_over_grpc() -> Result<()> {
         .iter()
         .find(|c| c.r#type == "NetworkReady")
         .expect("NetworkReady");
-    assert!(!network.status);
-    assert_eq!(network.reason, "NetworkPluginNotReady");
-    assert!(!network.message.is_empty());
+    // Ready or not depends on the machine (nft, CNI config); not ready
+    // always says why.
+    if !network.status {
+        assert!(!network.reason.is_empty() && !network.message.is_empty());
+    }
 
     let verbose = rt
         .status(cri::StatusRequest { verbose: true })
@@ -78,11 +80,15 @@ async fn unbuilt_call_is_unimplemented_with_its_name() -> Result<()> {
     let berthd = Berthd::start(&dirs)?;
     let mut rt = berthd.runtime().await?;
     let err = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest::default())
+        .checkpoint_container(cri::CheckpointContainerRequest::default())
         .await
-        .expect_err("RunPodSandbox is not built");
+        .expect_err("CheckpointContainer is not built");
     assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("RunPodSandbox"), "{}", err.message());
+    assert!(
+        err.message().contains("CheckpointContainer"),
+        "{}",
+        err.message()
+    );
     let err = rt
         .exec(cri::ExecRequest::default())
         .await

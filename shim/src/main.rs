@@ -2,6 +2,7 @@
 //! berth's in-process runtime. One shim serves all containers of a pod.
 
 mod bootstrap;
+mod cri_log;
 mod error;
 mod events;
 mod metrics;

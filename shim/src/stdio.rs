@@ -70,11 +70,11 @@ pub fn open(paths: &StdioPaths) -> Result<(Stdio, ProcessIo)> {
     } else {
         Some(open_stdin(&paths.stdin)?)
     };
-    let stdout = open_output(&paths.stdout, &mut keepers)?;
+    let stdout = open_output(&paths.stdout, "stdout", &mut keepers)?;
     let stderr = if paths.terminal {
         None
     } else {
-        open_output(&paths.stderr, &mut keepers)?
+        open_output(&paths.stderr, "stderr", &mut keepers)?
     };
     io._keepers = keepers;
     if paths.terminal {
@@ -130,9 +130,16 @@ fn open_stdin(path: &str) -> Result<OwnedFd> {
 }
 
 /// stdout/stderr: a fifo (the shim keeps a read end) or a `file://` log.
-fn open_output(uri: &str, keepers: &mut Vec<OwnedFd>) -> Result<Option<OwnedFd>> {
+fn open_output(
+    uri: &str,
+    stream: &'static str,
+    keepers: &mut Vec<OwnedFd>,
+) -> Result<Option<OwnedFd>> {
     if uri.is_empty() {
         return Ok(None);
+    }
+    if let Some(file) = uri.strip_prefix(crate::cri_log::SCHEME) {
+        return crate::cri_log::open(file, stream).map(Some);
     }
     if let Some(file) = uri.strip_prefix("file://") {
         let f = OpenOptions::new()
@@ -165,7 +172,7 @@ fn fifo_path(uri: &str) -> Result<&str> {
     }
     if uri.contains("://") {
         return Err(ShimError::Unimplemented(format!(
-            "stdio URI {uri}: only fifos and file:// are supported"
+            "stdio URI {uri}: only fifos, file:// and cri-log:// are supported"
         )));
     }
     Ok(uri)

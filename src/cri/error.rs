@@ -13,7 +13,7 @@ use crate::image::ImageError;
 /// A call of the CRI that berth does not implement yet.
 pub fn unimplemented(call: &str) -> Status {
     Status::unimplemented(format!(
-        "berth: {call} is not built yet (this version of berthd serves Version, Status and the ImageService)"
+        "berth: {call} is not built yet (the streaming server for Exec/Attach/PortForward and checkpointing are still to come)"
     ))
 }
 
@@ -77,6 +77,34 @@ fn image_error_code(err: &ImageError) -> Code {
             Some(libc::ENOSPC) | Some(libc::EDQUOT) => Code::ResourceExhausted,
             _ => Code::Internal,
         },
+    }
+}
+
+impl From<crate::pod::PodError> for Status {
+    fn from(err: crate::pod::PodError) -> Self {
+        use crate::pod::PodError as E;
+        let code = match &err {
+            E::InvalidArgument(_) | E::Spec(_) => Code::InvalidArgument,
+            E::NotFound(_) => Code::NotFound,
+            E::AlreadyExists(_) => Code::AlreadyExists,
+            E::FailedPrecondition(_) => Code::FailedPrecondition,
+            E::Unimplemented(_) => Code::Unimplemented,
+            E::Timeout(_) => Code::DeadlineExceeded,
+            E::Image(e) => image_error_code(e),
+            E::Network(crate::network::NetworkError::InvalidRequest(_)) => Code::InvalidArgument,
+            E::Namespace(_)
+            | E::Cgroup(_)
+            | E::Io { .. }
+            | E::Store(_)
+            | E::Network(_)
+            | E::Shim(_) => Code::Internal,
+        };
+        if code == Code::Internal {
+            tracing::error!(error = %err, "pod/container operation failed");
+        } else {
+            tracing::debug!(error = %err, code = ?code, "pod/container request refused");
+        }
+        Status::new(code, err.to_string())
     }
 }
 

@@ -1,6 +1,6 @@
-//! `runtime.v1.RuntimeService`: Version and Status are real; the pod and
-//! container calls answer `Unimplemented`, naming the call, until they are
-//! built.
+//! `runtime.v1.RuntimeService`: thin adapters from CRI messages to
+//! [`crate::pod::PodManager`]. Exec, Attach, PortForward (the streaming
+//! server) and CheckpointContainer answer `Unimplemented`.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -12,8 +12,9 @@ use tonic::codegen::tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::config::Config;
-use crate::cri::error::unimplemented;
+use crate::cri::error::{invalid_argument, unimplemented};
 use crate::cri::{RUNTIME_API_VERSION, RUNTIME_NAME};
+use crate::pod::PodManager;
 
 /// CRI condition type: the runtime can run host-network containers.
 pub const RUNTIME_READY: &str = "RuntimeReady";
@@ -27,14 +28,26 @@ const KUBELET_API_VERSION: &str = "0.1.0";
 #[derive(Debug, Clone)]
 pub struct CriRuntimeService {
     config: Arc<Config>,
+    pods: Arc<PodManager>,
 }
 
 impl CriRuntimeService {
-    pub fn new(config: Arc<Config>) -> Self {
-        Self { config }
+    pub fn new(config: Arc<Config>, pods: Arc<PodManager>) -> Self {
+        Self { config, pods }
     }
 
-    fn conditions(&self) -> Vec<cri::RuntimeCondition> {
+    async fn conditions(&self) -> Vec<cri::RuntimeCondition> {
+        let (ready, reason, message) = match self.pods.network() {
+            Some(net) => {
+                let r = net.status().await;
+                (r.ready, r.reason, r.message)
+            }
+            None => (
+                false,
+                "NetworkPluginNotReady".to_owned(),
+                "berth: pod networking could not be set up (see berthd's log); only host-network pods can run".to_owned(),
+            ),
+        };
         vec![
             cri::RuntimeCondition {
                 r#type: RUNTIME_READY.to_owned(),
@@ -44,10 +57,9 @@ impl CriRuntimeService {
             },
             cri::RuntimeCondition {
                 r#type: NETWORK_READY.to_owned(),
-                status: false,
-                reason: "NetworkPluginNotReady".to_owned(),
-                message: "berth: pod networking is not built yet; only host-network pods could run"
-                    .to_owned(),
+                status: ready,
+                reason,
+                message,
             },
         ]
     }
@@ -96,7 +108,7 @@ impl RuntimeService for CriRuntimeService {
         };
         Ok(Response::new(cri::StatusResponse {
             status: Some(cri::RuntimeStatus {
-                conditions: self.conditions(),
+                conditions: self.conditions().await,
             }),
             info,
             runtime_handlers: Vec::new(),
@@ -108,105 +120,201 @@ impl RuntimeService for CriRuntimeService {
         &self,
         _request: Request<cri::GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        Err(unimplemented("GetContainerEvents"))
+        let rx = self.pods.events().subscribe();
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(ev) => return Some((Ok(ev), rx)),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "container events subscriber lagged");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn run_pod_sandbox(
         &self,
-        _request: Request<cri::RunPodSandboxRequest>,
+        request: Request<cri::RunPodSandboxRequest>,
     ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
-        Err(unimplemented("RunPodSandbox"))
+        let req = request.into_inner();
+        let config = req
+            .config
+            .ok_or_else(|| invalid_argument("RunPodSandbox: config is required"))?;
+        if !req.runtime_handler.is_empty() {
+            tracing::debug!(handler = %req.runtime_handler, "runtime handler ignored");
+        }
+        let id = self.pods.run_pod(config).await?;
+        tracing::Span::current().record("pod", id.as_str());
+        Ok(Response::new(cri::RunPodSandboxResponse {
+            pod_sandbox_id: id,
+        }))
     }
 
     async fn stop_pod_sandbox(
         &self,
-        _request: Request<cri::StopPodSandboxRequest>,
+        request: Request<cri::StopPodSandboxRequest>,
     ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
-        Err(unimplemented("StopPodSandbox"))
+        let req = request.into_inner();
+        need("pod_sandbox_id", &req.pod_sandbox_id)?;
+        tracing::Span::current().record("pod", req.pod_sandbox_id.as_str());
+        self.pods.stop_pod(&req.pod_sandbox_id).await?;
+        Ok(Response::new(cri::StopPodSandboxResponse {}))
     }
 
     async fn remove_pod_sandbox(
         &self,
-        _request: Request<cri::RemovePodSandboxRequest>,
+        request: Request<cri::RemovePodSandboxRequest>,
     ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
-        Err(unimplemented("RemovePodSandbox"))
+        let req = request.into_inner();
+        need("pod_sandbox_id", &req.pod_sandbox_id)?;
+        tracing::Span::current().record("pod", req.pod_sandbox_id.as_str());
+        self.pods.remove_pod(&req.pod_sandbox_id).await?;
+        Ok(Response::new(cri::RemovePodSandboxResponse {}))
     }
 
     async fn pod_sandbox_status(
         &self,
-        _request: Request<cri::PodSandboxStatusRequest>,
+        request: Request<cri::PodSandboxStatusRequest>,
     ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
-        Err(unimplemented("PodSandboxStatus"))
+        let req = request.into_inner();
+        need("pod_sandbox_id", &req.pod_sandbox_id)?;
+        let (status, info) = self.pods.pod_status(&req.pod_sandbox_id, req.verbose)?;
+        let containers_statuses = Vec::new();
+        Ok(Response::new(cri::PodSandboxStatusResponse {
+            status: Some(status),
+            info,
+            containers_statuses,
+            timestamp: crate::pod::now_ns(),
+        }))
     }
 
     async fn list_pod_sandbox(
         &self,
-        _request: Request<cri::ListPodSandboxRequest>,
+        request: Request<cri::ListPodSandboxRequest>,
     ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
-        Err(unimplemented("ListPodSandbox"))
+        let req = request.into_inner();
+        let items = self.pods.list_pods(req.filter.as_ref())?;
+        Ok(Response::new(cri::ListPodSandboxResponse { items }))
     }
 
     async fn create_container(
         &self,
-        _request: Request<cri::CreateContainerRequest>,
+        request: Request<cri::CreateContainerRequest>,
     ) -> Result<Response<cri::CreateContainerResponse>, Status> {
-        Err(unimplemented("CreateContainer"))
+        let req = request.into_inner();
+        need("pod_sandbox_id", &req.pod_sandbox_id)?;
+        let config = req
+            .config
+            .ok_or_else(|| invalid_argument("CreateContainer: config is required"))?;
+        tracing::Span::current().record("pod", req.pod_sandbox_id.as_str());
+        let id = self
+            .pods
+            .create_container(&req.pod_sandbox_id, config, req.sandbox_config)
+            .await?;
+        tracing::Span::current().record("container", id.as_str());
+        Ok(Response::new(cri::CreateContainerResponse {
+            container_id: id,
+        }))
     }
 
     async fn start_container(
         &self,
-        _request: Request<cri::StartContainerRequest>,
+        request: Request<cri::StartContainerRequest>,
     ) -> Result<Response<cri::StartContainerResponse>, Status> {
-        Err(unimplemented("StartContainer"))
+        let req = request.into_inner();
+        need("container_id", &req.container_id)?;
+        tracing::Span::current().record("container", req.container_id.as_str());
+        self.pods.start_container(&req.container_id).await?;
+        Ok(Response::new(cri::StartContainerResponse {}))
     }
 
     async fn stop_container(
         &self,
-        _request: Request<cri::StopContainerRequest>,
+        request: Request<cri::StopContainerRequest>,
     ) -> Result<Response<cri::StopContainerResponse>, Status> {
-        Err(unimplemented("StopContainer"))
+        let req = request.into_inner();
+        need("container_id", &req.container_id)?;
+        tracing::Span::current().record("container", req.container_id.as_str());
+        self.pods
+            .stop_container(&req.container_id, req.timeout)
+            .await?;
+        Ok(Response::new(cri::StopContainerResponse {}))
     }
 
     async fn remove_container(
         &self,
-        _request: Request<cri::RemoveContainerRequest>,
+        request: Request<cri::RemoveContainerRequest>,
     ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
-        Err(unimplemented("RemoveContainer"))
+        let req = request.into_inner();
+        need("container_id", &req.container_id)?;
+        tracing::Span::current().record("container", req.container_id.as_str());
+        self.pods.remove_container(&req.container_id).await?;
+        Ok(Response::new(cri::RemoveContainerResponse {}))
     }
 
     async fn list_containers(
         &self,
-        _request: Request<cri::ListContainersRequest>,
+        request: Request<cri::ListContainersRequest>,
     ) -> Result<Response<cri::ListContainersResponse>, Status> {
-        Err(unimplemented("ListContainers"))
+        let req = request.into_inner();
+        let containers = self.pods.list_containers(req.filter.as_ref())?;
+        Ok(Response::new(cri::ListContainersResponse { containers }))
     }
 
     async fn container_status(
         &self,
-        _request: Request<cri::ContainerStatusRequest>,
+        request: Request<cri::ContainerStatusRequest>,
     ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
-        Err(unimplemented("ContainerStatus"))
+        let req = request.into_inner();
+        need("container_id", &req.container_id)?;
+        let (status, info) = self.pods.container_status(&req.container_id, req.verbose)?;
+        Ok(Response::new(cri::ContainerStatusResponse {
+            status: Some(status),
+            info,
+        }))
     }
 
     async fn update_container_resources(
         &self,
-        _request: Request<cri::UpdateContainerResourcesRequest>,
+        request: Request<cri::UpdateContainerResourcesRequest>,
     ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
-        Err(unimplemented("UpdateContainerResources"))
+        let req = request.into_inner();
+        need("container_id", &req.container_id)?;
+        self.pods
+            .update_container_resources(&req.container_id, req.linux)
+            .await?;
+        Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
     }
 
     async fn reopen_container_log(
         &self,
-        _request: Request<cri::ReopenContainerLogRequest>,
+        request: Request<cri::ReopenContainerLogRequest>,
     ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
-        Err(unimplemented("ReopenContainerLog"))
+        let req = request.into_inner();
+        need("container_id", &req.container_id)?;
+        self.pods.reopen_container_log(&req.container_id)?;
+        Ok(Response::new(cri::ReopenContainerLogResponse {}))
     }
 
     async fn exec_sync(
         &self,
-        _request: Request<cri::ExecSyncRequest>,
+        request: Request<cri::ExecSyncRequest>,
     ) -> Result<Response<cri::ExecSyncResponse>, Status> {
-        Err(unimplemented("ExecSync"))
+        let req = request.into_inner();
+        need("container_id", &req.container_id)?;
+        tracing::Span::current().record("container", req.container_id.as_str());
+        let out = self
+            .pods
+            .exec_sync(&req.container_id, req.cmd, req.timeout)
+            .await?;
+        Ok(Response::new(cri::ExecSyncResponse {
+            stdout: out.stdout,
+            stderr: out.stderr,
+            exit_code: out.exit_code,
+        }))
     }
 
     async fn exec(
@@ -232,37 +340,68 @@ impl RuntimeService for CriRuntimeService {
 
     async fn container_stats(
         &self,
-        _request: Request<cri::ContainerStatsRequest>,
+        request: Request<cri::ContainerStatsRequest>,
     ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
-        Err(unimplemented("ContainerStats"))
+        let req = request.into_inner();
+        need("container_id", &req.container_id)?;
+        let stats = self.pods.container_stats(&req.container_id).await?;
+        Ok(Response::new(cri::ContainerStatsResponse {
+            stats: Some(stats),
+        }))
     }
 
     async fn list_container_stats(
         &self,
-        _request: Request<cri::ListContainerStatsRequest>,
+        request: Request<cri::ListContainerStatsRequest>,
     ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
-        Err(unimplemented("ListContainerStats"))
+        let req = request.into_inner();
+        let stats = self.pods.list_container_stats(req.filter.as_ref()).await?;
+        Ok(Response::new(cri::ListContainerStatsResponse { stats }))
     }
 
     async fn pod_sandbox_stats(
         &self,
-        _request: Request<cri::PodSandboxStatsRequest>,
+        request: Request<cri::PodSandboxStatsRequest>,
     ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
-        Err(unimplemented("PodSandboxStats"))
+        let req = request.into_inner();
+        need("pod_sandbox_id", &req.pod_sandbox_id)?;
+        let stats = self.pods.pod_stats(&req.pod_sandbox_id).await?;
+        Ok(Response::new(cri::PodSandboxStatsResponse {
+            stats: Some(stats),
+        }))
     }
 
     async fn list_pod_sandbox_stats(
         &self,
-        _request: Request<cri::ListPodSandboxStatsRequest>,
+        request: Request<cri::ListPodSandboxStatsRequest>,
     ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
-        Err(unimplemented("ListPodSandboxStats"))
+        let req = request.into_inner();
+        let stats = self.pods.list_pod_stats(req.filter.as_ref()).await?;
+        Ok(Response::new(cri::ListPodSandboxStatsResponse { stats }))
     }
 
     async fn update_runtime_config(
         &self,
-        _request: Request<cri::UpdateRuntimeConfigRequest>,
+        request: Request<cri::UpdateRuntimeConfigRequest>,
     ) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
-        Err(unimplemented("UpdateRuntimeConfig"))
+        let req = request.into_inner();
+        let cidr = req
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr)
+            .unwrap_or_default();
+        if !cidr.is_empty() {
+            let net = self.pods.network().ok_or_else(|| {
+                Status::failed_precondition(
+                    "pod networking is unavailable; cannot set the pod CIDR",
+                )
+            })?;
+            // A comma-separated list for dual stack.
+            net.set_pod_cidr(&cidr)
+                .await
+                .map_err(crate::pod::PodError::from)?;
+        }
+        Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
     }
 
     async fn checkpoint_container(
@@ -290,7 +429,20 @@ impl RuntimeService for CriRuntimeService {
         &self,
         _request: Request<cri::RuntimeConfigRequest>,
     ) -> Result<Response<cri::RuntimeConfigResponse>, Status> {
-        Err(unimplemented("RuntimeConfig"))
+        Ok(Response::new(cri::RuntimeConfigResponse {
+            linux: Some(cri::LinuxRuntimeConfiguration {
+                cgroup_driver: cri::CgroupDriver::Cgroupfs as i32,
+            }),
+        }))
+    }
+}
+
+/// A required string field of a request.
+fn need(field: &str, value: &str) -> Result<(), Status> {
+    if value.is_empty() {
+        Err(invalid_argument(format!("{field} is required")))
+    } else {
+        Ok(())
     }
 }
 
@@ -299,13 +451,29 @@ mod tests {
     use super::*;
     use tonic::Code;
 
-    fn service() -> CriRuntimeService {
-        CriRuntimeService::new(Arc::new(Config::default()))
+    /// A service on temp dirs, without pod networking.
+    async fn service_in(dir: &std::path::Path) -> CriRuntimeService {
+        let config = Arc::new(Config {
+            root: dir.join("root"),
+            state: dir.join("state"),
+            ..Config::default()
+        });
+        let images = Arc::new(
+            crate::image::ImageStore::open(&config.root.join("images"), &config.image)
+                .await
+                .unwrap(),
+        );
+        let pods = PodManager::open(config.clone(), images, None)
+            .await
+            .unwrap();
+        CriRuntimeService::new(config, pods)
     }
 
     #[tokio::test]
     async fn version_names_berth() {
-        let v = service()
+        let dir = tempfile::tempdir().unwrap();
+        let v = service_in(dir.path())
+            .await
             .version(Request::new(cri::VersionRequest::default()))
             .await
             .unwrap()
@@ -317,7 +485,8 @@ mod tests {
 
     #[tokio::test]
     async fn status_conditions_and_verbose() {
-        let s = service();
+        let dir = tempfile::tempdir().unwrap();
+        let s = service_in(dir.path()).await;
         let quiet = s
             .status(Request::new(cri::StatusRequest { verbose: false }))
             .await
@@ -344,16 +513,26 @@ mod tests {
             .unwrap()
             .into_inner();
         let config: serde_json::Value = serde_json::from_str(&verbose.info["config"]).unwrap();
-        assert_eq!(config["root"], "/var/lib/berth");
+        assert_eq!(
+            config["root"],
+            dir.path().join("root").display().to_string()
+        );
     }
 
     #[tokio::test]
     async fn unbuilt_calls_are_unimplemented() {
-        let err = service()
-            .run_pod_sandbox(Request::new(cri::RunPodSandboxRequest::default()))
+        let dir = tempfile::tempdir().unwrap();
+        let s = service_in(dir.path()).await;
+        let err = s
+            .exec(Request::new(cri::ExecRequest::default()))
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::Unimplemented);
-        assert!(err.message().contains("RunPodSandbox"));
+        assert!(err.message().contains("Exec"));
+        let err = s
+            .run_pod_sandbox(Request::new(cri::RunPodSandboxRequest::default()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "a pod needs a config");
     }
 }

@@ -24,6 +24,8 @@ use crate::config::Config;
 use crate::cri::socket::{self, BoundSocket, SocketError};
 use crate::cri::{CriImageService, CriRuntimeService};
 use crate::image::{ImageError, ImageStore};
+use crate::network::PodNetwork;
+use crate::pod::{PodError, PodManager};
 
 /// Why berthd could not start or serve.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +44,8 @@ pub enum ServerError {
     },
     #[error("cannot open the image store: {0}")]
     Images(#[from] ImageError),
+    #[error("cannot open the pod store: {0}")]
+    Pods(#[from] PodError),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -51,6 +55,7 @@ pub enum ServerError {
 pub struct CriServer {
     config: Arc<Config>,
     images: Arc<ImageStore>,
+    pods: Arc<PodManager>,
     listener: UnixListener,
     socket: BoundSocket,
     _locks: Vec<Flock<File>>,
@@ -72,7 +77,17 @@ impl CriServer {
         if config.state != config.root {
             locks.push(lock_dir(&config.state)?);
         }
-        let images = ImageStore::open(&config.root.join(IMAGES_DIR), &config.image).await?;
+        let images =
+            Arc::new(ImageStore::open(&config.root.join(IMAGES_DIR), &config.image).await?);
+        let network = match PodNetwork::new(config.network.clone(), &config.state.join("network")) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                tracing::error!(error = %e, "pod networking unavailable; only host-network pods can run");
+                None
+            }
+        };
+        let config = Arc::new(config);
+        let pods = PodManager::open(Arc::clone(&config), Arc::clone(&images), network).await?;
         let (listener, socket) = socket::bind(&config.address)?;
         tracing::info!(
             address = %config.address.display(),
@@ -82,8 +97,9 @@ impl CriServer {
             "berthd serving CRI"
         );
         Ok(Self {
-            config: Arc::new(config),
-            images: Arc::new(images),
+            config,
+            images,
+            pods,
             listener,
             socket,
             _locks: locks,
@@ -102,11 +118,12 @@ impl CriServer {
         let CriServer {
             config,
             images,
+            pods,
             listener,
             socket,
             _locks,
         } = self;
-        let runtime = CriRuntimeService::new(Arc::clone(&config));
+        let runtime = CriRuntimeService::new(Arc::clone(&config), pods);
         let image = CriImageService::new(images);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = Server::builder()

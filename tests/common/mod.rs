@@ -3,6 +3,7 @@
 
 pub mod berthd;
 pub mod cri_images;
+pub mod cri_pods;
 pub mod gate_proxy;
 pub mod oci_image;
 pub mod registry;

@@ -1,0 +1,385 @@
+//! CreateContainer: image → rootfs (overlay, mounted by the shim from the
+//! Mount in Task.Create, as containerd does) → OCI spec (`spec`) → bundle →
+//! Task.Create in the pod's shim.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use containerd_shim_protos::api;
+use k8s_cri::v1 as cri;
+use oci_spec::image::ImageConfiguration;
+use prost::Message;
+
+use super::shim_client::{ShimClient, start_shim};
+use super::{PodError, PodManager, Result, files, new_id, now_ns};
+use crate::image::RootfsMount;
+use crate::spec::{self, PodFiles, PodNamespace, PodNamespaces};
+use crate::store::{ContainerRecord, ContainerState, PodRecord, PodState};
+
+/// The stdio URI scheme the shim turns into a CRI log file writer.
+pub const CRI_LOG_SCHEME: &str = "cri-log://";
+
+/// Reads `etc/<name>` from the top-most lower dir that has it as a regular
+/// file (never following a symlink out of the image).
+fn image_file(lowers: &[PathBuf], name: &str) -> Option<String> {
+    for dir in lowers {
+        let etc = dir.join("etc");
+        match std::fs::symlink_metadata(&etc) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return None,
+            Err(_) => continue,
+        }
+        let p = etc.join(name);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.is_file() => return std::fs::read_to_string(&p).ok(),
+            Ok(_) => return None,
+            Err(_) => continue,
+        }
+    }
+    None
+}
+
+fn overlay_mount(m: &RootfsMount) -> api::Mount {
+    let lower = m
+        .lower_dirs
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+    api::Mount {
+        type_: "overlay".into(),
+        source: "overlay".into(),
+        options: vec![
+            format!("lowerdir={lower}"),
+            format!("upperdir={}", m.upper_dir.display()),
+            format!("workdir={}", m.work_dir.display()),
+        ],
+        ..Default::default()
+    }
+}
+
+fn ns_of(p: &Option<PathBuf>) -> PodNamespace {
+    match p {
+        Some(p) => PodNamespace::Path(p.clone()),
+        None => PodNamespace::Host,
+    }
+}
+
+impl PodManager {
+    /// The connected shim of `pod`, starting one when the pod has none.
+    pub(crate) fn pod_shim(&self, pod: &mut PodRecord) -> Result<Arc<ShimClient>> {
+        if let Some(s) = self.shims.lock().expect("shims lock").get(&pod.id) {
+            return Ok(s.clone());
+        }
+        if let Some(addr) = &pod.shim_address
+            && let Ok(c) = ShimClient::connect(addr)
+            && c.alive()
+        {
+            let c = Arc::new(c);
+            self.shims
+                .lock()
+                .expect("shims lock")
+                .insert(pod.id.clone(), c.clone());
+            return Ok(c);
+        }
+        let started = std::time::Instant::now();
+        let addr = start_shim(&pod.id, &pod.dir, &self.events_address)?;
+        let c = Arc::new(ShimClient::connect(&addr)?);
+        pod.shim_address = Some(addr.clone());
+        self.store.put_pod(pod)?;
+        self.shims
+            .lock()
+            .expect("shims lock")
+            .insert(pod.id.clone(), c.clone());
+        tracing::info!(
+            pod = %pod.id,
+            shim = %addr,
+            start_ms = started.elapsed().as_secs_f64() * 1e3,
+            "shim started"
+        );
+        Ok(c)
+    }
+
+    /// Creates a container in pod `pod_id`; returns its id.
+    pub async fn create_container(
+        &self,
+        pod_id: &str,
+        config: cri::ContainerConfig,
+        sandbox_config: Option<cri::PodSandboxConfig>,
+    ) -> Result<String> {
+        let meta = config
+            .metadata
+            .clone()
+            .ok_or_else(|| PodError::InvalidArgument("container config has no metadata".into()))?;
+        if meta.name.is_empty() {
+            return Err(PodError::InvalidArgument(
+                "container metadata has no name".into(),
+            ));
+        }
+        let image_name = config
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .unwrap_or_default();
+        if image_name.is_empty() {
+            return Err(PodError::InvalidArgument(
+                "container config names no image".into(),
+            ));
+        }
+        let _guard = self.lock.lock().await;
+        let mut pod = self
+            .resolve_pod(pod_id)?
+            .ok_or_else(|| PodError::NotFound(format!("pod sandbox {pod_id}")))?;
+        if pod.state != PodState::Ready {
+            return Err(PodError::FailedPrecondition(format!(
+                "pod sandbox {} is not ready",
+                pod.id
+            )));
+        }
+        if let Some(c) = self
+            .store
+            .containers()?
+            .into_iter()
+            .find(|c| c.pod_id == pod.id && c.name == meta.name && c.attempt == meta.attempt)
+        {
+            return Err(PodError::AlreadyExists(format!(
+                "container name {} (attempt {}) is reserved by container {} in pod {}",
+                meta.name, meta.attempt, c.id, pod.id
+            )));
+        }
+        let image = self
+            .images
+            .get(&image_name)?
+            .ok_or_else(|| PodError::NotFound(format!("image {image_name:?} (pull it first)")))?;
+        let sandbox_config = match sandbox_config {
+            Some(s) if s.metadata.is_some() => s,
+            _ => cri::PodSandboxConfig::decode(pod.config.as_slice()).unwrap_or_default(),
+        };
+        let id = new_id()?;
+        let bundle = self.containers_dir().join(&id);
+        let log_path = if sandbox_config.log_directory.is_empty() || config.log_path.is_empty() {
+            String::new()
+        } else {
+            Path::new(&sandbox_config.log_directory)
+                .join(&config.log_path)
+                .display()
+                .to_string()
+        };
+        let mut record = ContainerRecord {
+            id: id.clone(),
+            pod_id: pod.id.clone(),
+            name: meta.name.clone(),
+            attempt: meta.attempt,
+            state: ContainerState::Created,
+            image: image_name.clone(),
+            image_id: image.id.clone(),
+            image_ref: image
+                .repo_digests
+                .first()
+                .cloned()
+                .unwrap_or_else(|| image.id.clone()),
+            created_at: now_ns(),
+            log_path: log_path.clone(),
+            labels: config.labels.clone(),
+            annotations: config.annotations.clone(),
+            config: config.encode_to_vec(),
+            bundle: bundle.clone(),
+            ..Default::default()
+        };
+        let mut created_task = false;
+        let result = self
+            .create_in_shim(
+                &mut pod,
+                &config,
+                &sandbox_config,
+                &image,
+                &mut record,
+                &mut created_task,
+            )
+            .await;
+        match result {
+            Ok(()) => {
+                self.events.send(super::events::event(
+                    cri::ContainerEventType::ContainerCreatedEvent,
+                    &id,
+                    &pod.id,
+                ));
+                tracing::info!(container = %id, pod = %pod.id, image = %image_name, "container created");
+                Ok(id)
+            }
+            Err(e) => {
+                tracing::warn!(container = %id, pod = %pod.id, error = %e, "create failed; rolling back");
+                let shim = self.shims.lock().expect("shims lock").get(&pod.id).cloned();
+                if created_task && let Some(shim) = shim {
+                    let cid = id.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        let _ = shim.kill(&cid, "", libc::SIGKILL as u32, true);
+                        shim.delete(&cid, "")
+                    })
+                    .await;
+                }
+                let _ = self.images.remove_rootfs(&id);
+                let _ = super::remove_dir_all(&bundle);
+                let _ = self.store.delete_container(&id);
+                Err(e)
+            }
+        }
+    }
+
+    async fn create_in_shim(
+        &self,
+        pod: &mut PodRecord,
+        config: &cri::ContainerConfig,
+        sandbox_config: &cri::PodSandboxConfig,
+        image: &crate::image::ImageRecord,
+        record: &mut ContainerRecord,
+        created_task: &mut bool,
+    ) -> Result<()> {
+        let id = record.id.clone();
+        let bundle = record.bundle.clone();
+        std::fs::create_dir_all(bundle.join("rootfs"))
+            .map_err(|e| PodError::io(format!("create {}", bundle.display()), e))?;
+        self.store.put_container(record)?;
+        let image_config: ImageConfiguration = serde_json::from_slice(&image.config_json)
+            .map_err(|e| PodError::FailedPrecondition(format!("image {} config: {e}", image.id)))?;
+        let rootfs = self.images.prepare_rootfs(&image.id, &id)?;
+        record.upper_dir = Some(rootfs.upper_dir.clone());
+        let passwd = image_file(&rootfs.lower_dirs, "passwd");
+        let group = image_file(&rootfs.lower_dirs, "group");
+        let cgroup_parent = sandbox_config
+            .linux
+            .as_ref()
+            .map(|l| l.cgroup_parent.clone())
+            .unwrap_or_default();
+        let cgroups_path = spec::container_cgroups_path(&cgroup_parent, &id);
+        record.cgroup = cgroups_path.as_ref().map(|p| p.display().to_string());
+        let namespaces = PodNamespaces {
+            network: ns_of(&pod.netns),
+            ipc: ns_of(&pod.ipcns),
+            uts: ns_of(&pod.utsns),
+            pid: pod.pidns.clone(),
+            user: None,
+        };
+        let pod_files = PodFiles {
+            hostname: Some(pod.dir.join(files::HOSTNAME_FILE)),
+            hosts: Some(pod.dir.join(files::HOSTS_FILE)),
+            resolv_conf: Some(pod.dir.join(files::RESOLV_FILE)),
+            shm: pod.ipcns.as_ref().map(|_| pod.dir.join("shm")),
+        };
+        let host = spec::HostFacts {
+            hostname: files::host_hostname(),
+            ..Default::default()
+        };
+        let options = spec::RuntimeOptions {
+            oom_score_adj_min: own_oom_score_adj(),
+            ..Default::default()
+        };
+        let target_pid_ns = self.target_pid_namespace(config, &pod.id)?;
+        let rootfs_path = bundle.join("rootfs");
+        let oci = spec::container_spec(&spec::ContainerSpecInput {
+            container_id: &id,
+            sandbox_id: &pod.id,
+            config,
+            sandbox_config,
+            image: spec::ImageInput {
+                config: &image_config,
+                name: &record.image,
+                passwd: passwd.as_deref(),
+                group: group.as_deref(),
+            },
+            rootfs: &rootfs_path,
+            cgroups_path: cgroups_path.as_deref(),
+            namespaces: &namespaces,
+            target_pid_namespace: target_pid_ns.as_deref(),
+            pod_files: &pod_files,
+            image_volumes: &[],
+            seccomp_localhost_profile: None,
+            host: &host,
+            options: &options,
+        })?;
+        let config_path = bundle.join("config.json");
+        let json = serde_json::to_vec_pretty(&oci)
+            .map_err(|e| PodError::Shim(format!("encode config.json: {e}")))?;
+        std::fs::write(&config_path, json)
+            .map_err(|e| PodError::io(format!("write {}", config_path.display()), e))?;
+        if !record.log_path.is_empty()
+            && let Some(dir) = Path::new(&record.log_path).parent()
+        {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| PodError::io(format!("create {}", dir.display()), e))?;
+        }
+        let shim = self.pod_shim(pod)?;
+        let log_uri = if record.log_path.is_empty() {
+            String::new()
+        } else {
+            format!("{CRI_LOG_SCHEME}{}", record.log_path)
+        };
+        let req = api::CreateTaskRequest {
+            id: id.clone(),
+            bundle: bundle.display().to_string(),
+            rootfs: vec![overlay_mount(&rootfs)],
+            terminal: config.tty,
+            stdout: log_uri.clone(),
+            stderr: if config.tty { String::new() } else { log_uri },
+            ..Default::default()
+        };
+        let started = std::time::Instant::now();
+        let pid = tokio::task::spawn_blocking(move || shim.create(&req))
+            .await
+            .map_err(|e| PodError::Shim(format!("create task: {e}")))??;
+        *created_task = true;
+        record.pid = pid;
+        self.store.put_container(record)?;
+        tracing::debug!(
+            container = %id,
+            task_create_ms = started.elapsed().as_secs_f64() * 1e3,
+            "task created"
+        );
+        Ok(())
+    }
+}
+
+impl PodManager {
+    /// For NamespaceMode TARGET: the pid namespace of the running target
+    /// container of the same pod.
+    fn target_pid_namespace(
+        &self,
+        config: &cri::ContainerConfig,
+        pod_id: &str,
+    ) -> Result<Option<PathBuf>> {
+        let Some(ns) = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.as_ref())
+        else {
+            return Ok(None);
+        };
+        if ns.pid != cri::NamespaceMode::Target as i32 {
+            return Ok(None);
+        }
+        let target = self
+            .resolve_container(&ns.target_id)?
+            .filter(|t| t.pod_id == pod_id)
+            .ok_or_else(|| {
+                PodError::NotFound(format!(
+                    "target container {:?} of the pid namespace (in pod {pod_id})",
+                    ns.target_id
+                ))
+            })?;
+        if target.state != ContainerState::Running || target.pid == 0 {
+            return Err(PodError::FailedPrecondition(format!(
+                "target container {} is not running",
+                target.id
+            )));
+        }
+        Ok(Some(PathBuf::from(format!("/proc/{}/ns/pid", target.pid))))
+    }
+}
+
+/// berthd's own oom_score_adj: containers may not go below it.
+fn own_oom_score_adj() -> Option<i32> {
+    std::fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}

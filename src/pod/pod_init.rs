@@ -1,0 +1,121 @@
+//! The pod's tiny init: pid 1 of a pod's shared pid namespace
+//! (shareProcessNamespace), so that no pause image is needed.
+//!
+//! berthd runs its own executable as `berthd pod-init <pod id>` (a fresh,
+//! single-threaded process, started before any runtime): it unshares a pid
+//! namespace, forks the init (pid 1 inside), prints the init's host pid and
+//! exits. The init reaps every orphan of the pod and exits on SIGTERM or
+//! SIGKILL (which ends every process of the namespace). It is started in its
+//! own process group, so it outlives berthd like the shims do.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use nix::sched::{CloneFlags, unshare};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, fork};
+
+use super::{PodError, Result};
+
+/// The argument that selects this mode of the berthd executable.
+pub const POD_INIT_ARG: &str = "pod-init";
+
+/// Entry point of `berthd pod-init <pod id>`; never returns. Must run before
+/// any other thread exists.
+pub fn main() -> ! {
+    let code = match start_init() {
+        Ok(pid) => {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{pid}");
+            let _ = out.flush();
+            0
+        }
+        Err(e) => {
+            eprintln!("berthd pod-init: {e}");
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+fn start_init() -> std::result::Result<i32, String> {
+    unshare(CloneFlags::CLONE_NEWPID).map_err(|e| format!("unshare(CLONE_NEWPID): {e}"))?;
+    // SAFETY: this process is single-threaded (pod-init runs before any
+    // thread is started), so the child may run any code after fork.
+    match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
+        ForkResult::Parent { child } => Ok(child.as_raw()),
+        ForkResult::Child => init_loop(),
+    }
+}
+
+/// pid 1: reap children until SIGTERM.
+fn init_loop() -> ! {
+    // Release the pipes berthd reads the pid from, so its read ends.
+    for fd in 0..3 {
+        // SAFETY: closing the standard fds of this process; nothing else in
+        // this single-threaded process uses them afterwards.
+        unsafe { libc::close(fd) };
+    }
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGCHLD);
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    let _ = set.thread_block();
+    // Leave the daemon's cwd so no mount is held busy.
+    let _ = std::env::set_current_dir("/");
+    loop {
+        match set.wait() {
+            Ok(Signal::SIGCHLD) => loop {
+                match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::StillAlive) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            },
+            Ok(_) => std::process::exit(0),
+            Err(_) => {}
+        }
+    }
+}
+
+/// Starts the init of pod `pod_id`; returns its host pid.
+pub fn spawn(pod_id: &str) -> Result<i32> {
+    let exe = std::env::current_exe().map_err(|e| PodError::io("current exe", e))?;
+    let mut cmd = Command::new(&exe);
+    cmd.args([POD_INIT_ARG, pod_id])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let out = cmd
+        .output()
+        .map_err(|e| PodError::io(format!("run {} {POD_INIT_ARG}", exe.display()), e))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    match text.trim().parse::<i32>() {
+        Ok(pid) if out.status.success() && pid > 0 => Ok(pid),
+        _ => Err(PodError::Namespace(format!(
+            "pod init failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))),
+    }
+}
+
+/// Kills the init `pid` of pod `pod_id` (and so every process of the pod's
+/// pid namespace) if it is still that init. Idempotent.
+pub fn kill(pid: i32, pod_id: &str) {
+    let cmdline =
+        std::fs::read(Path::new("/proc").join(pid.to_string()).join("cmdline")).unwrap_or_default();
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    if cmdline.contains(POD_INIT_ARG) && cmdline.contains(pod_id) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+        // Our child's child: reparented to init, which reaps it; wait until gone.
+        for _ in 0..500 {
+            if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! RunPodSandbox: namespaces, files, /dev/shm, cgroup, network, record.
+
+use std::net::IpAddr;
+
+use k8s_cri::v1 as cri;
+use prost::Message;
+
+use super::namespaces::{NsKind, mount_shm, pin_namespaces};
+use super::{PodError, PodManager, Result, SHM_SIZE, files, new_id, now_ns};
+use crate::network::{self, PodNetworkRequest, PortMapping, Protocol};
+use crate::store::{PodRecord, PodState};
+
+/// The CRI namespace options of a pod, with defaults.
+pub(crate) fn namespace_options(config: &cri::PodSandboxConfig) -> cri::NamespaceOption {
+    config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.clone())
+        .unwrap_or_default()
+}
+
+fn is_node(mode: i32) -> bool {
+    mode == cri::NamespaceMode::Node as i32
+}
+
+impl PodManager {
+    /// Creates a pod; returns its id. On any failure nothing is left.
+    pub async fn run_pod(&self, config: cri::PodSandboxConfig) -> Result<String> {
+        let meta = config
+            .metadata
+            .clone()
+            .ok_or_else(|| PodError::InvalidArgument("pod config has no metadata".into()))?;
+        if meta.name.is_empty() {
+            return Err(PodError::InvalidArgument("pod metadata has no name".into()));
+        }
+        let ns = namespace_options(&config);
+        if ns.network == cri::NamespaceMode::Target as i32
+            || ns.ipc == cri::NamespaceMode::Target as i32
+        {
+            return Err(PodError::InvalidArgument(
+                "NamespaceMode TARGET is only valid for a container's pid namespace".into(),
+            ));
+        }
+        let cgroup_parent = config
+            .linux
+            .as_ref()
+            .map(|l| l.cgroup_parent.clone())
+            .unwrap_or_default();
+        if cgroup_parent.ends_with(".slice") {
+            return Err(PodError::InvalidArgument(format!(
+                "cgroup parent {cgroup_parent:?} is a systemd slice; berth supports the cgroupfs driver only"
+            )));
+        }
+        let _guard = self.lock.lock().await;
+        let taken = self.store.pods()?.into_iter().find(|p| {
+            p.name == meta.name
+                && p.namespace == meta.namespace
+                && p.uid == meta.uid
+                && p.attempt == meta.attempt
+        });
+        if let Some(p) = taken {
+            return Err(PodError::AlreadyExists(format!(
+                "pod name {}/{} (uid {}, attempt {}) is reserved by pod {}",
+                meta.namespace, meta.name, meta.uid, meta.attempt, p.id
+            )));
+        }
+        let id = new_id()?;
+        let span = tracing::info_span!("run_pod", pod = %id, name = %meta.name);
+        let _enter = span.enter();
+        let dir = self.pod_dir(&id);
+        let mut record = PodRecord {
+            id: id.clone(),
+            name: meta.name.clone(),
+            namespace: meta.namespace.clone(),
+            uid: meta.uid.clone(),
+            attempt: meta.attempt,
+            state: PodState::Ready,
+            created_at: now_ns(),
+            labels: config.labels.clone(),
+            annotations: config.annotations.clone(),
+            config: config.encode_to_vec(),
+            dir: dir.clone(),
+            ..Default::default()
+        };
+        drop(_enter);
+        match self
+            .setup_pod(&config, &ns, &cgroup_parent, &mut record)
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(pod = %id, name = %meta.name, ips = ?record.ips, "pod ready");
+                Ok(id)
+            }
+            Err(e) => {
+                tracing::warn!(pod = %id, error = %e, "pod creation failed; rolling back");
+                if let Err(e2) = self.teardown_pod(&record).await {
+                    tracing::error!(pod = %id, error = %e2, "rollback incomplete");
+                }
+                let _ = self.store.delete_pod(&id);
+                Err(e)
+            }
+        }
+    }
+
+    async fn setup_pod(
+        &self,
+        config: &cri::PodSandboxConfig,
+        ns: &cri::NamespaceOption,
+        cgroup_parent: &str,
+        record: &mut PodRecord,
+    ) -> Result<()> {
+        let dir = record.dir.clone();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| PodError::io(format!("create {}", dir.display()), e))?;
+        let host_network = is_node(ns.network);
+        let hostname = files::pod_hostname(config, host_network);
+        if !host_network {
+            crate::spec::validate_hostname(&hostname)?;
+        }
+        // Persist first, so that a crash mid-way is cleaned up on restart.
+        self.store.put_pod(record)?;
+
+        let started = std::time::Instant::now();
+        let mut pins = Vec::new();
+        if !is_node(ns.ipc) {
+            pins.push((NsKind::Ipc, dir.join("ipcns")));
+        }
+        if !host_network {
+            pins.push((NsKind::Uts, dir.join("utsns")));
+        }
+        for (k, p) in &pins {
+            match k {
+                NsKind::Ipc => record.ipcns = Some(p.clone()),
+                NsKind::Uts => record.utsns = Some(p.clone()),
+            }
+        }
+        pin_namespaces(&pins, &hostname)?;
+        if !host_network {
+            let path = dir.join("netns");
+            record.netns = Some(path.clone());
+            network::create_netns(&path)?;
+        }
+        if ns.pid == cri::NamespaceMode::Pod as i32 {
+            // A shared pid namespace: the built-in init is its pid 1.
+            let pid = super::pod_init::spawn(&record.id)?;
+            record.init_pid = Some(pid);
+            self.store.put_pod(record)?;
+            let pin = dir.join("pidns");
+            record.pidns = Some(pin.clone());
+            super::namespaces::pin_path(&format!("/proc/{pid}/ns/pid"), &pin)?;
+        }
+        let ns_ms = started.elapsed().as_secs_f64() * 1e3;
+
+        if !is_node(ns.ipc) {
+            mount_shm(&dir.join("shm"), SHM_SIZE)?;
+        }
+
+        let started = std::time::Instant::now();
+        if !cgroup_parent.is_empty() {
+            let mgr = crate::runtime::cgroups::CgroupManager::new(cgroup_parent)
+                .map_err(|e| PodError::Cgroup(e.to_string()))?;
+            let existed = cgroup_exists(cgroup_parent);
+            if !existed {
+                record.cgroup = Some(cgroup_parent.to_owned());
+            }
+            mgr.create(None)
+                .map_err(|e| PodError::Cgroup(format!("{cgroup_parent}: {e}")))?;
+        }
+        let cgroup_ms = started.elapsed().as_secs_f64() * 1e3;
+
+        let started = std::time::Instant::now();
+        let mut ips: Vec<IpAddr> = Vec::new();
+        if let (Some(netns), Some(net)) = (&record.netns, &self.network) {
+            record.network = true;
+            self.store.put_pod(record)?;
+            let req = network_request(config, &record.id, netns);
+            let status = net.setup(&req).await?;
+            ips = status.ips;
+        }
+        record.ips = ips.iter().map(|i| i.to_string()).collect();
+        let net_ms = started.elapsed().as_secs_f64() * 1e3;
+
+        files::write_pod_files(&dir, config, &hostname, &ips, host_network)?;
+        self.store.put_pod(record)?;
+        tracing::debug!(
+            pod = %record.id,
+            netns_ms = ns_ms,
+            cgroup_ms,
+            network_ms = net_ms,
+            "pod set up"
+        );
+        Ok(())
+    }
+}
+
+fn cgroup_exists(path: &str) -> bool {
+    let rel = path.trim_start_matches('/');
+    ["memory", "cpu", "pids", "unified"].iter().any(|c| {
+        std::path::Path::new("/sys/fs/cgroup")
+            .join(c)
+            .join(rel)
+            .is_dir()
+    })
+}
+
+fn network_request(
+    config: &cri::PodSandboxConfig,
+    id: &str,
+    netns: &std::path::Path,
+) -> PodNetworkRequest {
+    let meta = config.metadata.clone().unwrap_or_default();
+    let port_mappings = config
+        .port_mappings
+        .iter()
+        .filter(|p| p.host_port > 0)
+        .map(|p| PortMapping {
+            protocol: match cri::Protocol::try_from(p.protocol) {
+                Ok(cri::Protocol::Udp) => Protocol::Udp,
+                Ok(cri::Protocol::Sctp) => Protocol::Sctp,
+                _ => Protocol::Tcp,
+            },
+            container_port: p.container_port as u16,
+            host_port: p.host_port as u16,
+            host_ip: p.host_ip.parse().ok(),
+        })
+        .collect();
+    PodNetworkRequest {
+        pod_id: id.to_owned(),
+        name: meta.name,
+        namespace: meta.namespace,
+        uid: meta.uid,
+        netns_path: netns.to_owned(),
+        port_mappings,
+        dns: config.dns_config.as_ref().map(|d| network::DnsConfig {
+            servers: d.servers.clone(),
+            searches: d.searches.clone(),
+            options: d.options.clone(),
+        }),
+        bandwidth: None,
+    }
+}

@@ -1,0 +1,33 @@
+//! StopPodSandbox: stops every container of the pod and tears down its
+//! network. Idempotent; an unknown pod is not an error (kubelet retries).
+
+use super::{PodManager, Result};
+use crate::store::PodState;
+
+impl PodManager {
+    /// Stops the pod's containers (SIGKILL, as containerd does for a pod
+    /// stop) and tears down its network.
+    pub async fn stop_pod(&self, id: &str) -> Result<()> {
+        let Some(mut pod) = self.resolve_pod(id)? else {
+            return Ok(());
+        };
+        let _guard = self.lock.lock().await;
+        for c in self.store.containers()? {
+            if c.pod_id == pod.id {
+                self.stop_container_locked(&c.id, 0).await?;
+            }
+        }
+        if pod.network {
+            if let (Some(net), Some(netns)) = (&self.network, &pod.netns) {
+                net.teardown(&pod.id, netns).await?;
+            }
+            pod.network = false;
+        }
+        if pod.state != PodState::NotReady || !pod.ips.is_empty() {
+            pod.state = PodState::NotReady;
+            self.store.put_pod(&pod)?;
+        }
+        tracing::info!(pod = %pod.id, "pod stopped");
+        Ok(())
+    }
+}

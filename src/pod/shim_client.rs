@@ -1,0 +1,310 @@
+//! berthd as a shim v2 client: starting a pod's `containerd-shim-berth-v2`
+//! with the shim `start` protocol, the ttrpc Task client, and the ttrpc
+//! Events endpoint the shims publish to.
+//!
+//! Exits are learnt with `Task.Wait` per started container (a blocked call
+//! on a thread, repeated after a berthd restart), which needs no event
+//! replay; the Events endpoint exists because a shim needs a publisher to
+//! connect to, and it records `TaskOOM` events so that a container killed by
+//! the OOM killer is reported with reason `OOMKilled`.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use containerd_shim_protos::api;
+use containerd_shim_protos::events::task::TaskOOM;
+use containerd_shim_protos::protobuf::Message;
+use containerd_shim_protos::shim::events::ForwardRequest;
+use containerd_shim_protos::ttrpc::{self, context};
+use containerd_shim_protos::{Events, TaskClient, create_events};
+
+use super::{PodError, Result};
+
+/// The shim binary's name.
+pub const SHIM_BINARY: &str = "containerd-shim-berth-v2";
+/// The containerd namespace berthd's shims run in.
+pub const SHIM_NAMESPACE: &str = "k8s.io";
+/// The events socket under the state dir.
+pub const EVENTS_SOCKET: &str = "events.sock";
+/// Timeout of short shim calls.
+const CALL_TIMEOUT_NS: i64 = 30_000_000_000;
+
+/// Containers the OOM killer hit, by id (from TaskOOM events).
+pub type OomSet = Arc<Mutex<HashSet<String>>>;
+
+/// Where the shim binary is: next to berthd's own executable, else on PATH.
+pub fn shim_binary() -> Result<PathBuf> {
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        let p = dir.join(SHIM_BINARY);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join(SHIM_BINARY);
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    Err(PodError::Shim(format!(
+        "{SHIM_BINARY} is neither next to berthd nor on PATH; install it (see deploy/)"
+    )))
+}
+
+struct EventSink {
+    oom: OomSet,
+}
+
+impl Events for EventSink {
+    fn forward(
+        &self,
+        _ctx: &ttrpc::TtrpcContext,
+        req: ForwardRequest,
+    ) -> ttrpc::Result<containerd_shim_protos::protobuf::well_known_types::empty::Empty> {
+        if let Some(env) = req.envelope.as_ref() {
+            tracing::debug!(topic = %env.topic, "shim event");
+            if env.topic == "/tasks/oom"
+                && let Some(any) = env.event.as_ref()
+                && let Ok(ev) = TaskOOM::parse_from_bytes(&any.value)
+            {
+                tracing::info!(container = %ev.container_id, "OOM kill reported");
+                self.oom.lock().expect("oom lock").insert(ev.container_id);
+            }
+        }
+        Ok(Default::default())
+    }
+}
+
+/// Serves the Events endpoint at `<state>/events.sock`; returns its path
+/// (what the shims get as TTRPC_ADDRESS). The server lives as long as berthd.
+pub fn serve_events(state: &Path, oom: OomSet) -> Result<String> {
+    std::fs::create_dir_all(state)
+        .map_err(|e| PodError::io(format!("create {}", state.display()), e))?;
+    let path = state.join(EVENTS_SOCKET);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(PodError::io(format!("remove {}", path.display()), e)),
+    }
+    let addr = path.display().to_string();
+    let server = ttrpc::Server::new()
+        .bind(&format!("unix://{addr}"))
+        .and_then(|s| {
+            let mut s = s.register_service(create_events(Arc::new(EventSink { oom })));
+            s.start().map(|()| s)
+        })
+        .map_err(|e| PodError::Shim(format!("serve the events endpoint {addr}: {e}")))?;
+    // The endpoint serves until berthd exits.
+    Box::leak(Box::new(server));
+    Ok(addr)
+}
+
+/// Runs `containerd-shim-berth-v2 start` for `pod_id` in `dir` and returns
+/// the address of the shim that serves the pod.
+pub fn start_shim(pod_id: &str, dir: &Path, events_address: &str) -> Result<String> {
+    let bin = shim_binary()?;
+    let out = Command::new(&bin)
+        .args([
+            "-namespace",
+            SHIM_NAMESPACE,
+            "-id",
+            pod_id,
+            "-address",
+            events_address,
+            "-publish-binary",
+            "",
+            "start",
+        ])
+        .current_dir(dir)
+        .env("TTRPC_ADDRESS", events_address)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| PodError::io(format!("run {} start", bin.display()), e))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if !out.status.success() || stdout.is_empty() {
+        return Err(PodError::Shim(format!(
+            "{} start failed ({}): {}",
+            bin.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(stdout)
+}
+
+/// A connection to one pod's shim.
+#[derive(Clone)]
+pub struct ShimClient {
+    pub address: String,
+    task: TaskClient,
+}
+
+fn ctx() -> context::Context {
+    context::with_timeout(CALL_TIMEOUT_NS)
+}
+
+/// Maps a ttrpc error to a pod error (NotFound stays NotFound).
+fn shim_err(call: &str, e: ttrpc::Error) -> PodError {
+    if let ttrpc::Error::RpcStatus(s) = &e {
+        if s.code() == ttrpc::Code::NOT_FOUND {
+            return PodError::NotFound(format!("shim {call}: {}", s.message()));
+        }
+        if s.code() == ttrpc::Code::DEADLINE_EXCEEDED {
+            return PodError::Timeout(format!("shim {call}: {}", s.message()));
+        }
+        return PodError::Shim(format!("{call}: {}", s.message()));
+    }
+    PodError::Shim(format!("{call}: {e}"))
+}
+
+impl ShimClient {
+    /// Connects to the shim at `address`.
+    pub fn connect(address: &str) -> Result<Self> {
+        let client = ttrpc::Client::connect(address)
+            .map_err(|e| PodError::Shim(format!("connect to shim {address}: {e}")))?;
+        Ok(Self {
+            address: address.to_owned(),
+            task: TaskClient::new(client),
+        })
+    }
+
+    /// Whether the shim answers.
+    pub fn alive(&self) -> bool {
+        let req = api::ConnectRequest::new();
+        self.task
+            .connect(context::with_timeout(2_000_000_000), &req)
+            .is_ok()
+    }
+
+    pub fn create(&self, req: &api::CreateTaskRequest) -> Result<u32> {
+        self.task
+            .create(ctx(), req)
+            .map(|r| r.pid)
+            .map_err(|e| shim_err("Create", e))
+    }
+
+    pub fn start(&self, id: &str, exec_id: &str) -> Result<u32> {
+        let req = api::StartRequest {
+            id: id.to_owned(),
+            exec_id: exec_id.to_owned(),
+            ..Default::default()
+        };
+        self.task
+            .start(ctx(), &req)
+            .map(|r| r.pid)
+            .map_err(|e| shim_err("Start", e))
+    }
+
+    pub fn kill(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
+        let req = api::KillRequest {
+            id: id.to_owned(),
+            exec_id: exec_id.to_owned(),
+            signal,
+            all,
+            ..Default::default()
+        };
+        self.task
+            .kill(ctx(), &req)
+            .map(|_| ())
+            .map_err(|e| shim_err("Kill", e))
+    }
+
+    /// Waits for the process to exit (`timeout_ns` 0: no limit); returns
+    /// (exit status, exited at in ns).
+    pub fn wait(&self, id: &str, exec_id: &str, timeout_ns: i64) -> Result<(u32, i64)> {
+        let req = api::WaitRequest {
+            id: id.to_owned(),
+            exec_id: exec_id.to_owned(),
+            ..Default::default()
+        };
+        self.task
+            .wait(context::with_timeout(timeout_ns), &req)
+            .map(|r| {
+                let at = r
+                    .exited_at
+                    .as_ref()
+                    .map(|t| t.seconds * 1_000_000_000 + t.nanos as i64)
+                    .unwrap_or_else(super::now_ns);
+                (r.exit_status, at)
+            })
+            .map_err(|e| shim_err("Wait", e))
+    }
+
+    pub fn state(&self, id: &str, exec_id: &str) -> Result<api::StateResponse> {
+        let req = api::StateRequest {
+            id: id.to_owned(),
+            exec_id: exec_id.to_owned(),
+            ..Default::default()
+        };
+        self.task
+            .state(ctx(), &req)
+            .map_err(|e| shim_err("State", e))
+    }
+
+    pub fn delete(&self, id: &str, exec_id: &str) -> Result<()> {
+        let req = api::DeleteRequest {
+            id: id.to_owned(),
+            exec_id: exec_id.to_owned(),
+            ..Default::default()
+        };
+        self.task
+            .delete(ctx(), &req)
+            .map(|_| ())
+            .map_err(|e| shim_err("Delete", e))
+    }
+
+    pub fn exec(&self, req: &api::ExecProcessRequest) -> Result<()> {
+        self.task
+            .exec(ctx(), req)
+            .map(|_| ())
+            .map_err(|e| shim_err("Exec", e))
+    }
+
+    pub fn update(&self, req: &api::UpdateTaskRequest) -> Result<()> {
+        self.task
+            .update(ctx(), req)
+            .map(|_| ())
+            .map_err(|e| shim_err("Update", e))
+    }
+
+    pub fn stats(&self, id: &str) -> Result<api::StatsResponse> {
+        let req = api::StatsRequest {
+            id: id.to_owned(),
+            ..Default::default()
+        };
+        self.task
+            .stats(ctx(), &req)
+            .map_err(|e| shim_err("Stats", e))
+    }
+
+    /// Asks the shim to exit (it does once it serves no container).
+    pub fn shutdown(&self) -> Result<()> {
+        let req = api::ShutdownRequest {
+            now: true,
+            ..Default::default()
+        };
+        // The shim exits while answering: a closed connection is success.
+        match self.task.shutdown(ctx(), &req) {
+            Ok(_) => Ok(()),
+            Err(ttrpc::Error::RpcStatus(s)) => {
+                Err(PodError::Shim(format!("Shutdown: {}", s.message())))
+            }
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// The shim's pid (from Connect), if it answers.
+    pub fn shim_pid(&self) -> Option<u32> {
+        let req = api::ConnectRequest::new();
+        self.task
+            .connect(context::with_timeout(2_000_000_000), &req)
+            .ok()
+            .map(|r| r.shim_pid)
+    }
+}

@@ -1,0 +1,300 @@
+//! Pods and containers through the CRI RuntimeService, the way kubelet
+//! drives them: a berthd whose network, cgroup parent and dirs are unique to
+//! the test, CRI configs, and checks that nothing was left behind.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use tonic::transport::Channel;
+
+use super::berthd::{Berthd, BerthdDirs, PATIENCE};
+
+pub type Runtime = RuntimeServiceClient<Channel>;
+
+/// A berthd for pod tests: its own dirs, bridge, subnets and cgroup parent.
+pub struct PodEnv {
+    pub dirs: BerthdDirs,
+    pub config: PathBuf,
+    pub bridge: String,
+    pub cgroup_parent: String,
+    pub log_dir: PathBuf,
+}
+
+impl PodEnv {
+    pub fn new(test: &str, idx: u32) -> Result<Self> {
+        let dirs = BerthdDirs::new(&format!("cri-{test}"))?;
+        let pid = std::process::id();
+        let bridge = format!("bcri{}{idx}", pid % 100_000);
+        let second = 180 + idx;
+        let config = dirs.tmp.path().join("berthd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[network]\nmode = \"builtin\"\nbridge_name = \"{bridge}\"\n\
+                 pod_subnet = \"10.{second}.{}.0/24\"\npod_subnet_v6 = \"fd43:{second:x}:{:x}::/64\"\n\
+                 cni_conf_dir = \"{}\"\n",
+                pid % 250,
+                pid % 65536,
+                dirs.tmp.path().join("cni").display()
+            ),
+        )?;
+        let log_dir = dirs.tmp.path().join("logs");
+        Ok(Self {
+            cgroup_parent: format!("/berth-test-cri-{pid}-{idx}"),
+            dirs,
+            config,
+            bridge,
+            log_dir,
+        })
+    }
+
+    pub fn start(&self) -> Result<Berthd> {
+        let mut args = self.dirs.args();
+        args.push("--config".into());
+        args.push(self.config.display().to_string());
+        Berthd::start_with(&self.dirs, args, &self.dirs.socket)
+    }
+
+    /// A pod config; `host_network` puts it in the host's network namespace.
+    pub fn pod_config(&self, name: &str, host_network: bool) -> cri::PodSandboxConfig {
+        let mode = if host_network {
+            cri::NamespaceMode::Node
+        } else {
+            cri::NamespaceMode::Pod
+        };
+        cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            hostname: if host_network {
+                String::new()
+            } else {
+                name.into()
+            },
+            log_directory: self.log_dir.join(name).display().to_string(),
+            labels: HashMap::from([("app".into(), name.into()), ("tier".into(), "test".into())]),
+            annotations: HashMap::from([("note".into(), "berth".into())]),
+            dns_config: Some(cri::DnsConfig {
+                servers: vec!["10.0.0.10".into()],
+                searches: vec!["default.svc.cluster.local".into()],
+                options: vec!["ndots:5".into()],
+            }),
+            linux: Some(cri::LinuxPodSandboxConfig {
+                cgroup_parent: format!("{}/{name}", self.cgroup_parent),
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: Some(cri::NamespaceOption {
+                        network: mode as i32,
+                        pid: cri::NamespaceMode::Container as i32,
+                        ipc: cri::NamespaceMode::Pod as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Whether the test's cgroup parent is gone from every v1 controller
+    /// (removing it first if it is empty).
+    pub fn remove_cgroup_parent(&self) -> Vec<PathBuf> {
+        let mut left = Vec::new();
+        for c in [
+            "cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids",
+        ] {
+            let p = Path::new("/sys/fs/cgroup")
+                .join(c)
+                .join(self.cgroup_parent.trim_start_matches('/'));
+            if p.exists() {
+                // Leaf directories the pods made must be gone already.
+                if let Ok(rd) = std::fs::read_dir(&p) {
+                    for e in rd.flatten() {
+                        if e.path().is_dir() {
+                            left.push(e.path());
+                        }
+                    }
+                }
+                let _ = std::fs::remove_dir(&p);
+            }
+        }
+        left
+    }
+}
+
+impl Drop for PodEnv {
+    /// Also after a failed test: the shims this test's berthd started (their
+    /// command line names its temp dir), the mounts under the temp dir, the
+    /// test's cgroups, bridge and nftables table.
+    fn drop(&mut self) {
+        let tmp = self.dirs.tmp.path().display().to_string();
+        for pid in processes_with(&tmp) {
+            if pid != std::process::id() as i32 {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        let mut mounts = mounts_containing(&tmp);
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+        for c in [
+            "cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids",
+        ] {
+            let root = Path::new("/sys/fs/cgroup")
+                .join(c)
+                .join(self.cgroup_parent.trim_start_matches('/'));
+            remove_cgroup_tree(&root);
+        }
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = std::process::Command::new("nft")
+            .args(["delete", "table", "inet", &format!("berth_{}", self.bridge)])
+            .stderr(std::process::Stdio::null())
+            .status();
+        self.remove_cgroup_parent();
+    }
+}
+
+/// A container config running `args` (a shell command) in `image`.
+pub fn container_config(name: &str, image: &str, script: &str) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        log_path: format!("{name}/0.log"),
+        labels: HashMap::from([("container".into(), name.into())]),
+        ..Default::default()
+    }
+}
+
+pub async fn run_pod(rt: &mut Runtime, config: &cri::PodSandboxConfig) -> Result<String> {
+    Ok(rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id)
+}
+
+pub async fn pod_status(rt: &mut Runtime, id: &str) -> Result<cri::PodSandboxStatus> {
+    rt.pod_sandbox_status(cri::PodSandboxStatusRequest {
+        pod_sandbox_id: id.into(),
+        verbose: true,
+    })
+    .await?
+    .into_inner()
+    .status
+    .context("no status")
+}
+
+pub async fn create_container(
+    rt: &mut Runtime,
+    pod: &str,
+    pod_config: &cri::PodSandboxConfig,
+    mut config: cri::ContainerConfig,
+) -> Result<String> {
+    // As kubelet does: the container's namespace options are the pod's.
+    let ns = pod_config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.clone());
+    let linux = config.linux.get_or_insert_with(Default::default);
+    let sc = linux.security_context.get_or_insert_with(Default::default);
+    if sc.namespace_options.is_none() {
+        sc.namespace_options = ns;
+    }
+    Ok(rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(config),
+            sandbox_config: Some(pod_config.clone()),
+        })
+        .await?
+        .into_inner()
+        .container_id)
+}
+
+pub async fn container_status(rt: &mut Runtime, id: &str) -> Result<cri::ContainerStatus> {
+    rt.container_status(cri::ContainerStatusRequest {
+        container_id: id.into(),
+        verbose: false,
+    })
+    .await?
+    .into_inner()
+    .status
+    .context("no status")
+}
+
+/// Polls ContainerStatus until the container has exited.
+pub async fn wait_exited(rt: &mut Runtime, id: &str) -> Result<cri::ContainerStatus> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let s = container_status(rt, id).await?;
+        if s.state == cri::ContainerState::ContainerExited as i32 {
+            return Ok(s);
+        }
+        if Instant::now() > deadline {
+            bail!("container {id} did not exit: {s:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Mount points whose path contains `needle`.
+pub fn mounts_containing(needle: &str) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+        .filter(|m| m.contains(needle))
+        .collect()
+}
+
+/// Pids of processes whose command line contains `needle`.
+pub fn processes_with(needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmd).contains(needle) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Removes a cgroup directory tree, deepest first (best effort).
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
