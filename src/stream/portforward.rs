@@ -130,7 +130,20 @@ async fn forward(
     };
     // Aborted when this forward ends or is dropped with its connection.
     let _to_pod = AbortOnDrop(tokio::spawn(to_pod));
-    let (result, ()) = tokio::join!(backend.port_forward(pod.clone(), port, theirs), from_pod);
+    let backend_done = backend.port_forward(pod.clone(), port, theirs);
+    tokio::pin!(backend_done, from_pod);
+    // Like kubelet, the forward is over once the pod side has closed and its
+    // bytes are delivered, even if the client keeps its side open. The
+    // backend is polled first: when it fails it drops its pipe end, so its
+    // error is seen before the EOF that causes.
+    let result = tokio::select! {
+        biased;
+        r = &mut backend_done => {
+            (&mut from_pod).await;
+            r
+        }
+        () = &mut from_pod => Ok(()),
+    };
     if let Err(e) = result {
         tracing::debug!(pod = %pod, port, error = %e, "port-forward failed");
         let msg = format!("error forwarding port {port} to pod {pod}: {e}");
