@@ -381,6 +381,7 @@ async fn many_concurrent_sessions() -> Result<()> {
         let srv = srv.clone();
         set.spawn(async move {
             let script = format!("echo session-{i}; exit {}", i % 3);
+            let code = (i % 3).to_string();
             let url = srv
                 .get_exec(&exec_req(&["/bin/sh", "-c", &script], false, false))?
                 .url;
@@ -395,7 +396,7 @@ async fn many_concurrent_sessions() -> Result<()> {
                 anyhow::ensure!(s["status"] == "Success", "{s}");
             } else {
                 anyhow::ensure!(
-                    s["details"]["causes"][0]["message"] == (i % 3).to_string(),
+                    s["details"]["causes"][0]["message"].as_str() == Some(code.as_str()),
                     "{s}"
                 );
             }
@@ -475,5 +476,92 @@ async fn port_forward_into_a_netns_with_parallel_connections() -> Result<()> {
     let err = String::from_utf8_lossy(&error.read_to_end().await).into_owned();
     assert!(err.contains("port 9") && err.contains("pod-a"), "{err}");
     assert!(data.read_to_end().await.is_empty());
+    Ok(())
+}
+
+fn written_by(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .and_then(|io| {
+            io.lines().find_map(|l| {
+                l.strip_prefix("wchar: ")
+                    .map(|v| v.trim().parse().unwrap_or(0))
+            })
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_stalls_the_process_instead_of_filling_memory() -> Result<()> {
+    const TOTAL: u64 = 64 * 1024 * 1024;
+    let backend = LocalProcessBackend::new();
+    let srv = server(backend.clone()).await?;
+    let script = format!("head -c {TOTAL} /dev/zero");
+    let url = srv
+        .get_exec(&exec_req(&["/bin/sh", "-c", &script], false, false))?
+        .url;
+    let c = SpdyClient::connect(&url, &["v4.channel.k8s.io"]).await?;
+    let mut error = c.open(&[("streamType", "error")]).await?;
+    let mut stdout = c.open(&[("streamType", "stdout")]).await?;
+    let mut stderr = c.open(&[("streamType", "stderr")]).await?;
+    eventually(
+        || !backend.pids.lock().unwrap().is_empty(),
+        "the process to start",
+    )
+    .await;
+    let pid = *backend.pids.lock().unwrap().last().unwrap();
+    // Nobody reads: the writer must come to a standstill well before the
+    // end, held back by bounded pipes, channels and socket buffers.
+    let mut last = u64::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = written_by(pid);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    assert!(
+        last < TOTAL / 4,
+        "the process wrote {last} bytes to a client that reads nothing"
+    );
+    // Reading resumes the flow and every byte arrives.
+    let mut got = 0u64;
+    while let Some(chunk) = stdout.recv().await {
+        got += chunk.len() as u64;
+    }
+    assert_eq!(got, TOTAL);
+    stderr.read_to_end().await;
+    assert_eq!(status_json(&error.read_to_end().await)["status"], "Success");
+    Ok(())
+}
+
+#[tokio::test]
+async fn garbage_after_the_upgrade_closes_the_connection() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = LocalProcessBackend::new();
+    let srv = server(backend.clone()).await?;
+    let url = srv
+        .get_exec(&exec_req(&["/bin/sleep", "1000"], false, false))?
+        .url;
+    let (resp, tcp) = http_request(
+        &url,
+        "POST",
+        &[
+            ("Connection", "Upgrade"),
+            ("Upgrade", "SPDY/3.1"),
+            ("X-Stream-Protocol-Version", "v4.channel.k8s.io"),
+        ],
+    )
+    .await?;
+    assert_eq!(resp.status, 101);
+    let mut tcp = tcp.into_inner();
+    // A control frame of SPDY version 2, then noise.
+    tcp.write_all(&[0x80, 0x02, 0x00, 0x01, 0, 0, 0, 4, 1, 2, 3, 4, 9, 9, 9])
+        .await?;
+    let mut rest = Vec::new();
+    let _ = tcp.read_to_end(&mut rest).await;
+    // The server hung up; no process was started for the broken session.
+    assert!(backend.pids.lock().unwrap().is_empty());
     Ok(())
 }
