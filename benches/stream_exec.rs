@@ -10,7 +10,6 @@
 //! `cargo bench --bench stream_exec` (root: makes a netns).
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code, unused_imports)]
 mod common;
 
 use std::sync::Arc;
