@@ -452,6 +452,14 @@ async fn port_forward_into_a_netns_with_parallel_connections() -> Result<()> {
             data.write(b"GET /index.html HTTP/1.0\r\nHost: pod\r\n\r\n")
                 .await?;
             let resp = String::from_utf8(data.read_to_end().await)?;
+            if resp.is_empty() {
+                let err = error.read_to_end().await;
+                anyhow::bail!(
+                    "empty response; error stream: {:?}; data reset: {:?}",
+                    String::from_utf8_lossy(&err),
+                    data.reset
+                );
+            }
             anyhow::ensure!(
                 resp.starts_with("HTTP/1.") && resp.contains(" 200 "),
                 "{}",

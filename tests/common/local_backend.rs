@@ -307,9 +307,11 @@ impl StreamBackend for LocalProcessBackend {
                 .map_err(|e| StreamError::Backend(e.to_string()))?;
             let mut tcp = tokio::net::TcpStream::from_std(tcp)
                 .map_err(|e| StreamError::Backend(e.to_string()))?;
-            tokio::io::copy_bidirectional(&mut tcp, &mut stream)
-                .await
-                .map(|_| ())
+            let r = tokio::io::copy_bidirectional(&mut tcp, &mut stream).await;
+            if std::env::var_os("BERTH_STREAM_DEBUG").is_some() {
+                eprintln!("port_forward {port}: {r:?}");
+            }
+            r.map(|_| ())
                 .map_err(|e| StreamError::Backend(e.to_string()))
         })
     }
