@@ -1,7 +1,7 @@
 //! berthd's TOML configuration and its embedded defaults.
 //!
 //! The file holds a few top-level daemon keys and one table per subsystem
-//! (`[image]`; `[network]` and `[stream]` join as those subsystems land).
+//! (`[image]`, `[stream]`; `[network]` joins when that subsystem lands).
 //! Every key has a default (`berthd config default` prints them all, and
 //! `deploy/berthd.toml` is exactly that output); unknown keys are refused so
 //! that a typo never silently falls back to a default. Command-line flags
@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::image::ImageConfig;
+use crate::stream::StreamConfig;
 
 /// Where berthd looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/berth/berthd.toml";
@@ -63,6 +64,18 @@ const KEY_DOCS: &[(&str, &str, &str)] = &[
         "image",
         "stall_timeout_secs",
         "A pull that receives no byte for this long fails.",
+    ),
+    (
+        "stream",
+        "address",
+        "ip:port of the exec/attach/port-forward streaming server; port 0 picks a\n\
+         free port. Keep it on loopback unless TLS is in front (tls_cert/tls_key\n\
+         are refused: TLS is not built in).",
+    ),
+    (
+        "stream",
+        "token_ttl_secs",
+        "How long a URL returned by Exec/Attach/PortForward stays valid (each works once).",
     ),
     (
         "image",
@@ -119,6 +132,8 @@ pub struct Config {
     pub image: ImageConfig,
     /// Pod networking (`[network]`).
     pub network: crate::network::NetworkConfig,
+    /// The exec/attach/port-forward streaming server.
+    pub stream: StreamConfig,
 }
 
 impl Default for Config {
@@ -131,6 +146,7 @@ impl Default for Config {
             shutdown_timeout_secs: 10,
             image: ImageConfig::default(),
             network: crate::network::NetworkConfig::default(),
+            stream: StreamConfig::default(),
         }
     }
 }
@@ -267,6 +283,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "log_level",
                 message: "must not be empty (try \"info\")".to_owned(),
+            });
+        }
+        if let Err(e) = self.stream.validate() {
+            return Err(ConfigError::Invalid {
+                key: "stream",
+                message: e.to_string(),
             });
         }
         if self.image.max_concurrent_downloads == 0 {

@@ -5,8 +5,12 @@ pub mod berthd;
 pub mod cri_images;
 pub mod cri_pods;
 pub mod gate_proxy;
+pub mod local_backend;
+pub mod netns;
 pub mod oci_image;
 pub mod registry;
+pub mod spdy_client;
+pub mod ws_client;
 
 /// A unique, short tag for temp names: helper area, test pid and a counter.
 pub fn unique_tag(what: &str) -> String {
