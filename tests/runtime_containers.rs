@@ -10,7 +10,9 @@
 #[path = "common/busybox_bundle.rs"]
 mod busybox_bundle;
 
-use std::io::Write;
+#[path = "common/harnessless.rs"]
+mod harnessless;
+
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 
@@ -22,7 +24,7 @@ use oci_spec::runtime::{
     Process, Spec, UserBuilder,
 };
 
-type Test = (&'static str, fn() -> Result<()>);
+use harnessless::Test;
 
 const TESTS: &[Test] = &[
     ("output_and_exit_codes", output_and_exit_codes),
@@ -991,48 +993,13 @@ fn main() {
     if args.first().map(String::as_str) == Some(EXE_PROBE) {
         exe_probe();
     }
-    if args.iter().any(|a| a == "--list") {
-        for (name, _) in TESTS {
-            println!("{name}: test");
-        }
-        return;
-    }
-    if nix::unistd::geteuid().as_raw() != 0 {
-        eprintln!("runtime_containers: needs root (namespaces, mounts, cgroups)");
-        std::process::exit(1);
-    }
-    nix::sys::prctl::set_child_subreaper(true).expect("become a child subreaper");
-    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
-    let mut failed = Vec::new();
-    let mut ran = 0;
-    for (name, test) in TESTS {
-        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
-            continue;
-        }
-        ran += 1;
-        print!("test {name} ... ");
-        let _ = std::io::stdout().flush();
-        match std::panic::catch_unwind(test) {
-            Ok(Ok(())) => println!("ok"),
-            Ok(Err(e)) => {
-                println!("FAILED\n    {e:#}");
-                failed.push(*name);
-            }
-            Err(_) => {
-                println!("FAILED (panic)");
-                failed.push(*name);
-            }
-        }
-    }
-    println!(
-        "\ntest result: {}. {} passed; {} failed",
-        if failed.is_empty() { "ok" } else { "FAILED" },
-        ran - failed.len(),
-        failed.len()
+    harnessless::run(
+        "runtime_containers",
+        "namespaces, mounts, cgroups",
+        true,
+        &args,
+        TESTS,
     );
-    if !failed.is_empty() {
-        std::process::exit(1);
-    }
 }
 
 fn time_and_cgroup_namespaces() -> Result<()> {

@@ -10,15 +10,17 @@
 #[path = "common/busybox_bundle.rs"]
 mod busybox_bundle;
 
+#[path = "common/harnessless.rs"]
+mod harnessless;
+
 use std::collections::HashSet;
-use std::io::Write;
 
 use anyhow::{Result, ensure};
 use berth::runtime::Stdio;
 use busybox_bundle::*;
 use oci_spec::runtime::{Capability, LinuxCapabilitiesBuilder, LinuxSeccomp, Spec};
 
-type Test = (&'static str, fn() -> Result<()>);
+use harnessless::Test;
 
 const TESTS: &[Test] = &[
     (
@@ -209,46 +211,11 @@ fn notify_profile_is_refused_at_create() -> Result<()> {
 fn main() {
     berth::runtime::run_helper_if_requested();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--list") {
-        for (name, _) in TESTS {
-            println!("{name}: test");
-        }
-        return;
-    }
-    if nix::unistd::geteuid().as_raw() != 0 {
-        eprintln!("runtime_seccomp: needs root (namespaces, mounts, cgroups)");
-        std::process::exit(1);
-    }
-    nix::sys::prctl::set_child_subreaper(true).expect("become a child subreaper");
-    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
-    let mut failed = Vec::new();
-    let mut ran = 0;
-    for (name, test) in TESTS {
-        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
-            continue;
-        }
-        ran += 1;
-        print!("test {name} ... ");
-        let _ = std::io::stdout().flush();
-        match std::panic::catch_unwind(test) {
-            Ok(Ok(())) => println!("ok"),
-            Ok(Err(e)) => {
-                println!("FAILED\n    {e:#}");
-                failed.push(*name);
-            }
-            Err(_) => {
-                println!("FAILED (panic)");
-                failed.push(*name);
-            }
-        }
-    }
-    println!(
-        "\ntest result: {}. {} passed; {} failed",
-        if failed.is_empty() { "ok" } else { "FAILED" },
-        ran - failed.len(),
-        failed.len()
+    harnessless::run(
+        "runtime_seccomp",
+        "namespaces, mounts, cgroups",
+        true,
+        &args,
+        TESTS,
     );
-    if !failed.is_empty() {
-        std::process::exit(1);
-    }
 }

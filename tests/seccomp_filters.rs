@@ -9,7 +9,10 @@
 //! test also runs its command without the filter, so it fails when the
 //! filter has no effect.
 
-use std::io::{Seek, SeekFrom, Write};
+#[path = "common/harnessless.rs"]
+mod harnessless;
+
+use std::io::{Seek, SeekFrom};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Output};
 
@@ -20,7 +23,7 @@ use oci_spec::runtime::{Capability, LinuxSeccomp};
 const PROBE: &str = "__seccomp_probe";
 const BUSYBOX: &str = "/bin/busybox";
 
-type Test = (&'static str, fn() -> Result<()>);
+use harnessless::Test;
 
 const TESTS: &[Test] = &[
     (
@@ -413,45 +416,11 @@ fn main() {
     if args.first().map(String::as_str) == Some(PROBE) {
         probe(&args[1..]);
     }
-    if args.iter().any(|a| a == "--list") {
-        for (name, _) in TESTS {
-            println!("{name}: test");
-        }
-        return;
-    }
-    if nix::unistd::geteuid().as_raw() != 0 {
-        eprintln!("seccomp_filters: needs root (mounts, user namespaces as controls)");
-        std::process::exit(1);
-    }
-    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
-    let mut failed = Vec::new();
-    let mut ran = 0;
-    for (name, test) in TESTS {
-        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
-            continue;
-        }
-        ran += 1;
-        print!("test {name} ... ");
-        let _ = std::io::stdout().flush();
-        match std::panic::catch_unwind(test) {
-            Ok(Ok(())) => println!("ok"),
-            Ok(Err(e)) => {
-                println!("FAILED\n    {e:#}");
-                failed.push(*name);
-            }
-            Err(_) => {
-                println!("FAILED (panic)");
-                failed.push(*name);
-            }
-        }
-    }
-    println!(
-        "\ntest result: {}. {} passed; {} failed",
-        if failed.is_empty() { "ok" } else { "FAILED" },
-        ran - failed.len(),
-        failed.len()
+    harnessless::run(
+        "seccomp_filters",
+        "mounts, user namespaces as controls",
+        false,
+        &args,
+        TESTS,
     );
-    if !failed.is_empty() {
-        std::process::exit(1);
-    }
 }
