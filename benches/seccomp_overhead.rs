@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use berth::runtime::{Container, CreateOptions, Stdio};
 use busybox_bundle::*;
-use oci_spec::runtime::{Capability, LinuxSeccomp, Spec};
+use oci_spec::runtime::{LinuxSeccomp, Spec};
 
 fn median(v: &mut [Duration]) -> Duration {
     v.sort();
@@ -30,24 +30,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn runtime_default() -> LinuxSeccomp {
-    let caps = [
-        Capability::Chown,
-        Capability::DacOverride,
-        Capability::Fsetid,
-        Capability::Fowner,
-        Capability::Mknod,
-        Capability::NetRaw,
-        Capability::Setgid,
-        Capability::Setuid,
-        Capability::Setfcap,
-        Capability::Setpcap,
-        Capability::NetBindService,
-        Capability::SysChroot,
-        Capability::Kill,
-        Capability::AuditWrite,
-    ]
-    .into_iter()
-    .collect();
+    let caps = berth::spec::DEFAULT_CAPABILITIES.into_iter().collect();
     berth::spec::default_seccomp_profile(&caps, berth::spec::seccomp::native_arch())
 }
 

@@ -39,24 +39,7 @@ const TESTS: &[Test] = &[
 
 /// containerd's default capability set.
 fn default_caps() -> HashSet<Capability> {
-    [
-        Capability::Chown,
-        Capability::DacOverride,
-        Capability::Fsetid,
-        Capability::Fowner,
-        Capability::Mknod,
-        Capability::NetRaw,
-        Capability::Setgid,
-        Capability::Setuid,
-        Capability::Setfcap,
-        Capability::Setpcap,
-        Capability::NetBindService,
-        Capability::SysChroot,
-        Capability::Kill,
-        Capability::AuditWrite,
-    ]
-    .into_iter()
-    .collect()
+    berth::spec::DEFAULT_CAPABILITIES.into_iter().collect()
 }
 
 fn runtime_default() -> LinuxSeccomp {

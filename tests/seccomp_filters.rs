@@ -18,7 +18,7 @@ use std::process::{Command, Output};
 
 use anyhow::{Context, Result, bail, ensure};
 use berth::runtime::seccomp::{install, prepare};
-use oci_spec::runtime::{Capability, LinuxSeccomp};
+use oci_spec::runtime::LinuxSeccomp;
 
 const PROBE: &str = "__seccomp_probe";
 const BUSYBOX: &str = "/bin/busybox";
@@ -261,24 +261,7 @@ fn each_operator_matches_as_the_kernel_sees_it() -> Result<()> {
 
 fn builtin_profile() -> LinuxSeccomp {
     // containerd's default capability set (no CAP_SYS_ADMIN).
-    let caps = [
-        Capability::Chown,
-        Capability::DacOverride,
-        Capability::Fsetid,
-        Capability::Fowner,
-        Capability::Mknod,
-        Capability::NetRaw,
-        Capability::Setgid,
-        Capability::Setuid,
-        Capability::Setfcap,
-        Capability::Setpcap,
-        Capability::NetBindService,
-        Capability::SysChroot,
-        Capability::Kill,
-        Capability::AuditWrite,
-    ]
-    .into_iter()
-    .collect();
+    let caps = berth::spec::DEFAULT_CAPABILITIES.into_iter().collect();
     berth::spec::default_seccomp_profile(&caps, berth::spec::seccomp::native_arch())
 }
 
