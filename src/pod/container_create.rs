@@ -58,6 +58,28 @@ fn overlay_mount(m: &RootfsMount) -> api::Mount {
     }
 }
 
+/// The contents of the Localhost seccomp profile the container's security
+/// context names (`seccomp` or the deprecated `seccomp_profile_path`), read
+/// from the host; None for any other selection. A missing or unreadable file
+/// is the container's error.
+fn localhost_seccomp_profile(config: &cri::ContainerConfig) -> Result<Option<String>> {
+    let sc = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref());
+    match spec::seccomp_selection(sc)? {
+        spec::SeccompSelection::Localhost(path) => match std::fs::read_to_string(&path) {
+            Ok(contents) => Ok(Some(contents)),
+            Err(e) => Err(spec::SpecError::SeccompProfile {
+                source_name: path,
+                reason: format!("cannot read the profile file: {e}"),
+            }
+            .into()),
+        },
+        _ => Ok(None),
+    }
+}
+
 fn ns_of(p: &Option<PathBuf>) -> PodNamespace {
     match p {
         Some(p) => PodNamespace::Path(p.clone()),
@@ -275,6 +297,7 @@ impl PodManager {
             ..Default::default()
         };
         let target_pid_ns = self.target_pid_namespace(config, &pod.id)?;
+        let seccomp_profile = localhost_seccomp_profile(config)?;
         let rootfs_path = bundle.join("rootfs");
         let oci = spec::container_spec(&spec::ContainerSpecInput {
             container_id: &id,
@@ -293,7 +316,7 @@ impl PodManager {
             target_pid_namespace: target_pid_ns.as_deref(),
             pod_files: &pod_files,
             image_volumes: &[],
-            seccomp_localhost_profile: None,
+            seccomp_localhost_profile: seccomp_profile.as_deref(),
             host: &host,
             options: &options,
         })?;
