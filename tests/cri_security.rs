@@ -410,3 +410,157 @@ async fn seccomp_localhost_profile_and_bad_profiles() -> Result<()> {
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     s.finish().await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn capabilities_no_new_privs_and_apparmor() -> Result<()> {
+    use cri::security_profile::ProfileType;
+    let mut s = setup("seccap", 3, false).await?;
+    let caps = |add: &[&str], drop: &[&str]| cri::LinuxContainerSecurityContext {
+        capabilities: Some(cri::Capability {
+            add_capabilities: add.iter().map(|c| c.to_string()).collect(),
+            drop_capabilities: drop.iter().map(|c| c.to_string()).collect(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let script = "grep '^CapEff:' /proc/self/status; touch /tmp/f; \
+                  chown 1:1 /tmp/f && echo chown-allowed; \
+                  mount -t tmpfs none /mnt && echo mount-allowed; true";
+    let cap_eff = |log: &str| -> u64 {
+        log.lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(u64::MAX)
+    };
+    const CHOWN: u64 = 1 << 0;
+    const SYS_ADMIN: u64 = 1 << 21;
+
+    let (_, log) = s.run("defcaps", script, caps(&[], &[])).await?;
+    let default_caps = cap_eff(&log);
+    assert_eq!(default_caps & CHOWN, CHOWN, "{log}");
+    assert_eq!(default_caps & SYS_ADMIN, 0, "{log}");
+    assert!(log.contains("chown-allowed"), "default allows chown: {log}");
+    assert!(!log.contains("mount-allowed"), "{log}");
+
+    let (_, log) = s.run("nochown", script, caps(&[], &["CHOWN"])).await?;
+    assert_eq!(cap_eff(&log), default_caps & !CHOWN, "{log}");
+    assert!(!log.contains("chown-allowed"), "{log}");
+    assert!(
+        has_line(&log, "chown", "Operation not permitted"),
+        "chown fails without CAP_CHOWN: {log}"
+    );
+
+    let (_, log) = s.run("dropall", script, caps(&[], &["ALL"])).await?;
+    assert_eq!(cap_eff(&log), 0, "{log}");
+    assert!(!log.contains("chown-allowed"), "{log}");
+
+    let (_, log) = s.run("addall", script, caps(&["ALL"], &[])).await?;
+    let all = cap_eff(&log);
+    assert_eq!(all & (CHOWN | SYS_ADMIN), CHOWN | SYS_ADMIN, "{log}");
+    assert!(all.count_ones() > default_caps.count_ones(), "{log}");
+    assert!(log.contains("chown-allowed"), "{log}");
+    assert!(log.contains("mount-allowed"), "{log}");
+
+    let (_, log) = s
+        .run("addall-nochown", script, caps(&["ALL"], &["CHOWN"]))
+        .await?;
+    assert_eq!(cap_eff(&log), all & !CHOWN, "{log}");
+    assert!(!log.contains("chown-allowed"), "{log}");
+    assert!(log.contains("mount-allowed"), "{log}");
+
+    let (_, log) = s
+        .run("sysadmin", script, caps(&["CAP_SYS_ADMIN"], &[]))
+        .await?;
+    assert_eq!(cap_eff(&log), default_caps | SYS_ADMIN, "{log}");
+    assert!(log.contains("mount-allowed"), "{log}");
+
+    // no_new_privs: /bin/probe is setuid root; run as uid 1000.
+    let as_user = |nnp: bool| cri::LinuxContainerSecurityContext {
+        run_as_user: Some(cri::Int64Value { value: 1000 }),
+        no_new_privs: nnp,
+        ..Default::default()
+    };
+    let (code, log) = s
+        .run("suid", "ls -l /bin/probe; probe ids", as_user(false))
+        .await?;
+    assert_eq!(code, 0, "{log}");
+    assert!(
+        log.lines().any(|l| l == "1000 0"),
+        "the setuid binary gains euid 0: {log}"
+    );
+    let (code, log) = s.run("suid-nnp", "probe ids", as_user(true)).await?;
+    assert_eq!(code, 0, "{log}");
+    assert!(
+        log.lines().any(|l| l == "1000 1000"),
+        "no_new_privs keeps the caller's uid: {log}"
+    );
+
+    // AppArmor is not on this kernel: a required profile is refused.
+    let apparmor = |typ: ProfileType, r: &str| cri::LinuxContainerSecurityContext {
+        apparmor: Some(profile(typ, r)),
+        ..Default::default()
+    };
+    for (name, sc) in [
+        ("aa-default", apparmor(ProfileType::RuntimeDefault, "")),
+        (
+            "aa-local",
+            apparmor(ProfileType::Localhost, "berth-test-profile"),
+        ),
+    ] {
+        let err = s.create_fails(name, sc).await?;
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        assert!(
+            err.message().to_lowercase().contains("apparmor"),
+            "{name}: {err:?}"
+        );
+    }
+    #[allow(deprecated)]
+    let deprecated_aa = cri::LinuxContainerSecurityContext {
+        apparmor_profile: "runtime/default".into(),
+        ..Default::default()
+    };
+    let err = s.create_fails("aa-dep", deprecated_aa).await?;
+    assert!(err.message().to_lowercase().contains("apparmor"), "{err:?}");
+    let (code, log) = s
+        .run(
+            "aa-unconfined",
+            "echo ok",
+            apparmor(ProfileType::Unconfined, ""),
+        )
+        .await?;
+    assert_eq!((code, log.as_str()), (0, "ok"));
+    s.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn privileged_container_mounts_and_sees_host_devices() -> Result<()> {
+    use cri::security_profile::ProfileType;
+    let mut s = setup("secpriv", 4, true).await?;
+    let script = "grep '^Seccomp:' /proc/self/status; \
+                  mount -t tmpfs none /mnt && echo mount-allowed; \
+                  grep -q ' /sys sysfs rw' /proc/mounts && echo sys-rw; \
+                  test -c /dev/kmsg && echo has-kmsg; true";
+    let sc = |privileged: bool| cri::LinuxContainerSecurityContext {
+        privileged,
+        // Ignored for a privileged container.
+        seccomp: Some(profile(ProfileType::RuntimeDefault, "")),
+        ..Default::default()
+    };
+    let (code, log) = s.run("priv", script, sc(true)).await?;
+    assert_eq!(code, 0, "{log}");
+    assert!(
+        log.contains("Seccomp:\t0"),
+        "no seccomp when privileged: {log}"
+    );
+    assert!(log.contains("mount-allowed"), "privileged can mount: {log}");
+    assert!(log.contains("sys-rw"), "writable sysfs: {log}");
+    assert!(log.contains("has-kmsg"), "host devices: {log}");
+
+    let (code, log) = s.run("plain", script, sc(false)).await?;
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("Seccomp:\t2"), "{log}");
+    assert!(!log.contains("mount-allowed"), "{log}");
+    assert!(!log.contains("sys-rw"), "{log}");
+    assert!(!log.contains("has-kmsg"), "{log}");
+    s.finish().await
+}

@@ -290,6 +290,12 @@ impl PodManager {
         };
         let host = spec::HostFacts {
             hostname: files::host_hostname(),
+            capabilities: own_capabilities(),
+            devices: if needs_host_devices(config) {
+                super::host_devices::host_devices()
+            } else {
+                Vec::new()
+            },
             ..Default::default()
         };
         let options = spec::RuntimeOptions {
@@ -401,6 +407,25 @@ impl PodManager {
 }
 
 /// berthd's own oom_score_adj: containers may not go below it.
+/// Whether the spec needs the host's device list: a privileged container
+/// gets every device, CRI `devices` name some.
+fn needs_host_devices(config: &cri::ContainerConfig) -> bool {
+    !config.devices.is_empty()
+        || config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .is_some_and(|sc| sc.privileged)
+}
+
+/// berthd's effective capabilities (what a container can at most be given).
+fn own_capabilities() -> Option<std::collections::HashSet<oci_spec::runtime::Capability>> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    let mask = u64::from_str_radix(hex.trim(), 16).ok()?;
+    Some(spec::capabilities_from_mask(mask))
+}
+
 fn own_oom_score_adj() -> Option<i32> {
     std::fs::read_to_string("/proc/self/oom_score_adj")
         .ok()
