@@ -12,7 +12,8 @@ use anyhow::{Context, Result, bail};
 use common::berthd::Berthd;
 use common::cri_images::pull;
 use common::cri_pods::{
-    PodEnv, Runtime, container_config, create_container, mounts_containing, run_pod, wait_exited,
+    PodEnv, Runtime, container_config, create_container, mounts_containing, processes_with,
+    run_pod, wait_exited,
 };
 use common::oci_image::{Compression, Format, LayerBuilder, host_arch, image_with_config};
 use common::registry::Registry;
@@ -245,6 +246,8 @@ impl Setup {
             })
             .await?;
         assert!(mounts_containing(&self.pod).is_empty(), "no pod mount left");
+        assert!(processes_with(&self.pod).is_empty(), "no shim left");
+        assert!(self.env.remove_cgroup_parent().is_empty(), "no cgroup left");
         self.berthd.stop(Signal::SIGTERM)?;
         Ok(())
     }
@@ -562,5 +565,26 @@ async fn privileged_container_mounts_and_sees_host_devices() -> Result<()> {
     assert!(!log.contains("mount-allowed"), "{log}");
     assert!(!log.contains("sys-rw"), "{log}");
     assert!(!log.contains("has-kmsg"), "{log}");
+
+    // A CRI device by host path, in a container that is not privileged.
+    let mut cfg = s.config(
+        "withdev",
+        "ls -l /dev/kmsg2; test -c /dev/kmsg2 && echo has-dev",
+        sc(false),
+    );
+    cfg.devices = vec![cri::Device {
+        host_path: "/dev/kmsg".into(),
+        container_path: "/dev/kmsg2".into(),
+        permissions: "r".into(),
+    }];
+    let id = create_container(&mut s.rt, &s.pod, &s.pod_cfg, cfg).await?;
+    s.rt.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await?;
+    let st = wait_exited(&mut s.rt, &id).await?;
+    let log = log_text(Path::new(&st.log_path));
+    assert!(log.contains("has-dev"), "{log}");
+    assert!(log.contains("1,  11"), "the host's major/minor: {log}");
     s.finish().await
 }
