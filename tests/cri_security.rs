@@ -133,6 +133,18 @@ fn log_text(path: &Path) -> String {
         .join("\n")
 }
 
+/// Whether this process (like berthd, started by it) holds capability `bit`.
+fn own_capabilities_hold(bit: u32) -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|m| m & (1 << bit) != 0)
+}
+
 /// Whether a line of `log` starts with `start` and contains `text`.
 fn has_line(log: &str, start: &str, text: &str) -> bool {
     log.lines()
@@ -476,6 +488,16 @@ async fn capabilities_no_new_privs_and_apparmor() -> Result<()> {
         .await?;
     assert_eq!(cap_eff(&log), default_caps | SYS_ADMIN, "{log}");
     assert!(log.contains("mount-allowed"), "{log}");
+
+    // A capability berthd itself lacks (none on this machine has
+    // CAP_SYS_RESOURCE) is refused by name rather than failing in the shim.
+    if !own_capabilities_hold(24) {
+        let err = s
+            .create_fails("sysresource", caps(&["SYS_RESOURCE"], &[]))
+            .await?;
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains("SYS_RESOURCE"), "{err:?}");
+    }
 
     // no_new_privs: /bin/probe is setuid root; run as uid 1000.
     let as_user = |nnp: bool| cri::LinuxContainerSecurityContext {

@@ -144,7 +144,13 @@ pub fn capability_set(
         set.clear();
     }
     for name in caps.add_capabilities.iter().filter(|c| !is_all(c)) {
-        set.insert(parse_capability(name)?);
+        let cap = parse_capability(name)?;
+        if available.is_some_and(|a| !a.contains(&cap)) {
+            return Err(SpecError::Unsupported(format!(
+                "capability {name:?} cannot be added: the runtime does not hold it itself"
+            )));
+        }
+        set.insert(cap);
     }
     for name in caps.drop_capabilities.iter().filter(|c| !is_all(c)) {
         set.remove(&parse_capability(name)?);

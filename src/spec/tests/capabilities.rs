@@ -241,6 +241,10 @@ fn all_means_the_runtimes_own_capabilities() {
     assert!(!add_all.contains(&Capability::SysResource));
     assert!(!add_all.contains(&Capability::Chown));
     assert_eq!(add_all.len(), own.len() - 1);
+    // A capability the runtime lacks cannot be added by name.
+    let err = capability_set(cri(&["SYS_RESOURCE"], &[]).as_ref(), false, Some(&own)).unwrap_err();
+    assert!(err.to_string().contains("SYS_RESOURCE"), "{err}");
+    assert!(capability_set(cri(&["SYS_RESOURCE"], &[]).as_ref(), false, None).is_ok());
     // The default set is not limited further.
     let default = capability_set(None, false, Some(&own)).unwrap();
     assert_eq!(default, DEFAULT_CAPABILITIES.into_iter().collect());
