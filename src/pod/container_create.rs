@@ -58,6 +58,28 @@ fn overlay_mount(m: &RootfsMount) -> api::Mount {
     }
 }
 
+/// The contents of the Localhost seccomp profile the container's security
+/// context names (`seccomp` or the deprecated `seccomp_profile_path`), read
+/// from the host; None for any other selection. A missing or unreadable file
+/// is the container's error.
+fn localhost_seccomp_profile(config: &cri::ContainerConfig) -> Result<Option<String>> {
+    let sc = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref());
+    match spec::seccomp_selection(sc)? {
+        spec::SeccompSelection::Localhost(path) => match std::fs::read_to_string(&path) {
+            Ok(contents) => Ok(Some(contents)),
+            Err(e) => Err(spec::SpecError::SeccompProfile {
+                source_name: path,
+                reason: format!("cannot read the profile file: {e}"),
+            }
+            .into()),
+        },
+        _ => Ok(None),
+    }
+}
+
 fn ns_of(p: &Option<PathBuf>) -> PodNamespace {
     match p {
         Some(p) => PodNamespace::Path(p.clone()),
@@ -268,6 +290,12 @@ impl PodManager {
         };
         let host = spec::HostFacts {
             hostname: files::host_hostname(),
+            capabilities: own_capabilities(),
+            devices: if needs_host_devices(config) {
+                super::host_devices::host_devices()
+            } else {
+                Vec::new()
+            },
             ..Default::default()
         };
         let options = spec::RuntimeOptions {
@@ -275,6 +303,7 @@ impl PodManager {
             ..Default::default()
         };
         let target_pid_ns = self.target_pid_namespace(config, &pod.id)?;
+        let seccomp_profile = localhost_seccomp_profile(config)?;
         let rootfs_path = bundle.join("rootfs");
         let oci = spec::container_spec(&spec::ContainerSpecInput {
             container_id: &id,
@@ -293,7 +322,7 @@ impl PodManager {
             target_pid_namespace: target_pid_ns.as_deref(),
             pod_files: &pod_files,
             image_volumes: &[],
-            seccomp_localhost_profile: None,
+            seccomp_localhost_profile: seccomp_profile.as_deref(),
             host: &host,
             options: &options,
         })?;
@@ -378,6 +407,25 @@ impl PodManager {
 }
 
 /// berthd's own oom_score_adj: containers may not go below it.
+/// Whether the spec needs the host's device list: a privileged container
+/// gets every device, CRI `devices` name some.
+fn needs_host_devices(config: &cri::ContainerConfig) -> bool {
+    !config.devices.is_empty()
+        || config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .is_some_and(|sc| sc.privileged)
+}
+
+/// berthd's effective capabilities (what a container can at most be given).
+fn own_capabilities() -> Option<std::collections::HashSet<oci_spec::runtime::Capability>> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    let mask = u64::from_str_radix(hex.trim(), 16).ok()?;
+    Some(spec::capabilities_from_mask(mask))
+}
+
 fn own_oom_score_adj() -> Option<i32> {
     std::fs::read_to_string("/proc/self/oom_score_adj")
         .ok()

@@ -17,6 +17,7 @@ mod container_lifecycle;
 mod container_status;
 mod error;
 mod files;
+mod host_devices;
 pub mod namespaces;
 pub mod pod_init;
 mod pod_remove;

@@ -164,7 +164,7 @@ impl PodManager {
             if !existed {
                 record.cgroup = Some(cgroup_parent.to_owned());
             }
-            mgr.create(None)
+            mgr.create_parent()
                 .map_err(|e| PodError::Cgroup(format!("{cgroup_parent}: {e}")))?;
         }
         let cgroup_ms = started.elapsed().as_secs_f64() * 1e3;

@@ -73,6 +73,17 @@ pub const ALL_CAPABILITIES: [Capability; 41] = [
     Capability::CheckpointRestore,
 ];
 
+/// The capabilities of a mask as /proc/<pid>/status shows it (`CapEff:`,
+/// bit n = capability n).
+pub fn capabilities_from_mask(mask: u64) -> HashSet<Capability> {
+    ALL_CAPABILITIES
+        .into_iter()
+        .enumerate()
+        .filter(|(bit, _)| mask & (1u64 << bit) != 0)
+        .map(|(_, c)| c)
+        .collect()
+}
+
 /// Parses a capability name as the CRI gives it: case-insensitive, with or
 /// without the `CAP_` prefix. `ALL` is not a capability; see [`is_all`].
 pub fn parse_capability(name: &str) -> Result<Capability, SpecError> {
@@ -97,10 +108,20 @@ pub fn is_all(name: &str) -> bool {
 /// add: [NET_ADMIN]` is NET_ADMIN only).
 ///
 /// A privileged container gets every capability whatever add/drop say.
+/// "Every capability" is those of `available` (the runtime's own, as
+/// containerd's `cap.Current()`; a capability the runtime lacks cannot be
+/// given, the capset would fail); None means all of [`ALL_CAPABILITIES`].
 pub fn capability_set(
     caps: Option<&CriCapability>,
     privileged: bool,
+    available: Option<&HashSet<Capability>>,
 ) -> Result<HashSet<Capability>, SpecError> {
+    let every = || -> HashSet<Capability> {
+        ALL_CAPABILITIES
+            .into_iter()
+            .filter(|c| available.is_none_or(|a| a.contains(c)))
+            .collect()
+    };
     if privileged {
         // Still refuse names that do not exist, so a typo is noticed.
         if let Some(caps) = caps {
@@ -110,20 +131,26 @@ pub fn capability_set(
                 }
             }
         }
-        return Ok(ALL_CAPABILITIES.into_iter().collect());
+        return Ok(every());
     }
     let mut set: HashSet<Capability> = DEFAULT_CAPABILITIES.into_iter().collect();
     let Some(caps) = caps else {
         return Ok(set);
     };
     if caps.add_capabilities.iter().any(|c| is_all(c)) {
-        set = ALL_CAPABILITIES.into_iter().collect();
+        set = every();
     }
     if caps.drop_capabilities.iter().any(|c| is_all(c)) {
         set.clear();
     }
     for name in caps.add_capabilities.iter().filter(|c| !is_all(c)) {
-        set.insert(parse_capability(name)?);
+        let cap = parse_capability(name)?;
+        if available.is_some_and(|a| !a.contains(&cap)) {
+            return Err(SpecError::Unsupported(format!(
+                "capability {name:?} cannot be added: the runtime does not hold it itself"
+            )));
+        }
+        set.insert(cap);
     }
     for name in caps.drop_capabilities.iter().filter(|c| !is_all(c)) {
         set.remove(&parse_capability(name)?);

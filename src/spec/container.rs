@@ -86,7 +86,11 @@ pub fn container_spec(input: &ContainerSpecInput<'_>) -> Result<Spec, SpecError>
     let cwd = process_cwd(config, image_cfg)?;
     let image_user = image_cfg.and_then(|c| c.user().as_deref()).unwrap_or("");
     let user = resolve_user(sc, image_user, input.image.passwd, input.image.group)?;
-    let caps = capability_set(sc.and_then(|s| s.capabilities.as_ref()), privileged)?;
+    let caps = capability_set(
+        sc.and_then(|s| s.capabilities.as_ref()),
+        privileged,
+        input.host.capabilities.as_ref(),
+    )?;
     let resources = linux_cfg.and_then(|l| l.resources.as_ref());
     let oom = match resources {
         Some(r) => Some(oom_score_adj(

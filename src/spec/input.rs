@@ -4,10 +4,12 @@
 //! clock (the image's /etc/passwd, the host's devices, probes of the host) is
 //! read by the caller and passed in here.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use k8s_cri::v1::{ContainerConfig, PodSandboxConfig};
 use oci_spec::image::ImageConfiguration;
+use oci_spec::runtime::Capability;
 
 /// How a container gets one of the pod's namespaces.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,6 +117,9 @@ pub struct HostFacts {
     /// Device nodes of the host. A privileged container gets all of them;
     /// otherwise this must hold at least the devices the CRI `devices` name.
     pub devices: Vec<HostDevice>,
+    /// The capabilities the runtime holds: `ALL` and privileged containers
+    /// get these (containerd's `cap.Current()`). None: every capability.
+    pub capabilities: Option<HashSet<Capability>>,
 }
 
 impl Default for HostFacts {
@@ -130,6 +135,7 @@ impl Default for HostFacts {
             recursive_read_only: true,
             kernel_version: None,
             devices: Vec::new(),
+            capabilities: None,
         }
     }
 }

@@ -29,8 +29,8 @@ mod tests;
 
 pub use annotations::container_annotations;
 pub use capabilities::{
-    ALL_CAPABILITIES, DEFAULT_CAPABILITIES, capability_set, is_all, parse_capability,
-    process_capabilities,
+    ALL_CAPABILITIES, DEFAULT_CAPABILITIES, capabilities_from_mask, capability_set, is_all,
+    parse_capability, process_capabilities,
 };
 pub use container::{OCI_VERSION, container_cgroups_path, container_spec};
 pub use devices::default_device_rules;

@@ -82,6 +82,23 @@ impl CgroupManager {
         self.hierarchy.dir(controller, &self.path)
     }
 
+    /// Creates the cgroup as a parent of containers (a pod's cgroup): the
+    /// directories only, with no device rules of its own, so that a
+    /// privileged container below it can still be given every device (on v1
+    /// a child can never allow more devices than its parent; kubelet's pod
+    /// cgroups restrict none either). On failure, whatever this call created
+    /// is removed again.
+    pub fn create_parent(&self) -> Result<()> {
+        let mut created = Vec::new();
+        let result = self.make_dirs(&mut created);
+        if result.is_err() {
+            for dir in created.iter().rev() {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+        result
+    }
+
     /// Creates the cgroup (every controller on v1) and applies `resources`.
     /// On failure, whatever this call created is removed again.
     pub fn create(&self, resources: Option<&LinuxResources>) -> Result<()> {

@@ -6,7 +6,10 @@ use k8s_cri::v1::{Capability as CriCapability, Int64Value};
 use oci_spec::runtime::Capability;
 
 use super::{Case, Expect, bounding, caps, run};
-use crate::spec::{ALL_CAPABILITIES, DEFAULT_CAPABILITIES, capability_set, parse_capability};
+use crate::spec::{
+    ALL_CAPABILITIES, DEFAULT_CAPABILITIES, capabilities_from_mask, capability_set,
+    parse_capability,
+};
 
 fn cri(add: &[&str], drop: &[&str]) -> Option<CriCapability> {
     Some(CriCapability {
@@ -77,7 +80,7 @@ fn add_drop_combinations() {
         ("drop CAP_ALL", &[], &["CAP_ALL"], HashSet::new),
     ];
     for (name, add, drop, want) in table {
-        let got = capability_set(cri(add, drop).as_ref(), false).unwrap();
+        let got = capability_set(cri(add, drop).as_ref(), false, None).unwrap();
         assert_eq!(got, want(), "{name}");
     }
 }
@@ -223,4 +226,26 @@ fn default_set_is_containerds() {
             "SYS_CHROOT",
         ]
     );
+}
+
+#[test]
+fn all_means_the_runtimes_own_capabilities() {
+    // A runtime without CAP_SYS_RESOURCE (bit 24) cannot give it.
+    let own = capabilities_from_mask(0x1ff_feff_ffff);
+    assert_eq!(own.len(), ALL_CAPABILITIES.len() - 1);
+    assert!(!own.contains(&Capability::SysResource));
+    assert!(own.contains(&Capability::CheckpointRestore) && own.contains(&Capability::Chown));
+    let privileged = capability_set(None, true, Some(&own)).unwrap();
+    assert_eq!(privileged, own);
+    let add_all = capability_set(cri(&["ALL"], &["CHOWN"]).as_ref(), false, Some(&own)).unwrap();
+    assert!(!add_all.contains(&Capability::SysResource));
+    assert!(!add_all.contains(&Capability::Chown));
+    assert_eq!(add_all.len(), own.len() - 1);
+    // A capability the runtime lacks cannot be added by name.
+    let err = capability_set(cri(&["SYS_RESOURCE"], &[]).as_ref(), false, Some(&own)).unwrap_err();
+    assert!(err.to_string().contains("SYS_RESOURCE"), "{err}");
+    assert!(capability_set(cri(&["SYS_RESOURCE"], &[]).as_ref(), false, None).is_ok());
+    // The default set is not limited further.
+    let default = capability_set(None, false, Some(&own)).unwrap();
+    assert_eq!(default, DEFAULT_CAPABILITIES.into_iter().collect());
 }
