@@ -12,6 +12,7 @@ packages=(
   containernetworking-plugins     # CNI plugins for the network tests
   iproute2 iptables nftables      # inspection in network tests
   libseccomp-dev pkg-config       # build: the libseccomp crate links libseccomp
+  gcc libc6-dev                   # cri_security builds a static setuid probe
 )
 missing=()
 for p in "${packages[@]}"; do
