@@ -262,7 +262,11 @@ impl PodManager {
             started: false,
             armed: true,
         };
-        // The shim holds the stdin fifo's read end now: the write end opens.
+        let (s, cid, eid) = (shim.clone(), c.id.clone(), exec_id.clone());
+        blocking(move || s.start(&cid, &eid)).await?;
+        guard.started = true;
+        // The shim opens the stdio fifos at Start: now the stdin write end
+        // can open (a fifo's write end needs a reader).
         let stdin_tx = match &stdin_path {
             Some(p) => Some(
                 pipe::OpenOptions::new()
@@ -271,9 +275,6 @@ impl PodManager {
             ),
             None => None,
         };
-        let (s, cid, eid) = (shim.clone(), c.id.clone(), exec_id.clone());
-        blocking(move || s.start(&cid, &eid)).await?;
-        guard.started = true;
         tracing::debug!(container = %c.id, exec = %exec_id, tty, "exec session started");
 
         let (out_rx, out_hold) = out.unzip();
