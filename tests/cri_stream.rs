@@ -6,8 +6,11 @@
 mod common;
 
 use anyhow::{Result, ensure};
+use common::berthd::PATIENCE;
 use common::cri_images::{busybox_image, pull, push};
-use common::cri_pods::{PodEnv, Runtime, container_config, create_container, run_pod};
+use common::cri_pods::{
+    PodEnv, Runtime, container_config, create_container, processes_with, run_pod,
+};
 use common::oci_image::Compression;
 use common::registry::Registry;
 use common::spdy_client::SpdyClient;
@@ -23,6 +26,16 @@ fn exec_req(container: &str, cmd: &[&str], stdin: bool, tty: bool) -> cri::ExecR
         stdout: true,
         stderr: !tty,
     }
+}
+
+/// Polls `cond` until it holds (the patience is generous, not a measure).
+async fn wait_until(mut cond: impl FnMut() -> bool, what: &str) -> Result<()> {
+    let start = std::time::Instant::now();
+    while !cond() {
+        ensure!(start.elapsed() < PATIENCE, "gave up waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    Ok(())
 }
 
 fn status_json(bytes: &[u8]) -> serde_json::Value {
@@ -231,6 +244,46 @@ async fn exec_and_port_forward_into_a_real_pod() -> Result<()> {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
+
+    // 6. A client that vanishes mid-exec: the process is killed and its
+    // fifos are removed.
+    let n = 900_000 + std::process::id() % 90_000;
+    let marker = format!("sleep\0{n}");
+    let url = rt
+        .exec(exec_req(&web, &["sleep", &n.to_string()], true, false))
+        .await?
+        .into_inner()
+        .url;
+    let c = SpdyClient::connect(&url, &["v4.channel.k8s.io"]).await?;
+    let _error = c.open(&[("streamType", "error")]).await?;
+    let _stdin = c.open(&[("streamType", "stdin")]).await?;
+    let _stdout = c.open(&[("streamType", "stdout")]).await?;
+    let _stderr = c.open(&[("streamType", "stderr")]).await?;
+    wait_until(
+        || !processes_with(&marker).is_empty(),
+        "the exec'd sleep to run",
+    )
+    .await?;
+    let execs = env.dirs.state.join("containers").join(&web).join("execs");
+    ensure!(
+        std::fs::read_dir(&execs)?.count() == 3,
+        "stdin, stdout and stderr fifos while the exec runs"
+    );
+    drop((_error, _stdin, _stdout, _stderr, c));
+    wait_until(
+        || processes_with(&marker).is_empty(),
+        "the sleep to be killed",
+    )
+    .await?;
+    wait_until(
+        || {
+            std::fs::read_dir(&execs)
+                .map(|d| d.count() == 0)
+                .unwrap_or(false)
+        },
+        "the exec fifos to be removed",
+    )
+    .await?;
 
     rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
         pod_sandbox_id: pod.clone(),
