@@ -92,9 +92,9 @@ async fn unbuilt_call_is_unimplemented_with_its_name() -> Result<()> {
     let err = rt
         .exec(cri::ExecRequest::default())
         .await
-        .expect_err("Exec is not built");
-    assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("Exec"), "{}", err.message());
+        .expect_err("Exec without a container is refused");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("container_id"), "{}", err.message());
     // The daemon keeps serving after refusals.
     rt.version(cri::VersionRequest::default()).await?;
     Ok(())

@@ -13,7 +13,7 @@ use crate::image::ImageError;
 /// A call of the CRI that berth does not implement yet.
 pub fn unimplemented(call: &str) -> Status {
     Status::unimplemented(format!(
-        "berth: {call} is not built yet (the streaming server for Exec/Attach/PortForward and checkpointing are still to come)"
+        "berth: {call} is not built yet (checkpointing is still to come; Exec/Attach/PortForward need the streaming server)"
     ))
 }
 
@@ -108,6 +108,23 @@ impl From<crate::pod::PodError> for Status {
     }
 }
 
+impl From<crate::stream::StreamError> for Status {
+    fn from(err: crate::stream::StreamError) -> Self {
+        use crate::stream::StreamError as E;
+        let code = match &err {
+            E::InvalidRequest(_) => Code::InvalidArgument,
+            E::TooManyRequests(_) => Code::ResourceExhausted,
+            E::Config(_) | E::Io { .. } | E::Protocol(_) | E::Backend(_) => Code::Internal,
+        };
+        if code == Code::Internal {
+            tracing::error!(error = %err, "streaming server failure");
+        } else {
+            tracing::debug!(error = %err, code = ?code, "streaming request refused");
+        }
+        Status::new(code, err.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,6 +213,17 @@ mod tests {
                 st.message()
             );
         }
+    }
+
+    #[test]
+    fn codes_per_stream_error() {
+        use crate::stream::StreamError;
+        let st = Status::from(StreamError::InvalidRequest("cmd is empty".into()));
+        assert_eq!(st.code(), Code::InvalidArgument);
+        assert!(st.message().contains("cmd is empty"));
+        let st = Status::from(StreamError::TooManyRequests(1000));
+        assert_eq!(st.code(), Code::ResourceExhausted);
+        assert!(st.message().contains("1000"));
     }
 
     #[test]

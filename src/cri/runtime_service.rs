@@ -1,6 +1,8 @@
 //! `runtime.v1.RuntimeService`: thin adapters from CRI messages to
-//! [`crate::pod::PodManager`]. Exec, Attach, PortForward (the streaming
-//! server) and CheckpointContainer answer `Unimplemented`.
+//! [`crate::pod::PodManager`]. Exec, Attach and PortForward check the
+//! container or pod and hand out a URL of the streaming server
+//! ([`crate::stream::StreamServer`]); CheckpointContainer answers
+//! `Unimplemented`.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -15,6 +17,7 @@ use crate::config::Config;
 use crate::cri::error::{invalid_argument, unimplemented};
 use crate::cri::{RUNTIME_API_VERSION, RUNTIME_NAME};
 use crate::pod::PodManager;
+use crate::stream::StreamServer;
 
 /// CRI condition type: the runtime can run host-network containers.
 pub const RUNTIME_READY: &str = "RuntimeReady";
@@ -29,11 +32,26 @@ const KUBELET_API_VERSION: &str = "0.1.0";
 pub struct CriRuntimeService {
     config: Arc<Config>,
     pods: Arc<PodManager>,
+    stream: Option<Arc<StreamServer>>,
 }
 
 impl CriRuntimeService {
     pub fn new(config: Arc<Config>, pods: Arc<PodManager>) -> Self {
-        Self { config, pods }
+        Self {
+            config,
+            pods,
+            stream: None,
+        }
+    }
+
+    /// Serves Exec, Attach and PortForward through `stream`.
+    pub fn with_stream(mut self, stream: Arc<StreamServer>) -> Self {
+        self.stream = Some(stream);
+        self
+    }
+
+    fn stream(&self, call: &str) -> Result<&StreamServer, Status> {
+        self.stream.as_deref().ok_or_else(|| unimplemented(call))
     }
 
     async fn conditions(&self) -> Vec<cri::RuntimeCondition> {
@@ -319,23 +337,38 @@ impl RuntimeService for CriRuntimeService {
 
     async fn exec(
         &self,
-        _request: Request<cri::ExecRequest>,
+        request: Request<cri::ExecRequest>,
     ) -> Result<Response<cri::ExecResponse>, Status> {
-        Err(unimplemented("Exec"))
+        let mut req = request.into_inner();
+        let stream = self.stream("Exec")?;
+        need("container_id", &req.container_id)?;
+        tracing::Span::current().record("container", req.container_id.as_str());
+        req.container_id = self.pods.running_container(&req.container_id)?.id;
+        Ok(Response::new(stream.get_exec(&req)?))
     }
 
     async fn attach(
         &self,
-        _request: Request<cri::AttachRequest>,
+        request: Request<cri::AttachRequest>,
     ) -> Result<Response<cri::AttachResponse>, Status> {
-        Err(unimplemented("Attach"))
+        let mut req = request.into_inner();
+        let stream = self.stream("Attach")?;
+        need("container_id", &req.container_id)?;
+        tracing::Span::current().record("container", req.container_id.as_str());
+        req.container_id = self.pods.running_container(&req.container_id)?.id;
+        Ok(Response::new(stream.get_attach(&req)?))
     }
 
     async fn port_forward(
         &self,
-        _request: Request<cri::PortForwardRequest>,
+        request: Request<cri::PortForwardRequest>,
     ) -> Result<Response<cri::PortForwardResponse>, Status> {
-        Err(unimplemented("PortForward"))
+        let mut req = request.into_inner();
+        let stream = self.stream("PortForward")?;
+        need("pod_sandbox_id", &req.pod_sandbox_id)?;
+        tracing::Span::current().record("pod", req.pod_sandbox_id.as_str());
+        req.pod_sandbox_id = self.pods.ready_pod(&req.pod_sandbox_id)?.id;
+        Ok(Response::new(stream.get_port_forward(&req)?))
     }
 
     async fn container_stats(

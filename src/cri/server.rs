@@ -25,7 +25,8 @@ use crate::cri::socket::{self, BoundSocket, SocketError};
 use crate::cri::{CriImageService, CriRuntimeService};
 use crate::image::{ImageError, ImageStore};
 use crate::network::PodNetwork;
-use crate::pod::{PodError, PodManager};
+use crate::pod::{PodError, PodManager, PodStreamBackend};
+use crate::stream::{StreamError, StreamServer};
 
 /// Why berthd could not start or serve.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +47,8 @@ pub enum ServerError {
     Images(#[from] ImageError),
     #[error("cannot open the pod store: {0}")]
     Pods(#[from] PodError),
+    #[error("cannot start the streaming server: {0}")]
+    Stream(#[from] StreamError),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -123,7 +126,9 @@ impl CriServer {
             socket,
             _locks,
         } = self;
-        let runtime = CriRuntimeService::new(Arc::clone(&config), pods);
+        let backend = Arc::new(PodStreamBackend::new(Arc::clone(&pods)));
+        let stream = Arc::new(StreamServer::start(&config.stream, backend).await?);
+        let runtime = CriRuntimeService::new(Arc::clone(&config), pods).with_stream(stream);
         let image = CriImageService::new(images);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = Server::builder()

@@ -27,6 +27,9 @@ mod pod_status;
 mod pod_stop;
 mod recover;
 pub mod shim_client;
+mod stream_backend;
+
+pub use stream_backend::PodStreamBackend;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -266,6 +266,21 @@ impl ShimClient {
             .map_err(|e| shim_err("Exec", e))
     }
 
+    /// Sets the terminal size of a process started with a terminal.
+    pub fn resize_pty(&self, id: &str, exec_id: &str, width: u32, height: u32) -> Result<()> {
+        let req = api::ResizePtyRequest {
+            id: id.to_owned(),
+            exec_id: exec_id.to_owned(),
+            width,
+            height,
+            ..Default::default()
+        };
+        self.task
+            .resize_pty(ctx(), &req)
+            .map(|_| ())
+            .map_err(|e| shim_err("ResizePty", e))
+    }
+
     pub fn update(&self, req: &api::UpdateTaskRequest) -> Result<()> {
         self.task
             .update(ctx(), req)

@@ -60,6 +60,14 @@ pub struct StreamServer {
     task: tokio::task::JoinHandle<()>,
 }
 
+impl std::fmt::Debug for StreamServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamServer")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Drop for StreamServer {
     fn drop(&mut self) {
         self.task.abort();
