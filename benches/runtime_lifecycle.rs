@@ -11,10 +11,9 @@
 #[path = "../tests/common/busybox_bundle.rs"]
 mod busybox_bundle;
 
-use std::process::{Command, Stdio as PStdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use berth::runtime::{Container, CreateOptions, Stdio};
 use busybox_bundle::*;
 
@@ -58,27 +57,7 @@ fn berth_once(bundle: &Bundle, n: usize) -> Result<Duration> {
 fn runc_once(bundle: &Bundle, root: &std::path::Path, n: usize) -> Result<Duration> {
     let id = format!("berth-bench-runc-{}-{n}", std::process::id());
     let spec = spec(bundle, &id, &["true"]);
-    std::fs::write(
-        bundle.path().join("config.json"),
-        serde_json::to_vec(&spec)?,
-    )?;
-    let t = Instant::now();
-    let st = Command::new("runc")
-        .arg("--root")
-        .arg(root)
-        .args(["run", "--bundle"])
-        .arg(bundle.path())
-        .arg(&id)
-        .stdin(PStdio::null())
-        .stdout(PStdio::null())
-        .stderr(PStdio::inherit())
-        .status()
-        .context("run runc")?;
-    let d = t.elapsed();
-    if !st.success() {
-        bail!("runc run: {st}");
-    }
-    Ok(d)
+    runc_run(bundle, root, &id, &spec)
 }
 
 fn main() -> Result<()> {

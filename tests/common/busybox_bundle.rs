@@ -226,3 +226,32 @@ pub fn run_sh(script: &str) -> Result<Output> {
     let spec = spec(&bundle, &id, &["sh", "-c", script]);
     run(&bundle, &id, &spec)
 }
+
+/// Runs `spec` in the bundle with Debian's runc (`runc run`, the benches'
+/// reference), stdio to /dev/null but stderr; returns the wall time.
+pub fn runc_run(
+    bundle: &Bundle,
+    root: &Path,
+    id: &str,
+    spec: &Spec,
+) -> Result<std::time::Duration> {
+    use std::process::{Command, Stdio as PStdio};
+    std::fs::write(bundle.path().join("config.json"), serde_json::to_vec(spec)?)?;
+    let t = std::time::Instant::now();
+    let st = Command::new("runc")
+        .arg("--root")
+        .arg(root)
+        .args(["run", "--bundle"])
+        .arg(bundle.path())
+        .arg(id)
+        .stdin(PStdio::null())
+        .stdout(PStdio::null())
+        .stderr(PStdio::inherit())
+        .status()
+        .context("run runc")?;
+    let d = t.elapsed();
+    if !st.success() {
+        bail!("runc run: {st}");
+    }
+    Ok(d)
+}
