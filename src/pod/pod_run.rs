@@ -81,6 +81,7 @@ impl PodManager {
             annotations: config.annotations.clone(),
             config: config.encode_to_vec(),
             dir: dir.clone(),
+            setting_up: true,
             ..Default::default()
         };
         drop(_enter);
@@ -135,19 +136,23 @@ impl PodManager {
                 NsKind::Uts => record.utsns = Some(p.clone()),
             }
         }
-        pin_namespaces(&pins, &hostname)?;
         if !host_network {
-            let path = dir.join("netns");
-            record.netns = Some(path.clone());
-            network::create_netns(&path)?;
+            record.netns = Some(dir.join("netns"));
+        }
+        // Every path is recorded before it is made (removing one that was
+        // never made is a no-op), so a crash leaves nothing unknown behind.
+        self.store.put_pod(record)?;
+        pin_namespaces(&pins, &hostname)?;
+        if let Some(path) = &record.netns {
+            network::create_netns(path)?;
         }
         if ns.pid == cri::NamespaceMode::Pod as i32 {
             // A shared pid namespace: the built-in init is its pid 1.
             let pid = super::pod_init::spawn(&record.id)?;
             record.init_pid = Some(pid);
-            self.store.put_pod(record)?;
             let pin = dir.join("pidns");
             record.pidns = Some(pin.clone());
+            self.store.put_pod(record)?;
             super::namespaces::pin_path(&format!("/proc/{pid}/ns/pid"), &pin)?;
         }
         let ns_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -163,6 +168,7 @@ impl PodManager {
             let existed = cgroup_exists(cgroup_parent);
             if !existed {
                 record.cgroup = Some(cgroup_parent.to_owned());
+                self.store.put_pod(record)?;
             }
             mgr.create_parent()
                 .map_err(|e| PodError::Cgroup(format!("{cgroup_parent}: {e}")))?;
@@ -182,6 +188,7 @@ impl PodManager {
         let net_ms = started.elapsed().as_secs_f64() * 1e3;
 
         files::write_pod_files(&dir, config, &hostname, &ips, host_network)?;
+        record.setting_up = false;
         self.store.put_pod(record)?;
         tracing::debug!(
             pod = %record.id,

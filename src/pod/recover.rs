@@ -9,7 +9,17 @@ use crate::store::ContainerState;
 impl PodManager {
     pub(crate) async fn recover(&self) -> Result<()> {
         let _guard = self.lock.lock().await;
-        let pods = self.store.pods()?;
+        let mut pods = self.store.pods()?;
+        // RunPodSandbox cut off by a crash: undo what it made, forget the pod.
+        for pod in pods.iter().filter(|p| p.setting_up) {
+            tracing::warn!(pod = %pod.id, "removing a pod whose creation was interrupted");
+            if let Err(e) = self.teardown_pod(pod).await {
+                tracing::error!(pod = %pod.id, error = %e, "cleanup of an interrupted pod incomplete");
+                continue;
+            }
+            self.store.delete_pod(&pod.id)?;
+        }
+        pods.retain(|p| !p.setting_up);
         for pod in &pods {
             let Some(addr) = &pod.shim_address else {
                 continue;
@@ -68,5 +78,70 @@ impl PodManager {
         }
         tracing::info!(pods = pods.len(), "pods and containers recovered");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::config::Config;
+    use crate::pod::PodManager;
+    use crate::store::{MetadataStore, PodRecord};
+
+    /// A pod whose RunPodSandbox was cut off is removed at start-up, files
+    /// and record; a finished pod stays.
+    #[tokio::test]
+    async fn interrupted_pod_creation_is_swept_on_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = Arc::new(Config {
+            root: tmp.path().join("root"),
+            state: tmp.path().join("state"),
+            ..Config::default()
+        });
+        let half_dir = config.state.join("pods").join("half");
+        std::fs::create_dir_all(&half_dir).unwrap();
+        std::fs::write(half_dir.join("hostname"), "half\n").unwrap();
+        let done_dir = config.state.join("pods").join("done");
+        std::fs::create_dir_all(&done_dir).unwrap();
+        {
+            let db = config.root.join("metadata").join("pods.redb");
+            std::fs::create_dir_all(db.parent().unwrap()).unwrap();
+            let store = MetadataStore::open(&db).unwrap();
+            store
+                .put_pod(&PodRecord {
+                    id: "half".into(),
+                    dir: half_dir.clone(),
+                    utsns: Some(half_dir.join("utsns")),
+                    setting_up: true,
+                    ..Default::default()
+                })
+                .unwrap();
+            store
+                .put_pod(&PodRecord {
+                    id: "done".into(),
+                    dir: done_dir.clone(),
+                    ..Default::default()
+                })
+                .unwrap();
+        }
+        let images = Arc::new(
+            crate::image::ImageStore::open(&config.root.join("images"), &config.image)
+                .await
+                .unwrap(),
+        );
+        let pods = PodManager::open(config.clone(), images, None)
+            .await
+            .unwrap();
+        let ids: Vec<String> = pods
+            .store
+            .pods()
+            .unwrap()
+            .into_iter()
+            .map(|p| p.id)
+            .collect();
+        assert_eq!(ids, vec!["done".to_owned()]);
+        assert!(!half_dir.exists(), "the interrupted pod's dir is gone");
+        assert!(done_dir.exists());
     }
 }

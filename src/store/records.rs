@@ -45,6 +45,9 @@ pub struct PodRecord {
     pub ips: Vec<String>,
     /// The ttrpc address of the pod's shim, once one was started.
     pub shim_address: Option<String>,
+    /// RunPodSandbox has not finished: a pod still marked so when berthd
+    /// starts was cut off by a crash and is removed.
+    pub setting_up: bool,
 }
 
 /// A container's lifecycle state.
