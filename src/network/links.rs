@@ -186,32 +186,14 @@ pub async fn configure_pod(
             .gateway(gw)
             .output_interface(eth0)
             .build();
-        match h.route().add(r).execute().await {
-            Ok(()) => {}
-            Err(e) if netlink_errno(&e) == Some(EEXIST) => {}
-            Err(e) => {
-                return Err(NetworkError::netlink(
-                    format!("add default route via {gw}"),
-                    e,
-                ));
-            }
-        }
+        add_default_route(h, r, gw.into()).await?;
     }
     if let Some(gw) = gw6 {
         let r = RouteMessageBuilder::<Ipv6Addr>::new()
             .gateway(gw)
             .output_interface(eth0)
             .build();
-        match h.route().add(r).execute().await {
-            Ok(()) => {}
-            Err(e) if netlink_errno(&e) == Some(EEXIST) => {}
-            Err(e) => {
-                return Err(NetworkError::netlink(
-                    format!("add default route via {gw}"),
-                    e,
-                ));
-            }
-        }
+        add_default_route(h, r, gw.into()).await?;
     }
     Ok(())
 }
@@ -259,6 +241,23 @@ pub fn sysctl(parts: &[&str], value: &str) -> Result<(), NetworkError> {
         return Ok(());
     }
     std::fs::write(&path, value).map_err(|e| NetworkError::io(format!("sysctl {path}={value}"), e))
+}
+
+/// Adds a default route (built by the caller for its address family); one
+/// that exists already is fine.
+async fn add_default_route(
+    h: &Handle,
+    route: rtnetlink::packet_route::route::RouteMessage,
+    gw: IpAddr,
+) -> Result<(), NetworkError> {
+    match h.route().add(route).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) if netlink_errno(&e) == Some(EEXIST) => Ok(()),
+        Err(e) => Err(NetworkError::netlink(
+            format!("add default route via {gw}"),
+            e,
+        )),
+    }
 }
 
 #[cfg(test)]
