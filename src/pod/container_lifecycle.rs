@@ -254,6 +254,7 @@ impl PodManager {
         self.images.remove_rootfs(&c.id)?;
         super::remove_dir_all(&c.bundle)?;
         self.store.delete_container(&c.id)?;
+        self.cpu_rates.forget(&c.id);
         self.events.send(event(
             cri::ContainerEventType::ContainerDeletedEvent,
             &c.id,

@@ -173,10 +173,13 @@ impl PodManager {
                 if let Some(cpu) = m.cpu.as_ref()
                     && let Some(u) = cpu.usage.as_ref()
                 {
+                    // The sample's own time (after the shim answered).
+                    let at = now_ns();
+                    let nano_cores = self.cpu_rates.nano_cores(&c.id, at, u.total);
                     stats.cpu = Some(cri::CpuUsage {
-                        timestamp: now,
+                        timestamp: at,
                         usage_core_nano_seconds: Some(cri::UInt64Value { value: u.total }),
-                        usage_nano_cores: None,
+                        usage_nano_cores: Some(cri::UInt64Value { value: nano_cores }),
                     });
                 }
                 if let Some(mem) = m.memory.as_ref() {

@@ -15,12 +15,14 @@ mod container_create;
 mod container_exec;
 mod container_lifecycle;
 mod container_status;
+mod cpu_rate;
 mod error;
 mod files;
 mod host_devices;
 pub mod namespaces;
 pub mod pod_init;
 mod pod_remove;
+mod pod_resources;
 mod pod_run;
 mod pod_stats;
 mod pod_status;
@@ -67,6 +69,8 @@ pub struct PodManager {
     events: events::EventHub,
     /// Containers the OOM killer hit.
     oom: shim_client::OomSet,
+    /// Last cpu samples, for `usage_nano_cores`.
+    cpu_rates: cpu_rate::CpuRates,
     /// This manager, for the exit waiter threads.
     me: std::sync::Weak<PodManager>,
 }
@@ -101,6 +105,7 @@ impl PodManager {
             events_address,
             events: EventHub::default(),
             oom,
+            cpu_rates: cpu_rate::CpuRates::default(),
             me: me.clone(),
         });
         manager.recover().await?;

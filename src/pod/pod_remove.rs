@@ -22,6 +22,7 @@ impl PodManager {
         self.shutdown_shim(&pod).await;
         self.teardown_pod(&pod).await?;
         self.store.delete_pod(&pod.id)?;
+        self.cpu_rates.forget(&super::pod_stats::pod_key(&pod.id));
         tracing::info!(pod = %pod.id, "pod removed");
         Ok(())
     }

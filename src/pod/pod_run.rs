@@ -52,6 +52,13 @@ impl PodManager {
                 "cgroup parent {cgroup_parent:?} is a systemd slice; berth supports the cgroupfs driver only"
             )));
         }
+        // Checked before anything is made.
+        let pod_resources = match config.linux.as_ref() {
+            Some(l) => super::pod_resources::pod_cgroup_resources(l)?
+                .map(|r| crate::spec::oci_resources(&r, &crate::spec::HostFacts::default()))
+                .transpose()?,
+            None => None,
+        };
         let _guard = self.lock.lock().await;
         let taken = self.store.pods()?.into_iter().find(|p| {
             p.name == meta.name
@@ -86,7 +93,13 @@ impl PodManager {
         };
         drop(_enter);
         match self
-            .setup_pod(&config, &ns, &cgroup_parent, &mut record)
+            .setup_pod(
+                &config,
+                &ns,
+                &cgroup_parent,
+                pod_resources.as_ref(),
+                &mut record,
+            )
             .await
         {
             Ok(()) => {
@@ -109,6 +122,7 @@ impl PodManager {
         config: &cri::PodSandboxConfig,
         ns: &cri::NamespaceOption,
         cgroup_parent: &str,
+        pod_resources: Option<&oci_spec::runtime::LinuxResources>,
         record: &mut PodRecord,
     ) -> Result<()> {
         let dir = record.dir.clone();
@@ -172,6 +186,13 @@ impl PodManager {
             }
             mgr.create_parent()
                 .map_err(|e| PodError::Cgroup(format!("{cgroup_parent}: {e}")))?;
+            // The pod's resources plus its overhead, on the pod cgroup.
+            if let Some(res) = pod_resources {
+                mgr.apply(res)
+                    .map_err(|e| PodError::Cgroup(format!("{cgroup_parent}: {e}")))?;
+            }
+        } else if pod_resources.is_some() {
+            tracing::debug!(pod = %record.id, "no cgroup parent: pod resources not applied");
         }
         let cgroup_ms = started.elapsed().as_secs_f64() * 1e3;
 

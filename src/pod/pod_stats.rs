@@ -95,8 +95,10 @@ impl PodManager {
             linux: Some(cri::LinuxPodSandboxStats {
                 cpu: cpu.map(|c| cri::CpuUsage {
                     timestamp: now,
+                    usage_nano_cores: Some(cri::UInt64Value {
+                        value: self.cpu_rates.nano_cores(&pod_key(&pod.id), now, c.value),
+                    }),
                     usage_core_nano_seconds: Some(c),
-                    usage_nano_cores: None,
                 }),
                 memory: working.map(|w| cri::MemoryUsage {
                     timestamp: now,
@@ -111,4 +113,9 @@ impl PodManager {
             windows: None,
         })
     }
+}
+
+/// The cpu-rate cache key of a pod (containers are keyed by their own id).
+pub(crate) fn pod_key(id: &str) -> String {
+    format!("pod/{id}")
 }
