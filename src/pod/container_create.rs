@@ -221,11 +221,7 @@ impl PodManager {
             .await;
         match result {
             Ok(()) => {
-                self.events.send(super::events::event(
-                    cri::ContainerEventType::ContainerCreatedEvent,
-                    &id,
-                    &pod.id,
-                ));
+                self.emit(cri::ContainerEventType::ContainerCreatedEvent, &id, &pod.id);
                 tracing::info!(container = %id, pod = %pod.id, image = %image_name, "container created");
                 Ok(id)
             }
@@ -264,6 +260,11 @@ impl PodManager {
         self.store.put_container(record)?;
         let image_config: ImageConfiguration = serde_json::from_slice(&image.config_json)
             .map_err(|e| PodError::FailedPrecondition(format!("image {} config: {e}", image.id)))?;
+        record.stop_signal = image_config
+            .config()
+            .as_ref()
+            .and_then(|c| c.stop_signal().clone())
+            .unwrap_or_default();
         let rootfs = self.images.prepare_rootfs(&image.id, &id)?;
         record.upper_dir = Some(rootfs.upper_dir.clone());
         let passwd = image_file(&rootfs.lower_dirs, "passwd");

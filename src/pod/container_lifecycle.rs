@@ -8,7 +8,6 @@ use containerd_shim_protos::api;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use k8s_cri::v1 as cri;
 
-use super::events::event;
 use super::shim_client::ShimClient;
 use super::{PodError, PodManager, Result, now_ns};
 use crate::store::{ContainerRecord, ContainerState, PodRecord};
@@ -71,11 +70,11 @@ impl PodManager {
         c.started_at = started_at;
         self.store.put_container(&c)?;
         self.spawn_waiter(shim, &c.id);
-        self.events.send(event(
+        self.emit(
             cri::ContainerEventType::ContainerStartedEvent,
             &c.id,
             &c.pod_id,
-        ));
+        );
         tracing::info!(container = %c.id, pid, "container started");
         Ok(())
     }
@@ -126,11 +125,11 @@ impl PodManager {
             "Error".into()
         };
         self.store.put_container(&c)?;
-        self.events.send(event(
+        self.emit(
             cri::ContainerEventType::ContainerStoppedEvent,
             &c.id,
             &c.pod_id,
-        ));
+        );
         tracing::info!(container = %c.id, exit_code = c.exit_code, reason = %c.reason, "container exited");
         Ok(())
     }
@@ -186,19 +185,20 @@ impl PodManager {
         if timeout > 0 {
             let s = shim.clone();
             let cid2 = cid.clone();
-            let sent =
-                tokio::task::spawn_blocking(move || s.kill(&cid2, "", libc::SIGTERM as u32, false))
-                    .await
-                    .map_err(|e| PodError::Shim(e.to_string()))?;
+            // The image's STOPSIGNAL, else SIGTERM (as containerd does).
+            let signal = super::stop_signal::stop_signal(&cid, &c.stop_signal);
+            let sent = tokio::task::spawn_blocking(move || s.kill(&cid2, "", signal as u32, false))
+                .await
+                .map_err(|e| PodError::Shim(e.to_string()))?;
             if let Err(e) = sent {
-                tracing::debug!(container = %cid, error = %e, "SIGTERM");
+                tracing::debug!(container = %cid, signal, error = %e, "stop signal");
             }
             if let Ok(done) =
                 tokio::time::timeout(Duration::from_secs(timeout as u64), &mut waiter).await
             {
                 return self.finish_stop(&cid, done);
             }
-            tracing::info!(container = %cid, timeout, "no exit after SIGTERM; sending SIGKILL");
+            tracing::info!(container = %cid, timeout, "no exit after the stop signal; sending SIGKILL");
         }
         let s = shim.clone();
         let cid2 = cid.clone();
@@ -255,11 +255,11 @@ impl PodManager {
         super::remove_dir_all(&c.bundle)?;
         self.store.delete_container(&c.id)?;
         self.cpu_rates.forget(&c.id);
-        self.events.send(event(
+        self.emit(
             cri::ContainerEventType::ContainerDeletedEvent,
             &c.id,
             &c.pod_id,
-        ));
+        );
         tracing::info!(container = %c.id, "container removed");
         Ok(())
     }

@@ -31,28 +31,38 @@ impl EventHub {
     }
 }
 
-/// A CRI container event of `kind` for `container_id` in `pod_id`.
-pub fn event(kind: cri::ContainerEventType, container_id: &str, pod_id: &str) -> ContainerEvent {
-    cri::ContainerEventResponse {
-        container_id: container_id.to_owned(),
-        container_event_type: kind as i32,
-        created_at: super::now_ns(),
-        pod_sandbox_status: None,
-        containers_statuses: Vec::new(),
+impl EventHub {
+    /// Whether any GetContainerEvents stream listens.
+    pub fn has_subscribers(&self) -> bool {
+        self.tx.receiver_count() > 0
     }
-    .with_pod(pod_id)
 }
 
-trait WithPod {
-    fn with_pod(self, pod_id: &str) -> Self;
-}
-
-impl WithPod for ContainerEvent {
-    fn with_pod(mut self, pod_id: &str) -> Self {
-        self.pod_sandbox_status = Some(cri::PodSandboxStatus {
-            id: pod_id.to_owned(),
-            ..Default::default()
+impl super::PodManager {
+    /// Sends a CRI container event of `kind` for `container_id` (the pod's
+    /// own id for the events of the pod sandbox itself, as containerd does)
+    /// in `pod_id`, with the pod's status and the statuses of its
+    /// containers as they are now, as containerd sends them. Built only
+    /// when somebody listens.
+    pub(crate) fn emit(&self, kind: cri::ContainerEventType, container_id: &str, pod_id: &str) {
+        if !self.events.has_subscribers() {
+            return;
+        }
+        let pod_sandbox_status = self.pod_status(pod_id, false).ok().map(|(s, _)| s);
+        let containers_statuses = self
+            .store
+            .containers()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| c.pod_id == pod_id)
+            .filter_map(|c| self.container_status(&c.id, false).ok().map(|(s, _)| s))
+            .collect();
+        self.events.send(cri::ContainerEventResponse {
+            container_id: container_id.to_owned(),
+            container_event_type: kind as i32,
+            created_at: super::now_ns(),
+            pod_sandbox_status,
+            containers_statuses,
         });
-        self
     }
 }

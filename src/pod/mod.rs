@@ -29,6 +29,7 @@ mod pod_status;
 mod pod_stop;
 mod recover;
 pub mod shim_client;
+mod stop_signal;
 mod stream_backend;
 
 pub use stream_backend::PodStreamBackend;

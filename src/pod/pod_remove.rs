@@ -22,6 +22,11 @@ impl PodManager {
         self.shutdown_shim(&pod).await;
         self.teardown_pod(&pod).await?;
         self.store.delete_pod(&pod.id)?;
+        self.emit(
+            k8s_cri::v1::ContainerEventType::ContainerDeletedEvent,
+            &pod.id,
+            &pod.id,
+        );
         self.cpu_rates.forget(&super::pod_stats::pod_key(&pod.id));
         tracing::info!(pod = %pod.id, "pod removed");
         Ok(())

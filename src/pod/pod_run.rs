@@ -104,6 +104,9 @@ impl PodManager {
         {
             Ok(()) => {
                 tracing::info!(pod = %id, name = %meta.name, ips = ?record.ips, "pod ready");
+                // The sandbox's own events carry its id as the container id.
+                self.emit(cri::ContainerEventType::ContainerCreatedEvent, &id, &id);
+                self.emit(cri::ContainerEventType::ContainerStartedEvent, &id, &id);
                 Ok(id)
             }
             Err(e) => {

@@ -24,8 +24,16 @@ impl PodManager {
             pod.network = false;
         }
         if pod.state != PodState::NotReady || !pod.ips.is_empty() {
+            let was_ready = pod.state != PodState::NotReady;
             pod.state = PodState::NotReady;
             self.store.put_pod(&pod)?;
+            if was_ready {
+                self.emit(
+                    k8s_cri::v1::ContainerEventType::ContainerStoppedEvent,
+                    &pod.id,
+                    &pod.id,
+                );
+            }
         }
         tracing::info!(pod = %pod.id, "pod stopped");
         Ok(())

@@ -94,4 +94,6 @@ pub struct ContainerRecord {
     pub cgroup: Option<String>,
     /// The writable layer (overlay upper dir).
     pub upper_dir: Option<PathBuf>,
+    /// The image's `StopSignal` (empty: SIGTERM).
+    pub stop_signal: String,
 }
