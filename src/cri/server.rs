@@ -128,7 +128,8 @@ impl CriServer {
         } = self;
         let backend = Arc::new(PodStreamBackend::new(Arc::clone(&pods)));
         let stream = Arc::new(StreamServer::start(&config.stream, backend).await?);
-        let runtime = CriRuntimeService::new(Arc::clone(&config), pods).with_stream(stream);
+        let runtime =
+            CriRuntimeService::new(Arc::clone(&config), Arc::clone(&pods)).with_stream(stream);
         let image = CriImageService::new(images);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = Server::builder()
@@ -160,6 +161,7 @@ impl CriServer {
             ),
         }
         drop(socket);
+        pods.shutdown();
         tracing::info!("berthd stopped");
         Ok(())
     }

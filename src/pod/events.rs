@@ -66,3 +66,27 @@ impl super::PodManager {
         });
     }
 }
+
+/// Records the init exits the shims publish (`TaskExit` on the events
+/// endpoint) as soon as they come, also for containers whose Task.Wait
+/// thread is not (yet) running, e.g. right after a berthd restart.
+pub(crate) fn spawn_exit_recorder(
+    manager: std::sync::Weak<super::PodManager>,
+    mut exits: tokio::sync::mpsc::UnboundedReceiver<containerd_shim_protos::events::task::TaskExit>,
+) {
+    tokio::spawn(async move {
+        while let Some(ev) = exits.recv().await {
+            let Some(me) = manager.upgrade() else { return };
+            let at = ev
+                .exited_at
+                .as_ref()
+                .map(|t| t.seconds * 1_000_000_000 + i64::from(t.nanos))
+                .unwrap_or_else(super::now_ns);
+            let _guard = me.lock.lock().await;
+            tracing::debug!(container = %ev.container_id, exit_status = ev.exit_status, "exit event");
+            if let Err(e) = me.record_exit(&ev.container_id, ev.exit_status, at) {
+                tracing::warn!(container = %ev.container_id, error = %e, "record exit event");
+            }
+        }
+    });
+}

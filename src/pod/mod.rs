@@ -67,6 +67,7 @@ pub struct PodManager {
     shims: Mutex<HashMap<String, Arc<ShimClient>>>,
     /// The ttrpc events endpoint the shims publish to.
     events_address: String,
+    events_socket: shim_client::EventsSocket,
     events: events::EventHub,
     /// Containers the OOM killer hit.
     oom: shim_client::OomSet,
@@ -95,7 +96,9 @@ impl PodManager {
     ) -> Result<Arc<Self>> {
         let store = MetadataStore::open(&config.root.join("metadata").join("pods.redb"))?;
         let oom = shim_client::OomSet::default();
-        let events_address = shim_client::serve_events(&config.state, oom.clone())?;
+        let (exits_tx, exits_rx) = tokio::sync::mpsc::unbounded_channel();
+        let events_socket = shim_client::serve_events(&config.state, oom.clone(), exits_tx)?;
+        let events_address = events_socket.address.clone();
         let manager = Arc::new_cyclic(|me| Self {
             config,
             store,
@@ -104,13 +107,21 @@ impl PodManager {
             lock: tokio::sync::Mutex::new(()),
             shims: Mutex::new(HashMap::new()),
             events_address,
+            events_socket,
             events: EventHub::default(),
             oom,
             cpu_rates: cpu_rate::CpuRates::default(),
             me: me.clone(),
         });
         manager.recover().await?;
+        events::spawn_exit_recorder(Arc::downgrade(&manager), exits_rx);
         Ok(manager)
+    }
+
+    /// Clean shutdown: removes the events socket (the shims keep running
+    /// and reconnect to the next berthd).
+    pub fn shutdown(&self) {
+        self.events_socket.remove();
     }
 
     /// The pod network, when berthd has one.

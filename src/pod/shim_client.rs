@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use containerd_shim_protos::api;
-use containerd_shim_protos::events::task::TaskOOM;
+use containerd_shim_protos::events::task::{TaskExit, TaskOOM};
 use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::shim::events::ForwardRequest;
 use containerd_shim_protos::ttrpc::{self, context};
@@ -57,8 +57,14 @@ pub fn shim_binary() -> Result<PathBuf> {
     )))
 }
 
+/// Init-process exits the shims published (`TaskExit`), for berthd to
+/// record at once; the per-container Task.Wait threads learn the same exits,
+/// whichever comes first wins.
+pub type ExitSender = tokio::sync::mpsc::UnboundedSender<TaskExit>;
+
 struct EventSink {
     oom: OomSet,
+    exits: ExitSender,
 }
 
 impl Events for EventSink {
@@ -75,15 +81,47 @@ impl Events for EventSink {
             {
                 tracing::info!(container = %ev.container_id, "OOM kill reported");
                 self.oom.lock().expect("oom lock").insert(ev.container_id);
+            } else if env.topic == "/tasks/exit"
+                && let Some(any) = env.event.as_ref()
+                && let Ok(ev) = TaskExit::parse_from_bytes(&any.value)
+                && ev.id == ev.container_id
+            {
+                let _ = self.exits.send(ev);
             }
         }
         Ok(Default::default())
     }
 }
 
-/// Serves the Events endpoint at `<state>/events.sock`; returns its path
-/// (what the shims get as TTRPC_ADDRESS). The server lives as long as berthd.
-pub fn serve_events(state: &Path, oom: OomSet) -> Result<String> {
+/// The Events endpoint's socket file.
+#[derive(Debug)]
+pub struct EventsSocket {
+    /// Its path: what the shims get as TTRPC_ADDRESS.
+    pub address: String,
+    /// (device, inode) of the file this process bound.
+    identity: Option<(u64, u64)>,
+}
+
+impl EventsSocket {
+    /// Removes the socket file at shutdown, if it is still the one this
+    /// process bound. The shims keep running and reconnect to the next
+    /// berthd (they retry on every event).
+    pub fn remove(&self) {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::symlink_metadata(&self.address) {
+            Ok(m) if Some((m.dev(), m.ino())) == self.identity => {
+                if let Err(e) = std::fs::remove_file(&self.address) {
+                    tracing::warn!(socket = %self.address, error = %e, "cannot remove the events socket");
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Serves the Events endpoint at `<state>/events.sock`. The server lives as
+/// long as berthd.
+pub fn serve_events(state: &Path, oom: OomSet, exits: ExitSender) -> Result<EventsSocket> {
     std::fs::create_dir_all(state)
         .map_err(|e| PodError::io(format!("create {}", state.display()), e))?;
     let path = state.join(EVENTS_SOCKET);
@@ -96,13 +134,22 @@ pub fn serve_events(state: &Path, oom: OomSet) -> Result<String> {
     let server = ttrpc::Server::new()
         .bind(&format!("unix://{addr}"))
         .and_then(|s| {
-            let mut s = s.register_service(create_events(Arc::new(EventSink { oom })));
+            let mut s = s.register_service(create_events(Arc::new(EventSink { oom, exits })));
             s.start().map(|()| s)
         })
         .map_err(|e| PodError::Shim(format!("serve the events endpoint {addr}: {e}")))?;
     // The endpoint serves until berthd exits.
     Box::leak(Box::new(server));
-    Ok(addr)
+    let identity = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::symlink_metadata(&path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()))
+    };
+    Ok(EventsSocket {
+        address: addr,
+        identity,
+    })
 }
 
 /// Runs `containerd-shim-berth-v2 start` for `pod_id` in `dir` and returns
