@@ -12,8 +12,14 @@ impl PodManager {
         let Some(pod) = self.resolve_pod(id)? else {
             return Ok(());
         };
+        // Stops the containers and tears the network down; a CNI DEL that
+        // fails fails this call too, and the pod stays for kubelet to retry.
         self.stop_pod(&pod.id).await?;
         let _guard = self.lock.lock().await;
+        // As the stop left it (network torn down, so not torn down twice).
+        let Some(pod) = self.store.pod(&pod.id)? else {
+            return Ok(());
+        };
         for c in self.store.containers()? {
             if c.pod_id == pod.id {
                 self.remove_container_locked(&c.id).await?;
