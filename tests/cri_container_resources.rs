@@ -159,6 +159,21 @@ async fn resources_update_nanocores_and_pod_overhead() -> Result<()> {
     })
     .await?;
     assert_eq!(limits(&cgroup)?, (48 << 20, 30_000, 50_000, 384));
+    // ContainerStatus reports the resources in force.
+    let reported = common::cri_pods::container_status(&mut rt, &limited)
+        .await?
+        .resources
+        .and_then(|r| r.linux)
+        .context("resources in ContainerStatus")?;
+    assert_eq!(
+        (
+            reported.memory_limit_in_bytes,
+            reported.cpu_quota,
+            reported.cpu_period,
+            reported.cpu_shares
+        ),
+        (48 << 20, 30_000, 50_000, 384)
+    );
 
     // Absurd values: refused with InvalidArgument, nothing changed.
     for (what, bad) in [
@@ -167,6 +182,10 @@ async fn resources_update_nanocores_and_pod_overhead() -> Result<()> {
         (
             "shares beyond the kernel's maximum",
             resources(0, 0, 0, 10_000_000),
+        ),
+        (
+            "memory below the current usage, with new cpu limits",
+            resources(4096, 90_000, 100_000, 1024),
         ),
         (
             "cpuset that is no list",
@@ -192,6 +211,12 @@ async fn resources_update_nanocores_and_pod_overhead() -> Result<()> {
             (48 << 20, 30_000, 50_000, 384),
             "{what} changed nothing"
         );
+        let reported = common::cri_pods::container_status(&mut rt, &limited)
+            .await?
+            .resources
+            .and_then(|r| r.linux)
+            .context("resources in ContainerStatus")?;
+        assert_eq!(reported.memory_limit_in_bytes, 48 << 20, "{what}");
     }
     let err = rt
         .update_container_resources(cri::UpdateContainerResourcesRequest {

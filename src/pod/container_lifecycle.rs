@@ -275,6 +275,17 @@ impl PodManager {
             return Ok(());
         };
         let res = crate::spec::oci_resources(&linux, &crate::spec::HostFacts::default())?;
+        // The kernel refuses a memory limit below the current usage (EBUSY),
+        // after the cpu limits were already written: refuse it up front.
+        if linux.memory_limit_in_bytes > 0
+            && let Some(usage) = c.cgroup.as_deref().and_then(memory_usage)
+            && usage > linux.memory_limit_in_bytes as u64
+        {
+            return Err(PodError::InvalidArgument(format!(
+                "memory limit {} is below container {}'s current memory usage {usage}",
+                linux.memory_limit_in_bytes, c.id
+            )));
+        }
         let json = serde_json::to_vec(&res).map_err(|e| PodError::Shim(e.to_string()))?;
         let req = api::UpdateTaskRequest {
             id: c.id.clone(),
@@ -286,10 +297,33 @@ impl PodManager {
             .into(),
             ..Default::default()
         };
+        let _guard = self.lock.lock().await;
+        let Some(mut c) = self.store.container(&c.id)? else {
+            return Err(PodError::NotFound(format!("container {id}")));
+        };
+        if !matches!(c.state, ContainerState::Created | ContainerState::Running) {
+            return Err(PodError::FailedPrecondition(format!(
+                "container {} is {:?}: only a created or running container can be updated",
+                c.id, c.state
+            )));
+        }
         let shim = self.shim_of(&c.pod_id)?;
         tokio::task::spawn_blocking(move || shim.update(&req))
             .await
-            .map_err(|e| PodError::Shim(e.to_string()))?
+            .map_err(|e| PodError::Shim(e.to_string()))??;
+        // Remembered in the container's config, as containerd does, so that
+        // ContainerStatus reports the resources in force.
+        use prost::Message;
+        let mut config = cri::ContainerConfig::decode(c.config.as_slice()).unwrap_or_default();
+        let stored = config
+            .linux
+            .get_or_insert_with(Default::default)
+            .resources
+            .get_or_insert_with(Default::default);
+        merge_resources(stored, &linux);
+        c.config = config.encode_to_vec();
+        self.store.put_container(&c)?;
+        Ok(())
     }
 
     /// ReopenContainerLog: after kubelet renamed the log file away, starts a
@@ -345,6 +379,56 @@ async fn wait_gone(pid: i32) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     tracing::warn!(shim_pid = pid, "shim still running after Shutdown");
+}
+
+/// An update over the resources in force: what it sets (non-zero,
+/// non-empty) replaces, the rest stays (containerd's `WithResources`).
+fn merge_resources(
+    stored: &mut cri::LinuxContainerResources,
+    update: &cri::LinuxContainerResources,
+) {
+    let set = |dst: &mut i64, v: i64| {
+        if v != 0 {
+            *dst = v;
+        }
+    };
+    set(&mut stored.cpu_period, update.cpu_period);
+    set(&mut stored.cpu_quota, update.cpu_quota);
+    set(&mut stored.cpu_shares, update.cpu_shares);
+    set(
+        &mut stored.memory_limit_in_bytes,
+        update.memory_limit_in_bytes,
+    );
+    set(
+        &mut stored.memory_swap_limit_in_bytes,
+        update.memory_swap_limit_in_bytes,
+    );
+    if !update.cpuset_cpus.is_empty() {
+        stored.cpuset_cpus = update.cpuset_cpus.clone();
+    }
+    if !update.cpuset_mems.is_empty() {
+        stored.cpuset_mems = update.cpuset_mems.clone();
+    }
+    if !update.hugepage_limits.is_empty() {
+        stored.hugepage_limits = update.hugepage_limits.clone();
+    }
+    stored
+        .unified
+        .extend(update.unified.iter().map(|(k, v)| (k.clone(), v.clone())));
+}
+
+/// The current memory usage of the cgroup at `path` (v1
+/// `memory.usage_in_bytes`, v2 `memory.current`).
+fn memory_usage(path: &str) -> Option<u64> {
+    let rel = path.trim_start_matches('/');
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    [
+        root.join("memory").join(rel).join("memory.usage_in_bytes"),
+        root.join(rel).join("memory.current"),
+    ]
+    .iter()
+    .find_map(|f| std::fs::read_to_string(f).ok())
+    .and_then(|t| t.trim().parse().ok())
 }
 
 /// Whether the OOM killer killed a process of the cgroup at `path`: v1's

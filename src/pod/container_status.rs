@@ -61,7 +61,14 @@ impl PodManager {
             annotations: c.annotations.clone(),
             mounts: config.mounts.clone(),
             log_path: c.log_path.clone(),
-            resources: None,
+            resources: config
+                .linux
+                .as_ref()
+                .and_then(|l| l.resources.clone())
+                .map(|r| cri::ContainerResources {
+                    linux: Some(r),
+                    windows: None,
+                }),
             image_id: c.image_id.clone(),
             user: None,
         };
