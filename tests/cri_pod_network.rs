@@ -4,8 +4,9 @@
 //! the host at A's PodSandboxStatus IP, from pod B (ExecSync) and through a
 //! hostPort on 127.0.0.1; two pods get different IPs; PodSandboxStats counts
 //! the traffic; after RemovePodSandbox no veth, netns, rule or lease is left.
-//! In CNI mode a plugin whose DEL fails twice makes StopPodSandbox and then
-//! RemovePodSandbox fail (the pod stays listed) until a retry succeeds.
+//! In CNI mode a portmap wrapper whose DEL fails twice makes StopPodSandbox
+//! and then RemovePodSandbox fail (the pod stays listed, its lease kept)
+//! until a retry succeeds.
 //! Traffic stays on loopback and the test's own bridge and namespaces.
 
 mod common;
@@ -147,28 +148,25 @@ fn files_mentioning(dir: &Path, needle: &str) -> Vec<String> {
     out
 }
 
-/// A chained CNI plugin: ADD passes the previous result on; DEL fails for
+/// A CNI plugin that is Debian's `portmap`, except that its DEL fails for
 /// the first `fails` attempts of each pod (by design of the test).
-fn flaky_plugin(bin_dir: &Path, name: &str, count_dir: &Path, fails: u32) -> Result<()> {
+fn flaky_portmap(bin_dir: &Path, name: &str, count_dir: &Path, fails: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(bin_dir)?;
     std::fs::create_dir_all(count_dir)?;
     let script = format!(
         r#"#!/bin/sh
-input=$(cat)
-case "$CNI_COMMAND" in
-ADD) printf '%s' "$input" | jq -c .prevResult ;;
-DEL)
+if [ "$CNI_COMMAND" = DEL ]; then
   f="{count}/$CNI_CONTAINERID"
   n=$(cat "$f" 2>/dev/null || echo 0)
   echo $((n + 1)) > "$f"
   if [ "$n" -lt {fails} ]; then
+    cat > /dev/null
     echo '{{"cniVersion":"1.0.0","code":11,"msg":"flaky DEL: attempt '$((n + 1))' fails by design"}}'
     exit 1
-  fi ;;
-VERSION) echo '{{"cniVersion":"1.0.0","supportedVersions":["0.3.0","0.3.1","0.4.0","1.0.0"]}}' ;;
-esac
-exit 0
+  fi
+fi
+exec /usr/lib/cni/portmap
 "#,
         count = count_dir.display(),
     );
@@ -194,7 +192,7 @@ async fn pod_network_suite(mode: Mode, idx: u32) -> Result<()> {
         let conf_dir = tmp.join("cni-conf");
         let bin_dir = tmp.join("cni-bin");
         std::fs::create_dir_all(&conf_dir)?;
-        flaky_plugin(&bin_dir, &flaky, &count_dir, 2)?;
+        flaky_portmap(&bin_dir, &flaky, &count_dir, 2)?;
         let list = serde_json::json!({
             "cniVersion": "1.0.0",
             "name": format!("berth-cri-net-{pid}-{idx}"),
@@ -209,8 +207,7 @@ async fn pod_network_suite(mode: Mode, idx: u32) -> Result<()> {
                         "dataDir": ipam_dir,
                     }
                 },
-                {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true},
-                {"type": flaky},
+                {"type": flaky, "capabilities": {"portMappings": true}, "snat": true},
             ],
         });
         std::fs::write(

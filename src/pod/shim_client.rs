@@ -2,10 +2,12 @@
 //! with the shim `start` protocol, the ttrpc Task client, and the ttrpc
 //! Events endpoint the shims publish to.
 //!
-//! Exits are learnt with `Task.Wait` per started container (a blocked call
-//! on a thread, repeated after a berthd restart), which needs no event
-//! replay; the Events endpoint exists because a shim needs a publisher to
-//! connect to, and it records `TaskOOM` events so that a container killed by
+//! Exits are learnt two ways, whichever comes first: `Task.Wait` per started
+//! container (a blocked call on a thread, repeated after a berthd restart),
+//! and the `TaskExit` events the shims publish to the Events endpoint (a
+//! shim reconnects to it on its next event after berthd restarted). Exits
+//! that happened while berthd was down are read from the shims at start-up.
+//! The endpoint also records `TaskOOM` events so that a container killed by
 //! the OOM killer is reported with reason `OOMKilled`.
 
 use std::collections::HashSet;
