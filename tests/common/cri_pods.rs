@@ -143,6 +143,33 @@ impl Drop for PodEnv {
                 );
             }
         }
+        // Container processes outlive a SIGKILLed shim (they are
+        // reparented, not killed): kill whatever is left in the test's
+        // cgroups, and wait (bounded) until they are gone so that the
+        // cgroups can be removed.
+        let roots: Vec<_> = [
+            "cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids",
+        ]
+        .iter()
+        .map(|c| {
+            Path::new("/sys/fs/cgroup")
+                .join(c)
+                .join(self.cgroup_parent.trim_start_matches('/'))
+        })
+        .collect();
+        for _ in 0..100 {
+            let pids: Vec<i32> = roots.iter().flat_map(|r| cgroup_tree_pids(r)).collect();
+            if pids.is_empty() {
+                break;
+            }
+            for pid in pids {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let mut mounts = mounts_containing(&tmp);
         mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
         for m in mounts {
@@ -282,6 +309,23 @@ pub fn processes_with(needle: &str) -> Vec<i32> {
         let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
         if String::from_utf8_lossy(&cmd).contains(needle) {
             out.push(pid);
+        }
+    }
+    out
+}
+
+/// The pids in a cgroup directory tree.
+fn cgroup_tree_pids(dir: &Path) -> Vec<i32> {
+    let mut out: Vec<i32> = std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.extend(cgroup_tree_pids(&e.path()));
+            }
         }
     }
     out
