@@ -1,11 +1,8 @@
 //! The streaming server's backend for berthd's pods: exec through the pod's
 //! shim (Task.Exec with fifos berthd creates and copies to and from the
-//! session's pipes), port-forward by dialling 127.0.0.1 inside the pod's
-//! pinned network namespace.
-//!
-//! Attach is refused: berth's containers write their stdout/stderr straight
-//! to the CRI log file and get no stdin fifo, so there is no live stdio to
-//! join (`crictl logs -f` shows the output).
+//! session's pipes), attach through the shim's attach socket
+//! (`container_attach.rs`), port-forward by dialling 127.0.0.1 inside the
+//! pod's pinned network namespace.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -58,11 +55,10 @@ impl StreamBackend for PodStreamBackend {
         io: SessionIo,
     ) -> BoxFuture<'_, std::result::Result<(), StreamError>> {
         Box::pin(async move {
-            drop(io);
-            Err(StreamError::Backend(format!(
-                "attach to container {container_id} is not supported by berth: containers write \
-                 their output to the CRI log file and have no stdin fifo; use exec, or logs -f"
-            )))
+            self.pods
+                .stream_attach(&container_id, io)
+                .await
+                .map_err(backend_err)
         })
     }
 
