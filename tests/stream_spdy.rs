@@ -281,8 +281,21 @@ async fn bad_requests_are_refused_clearly() -> Result<()> {
         tls_cert: Some("/x.pem".into()),
         ..StreamConfig::default()
     };
-    let err = StreamServer::start(&tls, backend).await.err().unwrap();
-    assert!(err.to_string().contains("TLS"), "{err}");
+    let err = StreamServer::start(&tls, backend.clone())
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("tls_key"), "{err}");
+    let missing = StreamConfig {
+        tls_cert: Some("/nonexistent/berth-cert.pem".into()),
+        tls_key: Some("/nonexistent/berth-key.pem".into()),
+        ..StreamConfig::default()
+    };
+    let err = StreamServer::start(&missing, backend).await.err().unwrap();
+    assert!(
+        err.to_string().contains("/nonexistent/berth-cert.pem"),
+        "{err}"
+    );
     Ok(())
 }
 
