@@ -306,10 +306,14 @@ impl SpdyClient {
 
     /// Opens a stream with `headers` (SYN_STREAM).
     pub async fn open(&self, headers: &[(&str, &str)]) -> Result<ClientStream> {
+        // The id is taken under the writer's lock: SPDY stream ids must
+        // reach the peer in increasing order (a server refuses a lower id
+        // than one it saw, and drops the connection), and parallel openers
+        // could otherwise send theirs out of order.
+        let mut w = self.writer.lock().await;
         let id = self.next_id.fetch_add(2, Ordering::SeqCst);
         let (tx, rx) = mpsc::channel(64);
         self.streams.lock().unwrap().insert(id, tx);
-        let mut w = self.writer.lock().await;
         let block = w.header_block(headers);
         let mut payload = Vec::new();
         payload.extend_from_slice(&id.to_be_bytes());
