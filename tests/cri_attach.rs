@@ -3,8 +3,9 @@
 //! project's own SPDY and WebSocket clients: a container echoing its stdin
 //! (SPDY, WebSocket v5/v4/base64), a tty resized and seen by `stty size`,
 //! `stdin_once` (the container reads EOF when the session's stdin ends),
-//! and a client dropped mid-stream (the container goes on; the shim holds
-//! no more fds than before).
+//! a client dropped mid-stream (the container goes on; the shim holds no
+//! more fds than before), and a client that never reads (the container is
+//! never held up; the shim drops that client).
 
 mod common;
 
@@ -320,6 +321,51 @@ async fn attach_to_running_containers() -> Result<()> {
     // 5. Unknown containers are refused before any URL.
     let err = s.attach_url("no-such-container", false, false).await;
     assert!(err.is_err());
+
+    // 6. A client that never reads, attached to a container writing as
+    // fast as it can: the container and its log go on, far beyond every
+    // buffer on the way, and the shim lets go of the client (its session
+    // fds are closed while the client is still connected).
+    let line = "flood ".repeat(40);
+    let flood = s
+        .start("flood", &format!("exec yes '{line}'"), false, false, false)
+        .await?;
+    let log = s.env.log_dir.join("attachpod").join("flood").join("0.log");
+    wait_until(
+        || std::fs::metadata(&log).is_ok_and(|m| m.len() > 0),
+        "the flood to start",
+    )
+    .await?;
+    let baseline = fd_count(shim);
+    let url = s.attach_url(&flood, false, false).await?;
+    let c = SpdyClient::connect(&url, &["v4.channel.k8s.io"]).await?;
+    let error = c.open(&[("streamType", "error")]).await?;
+    let mut stdout = c.open(&[("streamType", "stdout")]).await?;
+    let stderr = c.open(&[("streamType", "stderr")]).await?;
+    // Attached (the first output arrives); from here on nothing is read.
+    let first = stdout.recv().await.context("no output from the flood")?;
+    ensure!(String::from_utf8_lossy(&first).contains("flood"));
+    let start = std::fs::metadata(&log)?.len();
+    wait_until(
+        || std::fs::metadata(&log).is_ok_and(|m| m.len() > start + (64 << 20)),
+        "64 MiB more of log while the client reads nothing",
+    )
+    .await?;
+    wait_until(
+        || fd_count(shim) <= baseline,
+        "the shim to drop the client that does not read",
+    )
+    .await?;
+    drop((error, stdout, stderr, c));
+    s.rt.stop_container(cri::StopContainerRequest {
+        container_id: flood.clone(),
+        timeout: 0,
+    })
+    .await?;
+    s.rt.remove_container(cri::RemoveContainerRequest {
+        container_id: flood,
+    })
+    .await?;
 
     s.finish().await
 }
