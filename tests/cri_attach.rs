@@ -228,21 +228,10 @@ async fn attach_to_running_containers() -> Result<()> {
         let url = s.attach_url(&echo, true, false).await?;
         let mut ws = WsClient::connect(&url, protocol).await?;
         let word = protocol.split('.').next().unwrap_or("x");
-        let mut out = String::new();
-        // The session may be joined a moment after the upgrade: send until
-        // the echo shows.
-        for _ in 0..100 {
-            ws.send(0, format!("{word}\n").as_bytes()).await?;
-            let got = tokio::time::timeout(
-                std::time::Duration::from_millis(500),
-                ws.read_stdout_until(&format!("got:{word}\n")),
-            )
-            .await;
-            if let Ok(got) = got {
-                out.push_str(&got?);
-                break;
-            }
-        }
+        // Sent before or after the session has joined the container, the
+        // line is delivered (the session subscribes before passing stdin on).
+        ws.send(0, format!("{word}\n").as_bytes()).await?;
+        let out = ws.read_stdout_until(&format!("got:{word}\n")).await?;
         assert!(
             out.contains(&format!("got:{word}\n")),
             "{protocol}: {out:?}"
@@ -408,12 +397,24 @@ async fn attach_stdin_once_and_tty() -> Result<()> {
     let tty = s
         .start(
             "tty",
-            "stty -echo; while read l; do stty size; done",
+            "stty -echo; echo ready; while read l; do stty size; done",
             true,
             false,
             true,
         )
         .await?;
+    // Attached before `stty -echo` ran, the lines sent would only be echoed.
+    let log = s
+        .env
+        .log_dir
+        .join("attachoncepod")
+        .join("tty")
+        .join("0.log");
+    wait_until(
+        || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("ready")),
+        "the tty container to turn echo off",
+    )
+    .await?;
     let url = s.attach_url(&tty, true, true).await?;
     let c = SpdyClient::connect(&url, &["v4.channel.k8s.io"]).await?;
     let error = c.open(&[("streamType", "error")]).await?;
@@ -437,15 +438,10 @@ async fn attach_stdin_once_and_tty() -> Result<()> {
     let mut ws = WsClient::connect(&url, "v5.channel.k8s.io").await?;
     ws.send(4, br#"{"Width":91,"Height":27}"#).await?;
     let mut seen = String::new();
-    for _ in 0..100 {
+    for _ in 0..500 {
         ws.send(0, b"size\n").await?;
-        let got = tokio::time::timeout(
-            std::time::Duration::from_millis(500),
-            ws.read_stdout_until("27 91"),
-        )
-        .await;
-        if let Ok(got) = got {
-            seen.push_str(&got?);
+        seen.push_str(&ws.read_stdout_until("\n").await?);
+        if seen.contains("27 91") {
             break;
         }
     }
