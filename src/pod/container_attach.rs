@@ -150,3 +150,35 @@ async fn copy_frames(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_go_to_their_pipes_until_the_shim_closes() {
+        let mut wire = Vec::new();
+        for (stream, data) in [
+            (attach_wire::STDOUT, &b"out one "[..]),
+            (attach_wire::STDERR, b"err"),
+            (9, b"unknown streams are skipped"),
+            (attach_wire::STDOUT, b"out two"),
+        ] {
+            wire.extend_from_slice(&attach_wire::frame_header(stream, data.len()));
+            wire.extend_from_slice(data);
+        }
+        // A frame cut off by the shim (it dropped a slow client) ends the copy.
+        wire.extend_from_slice(&attach_wire::frame_header(attach_wire::STDOUT, 100));
+        wire.extend_from_slice(b"partial");
+        let (out_w, mut out_r) = tokio::io::duplex(1024);
+        let (err_w, mut err_r) = tokio::io::duplex(1024);
+        copy_frames(&wire[..], Some(Box::new(out_w)), Some(Box::new(err_w)))
+            .await
+            .unwrap();
+        let (mut out, mut err) = (String::new(), String::new());
+        out_r.read_to_string(&mut out).await.unwrap();
+        err_r.read_to_string(&mut err).await.unwrap();
+        assert_eq!(out, "out one out two");
+        assert_eq!(err, "err");
+    }
+}
