@@ -167,7 +167,7 @@ async fn exec_and_port_forward_into_a_real_pod() -> Result<()> {
             &[
                 "sh",
                 "-c",
-                "stty -echo; while read l; do [ \"$l\" = q ] && exit 3; stty size; done",
+                "stty -echo; echo ready; while read l; do [ \"$l\" = q ] && exit 3; stty size; done",
             ],
             true,
             true,
@@ -180,6 +180,9 @@ async fn exec_and_port_forward_into_a_real_pod() -> Result<()> {
     let stdin = c.open(&[("streamType", "stdin")]).await?;
     let mut stdout = c.open(&[("streamType", "stdout")]).await?;
     let resize = c.open(&[("streamType", "resize")]).await?;
+    // Lines sent before the shell turned echo off would only be echoed.
+    let ready = stdout.read_until("ready").await;
+    assert!(ready.contains("ready"), "{ready:?}");
     resize.write(br#"{"Width":100,"Height":33}"#).await?;
     let mut seen = String::new();
     for _ in 0..500 {

@@ -287,8 +287,11 @@ pub fn processes_with(needle: &str) -> Vec<i32> {
     out
 }
 
-/// Removes a cgroup directory tree, deepest first (best effort).
+/// Removes a cgroup directory tree, deepest first (best effort). Processes
+/// still in it (containers of a test that failed before it removed its
+/// pods) are the test's own: they are killed first.
 fn remove_cgroup_tree(dir: &Path) {
+    kill_cgroup_procs(dir);
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
             if e.file_type().is_ok_and(|t| t.is_dir()) {
@@ -297,4 +300,33 @@ fn remove_cgroup_tree(dir: &Path) {
         }
     }
     let _ = std::fs::remove_dir(dir);
+}
+
+/// SIGKILLs every process in the cgroup tree at `dir` and waits (bounded)
+/// for them to be gone.
+fn kill_cgroup_procs(dir: &Path) {
+    fn pids(dir: &Path, out: &mut Vec<i32>) {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        out.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                pids(&e.path(), out);
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut left = Vec::new();
+        pids(dir, &mut left);
+        if left.is_empty() || Instant::now() > deadline {
+            return;
+        }
+        for pid in left {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
