@@ -69,8 +69,18 @@ const KEY_DOCS: &[(&str, &str, &str)] = &[
         "stream",
         "address",
         "ip:port of the exec/attach/port-forward streaming server; port 0 picks a\n\
-         free port. Keep it on loopback unless TLS is in front (tls_cert/tls_key\n\
-         are refused: TLS is not built in).",
+         free port. Keep it on loopback unless it speaks TLS: tls_cert and tls_key\n\
+         (PEM files, both or neither) make its URLs https://.",
+    ),
+    (
+        "stream",
+        "tls_cert",
+        "PEM certificate chain of the streaming server (with tls_key: https://).",
+    ),
+    (
+        "stream",
+        "tls_key",
+        "PEM private key (PKCS#8, PKCS#1 or SEC1) of tls_cert.",
     ),
     (
         "stream",

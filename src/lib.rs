@@ -5,6 +5,7 @@
 //! runtime`; `runtime` knows nothing of CRI, gRPC or images. Built with
 //! `default-features = false` (as the shim does) only [`runtime`] is compiled.
 
+pub mod attach_wire;
 pub mod runtime;
 
 #[cfg(feature = "daemon")]

@@ -13,6 +13,7 @@ packages=(
   iproute2 iptables nftables      # inspection in network tests
   libseccomp-dev pkg-config       # build: the libseccomp crate links libseccomp
   gcc libc6-dev                   # cri_security builds a static setuid probe
+  openssl                         # cri_stream_tls makes a self-signed certificate
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -281,8 +281,21 @@ async fn bad_requests_are_refused_clearly() -> Result<()> {
         tls_cert: Some("/x.pem".into()),
         ..StreamConfig::default()
     };
-    let err = StreamServer::start(&tls, backend).await.err().unwrap();
-    assert!(err.to_string().contains("TLS"), "{err}");
+    let err = StreamServer::start(&tls, backend.clone())
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("tls_key"), "{err}");
+    let missing = StreamConfig {
+        tls_cert: Some("/nonexistent/berth-cert.pem".into()),
+        tls_key: Some("/nonexistent/berth-key.pem".into()),
+        ..StreamConfig::default()
+    };
+    let err = StreamServer::start(&missing, backend).await.err().unwrap();
+    assert!(
+        err.to_string().contains("/nonexistent/berth-cert.pem"),
+        "{err}"
+    );
     Ok(())
 }
 
@@ -571,5 +584,47 @@ async fn garbage_after_the_upgrade_closes_the_connection() -> Result<()> {
     let _ = tcp.read_to_end(&mut rest).await;
     // The server hung up; no process was started for the broken session.
     assert!(backend.pids.lock().unwrap().is_empty());
+    Ok(())
+}
+
+/// Many clients' tasks opening stream pairs at once on one connection (the
+/// port-forward tests' flake: the test client once sent stream ids out of
+/// order under load, and the server rightly dropped the connection). Port 9
+/// of the test's own network namespace refuses: every pair gets its error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_forwards_opened_in_parallel_on_one_connection() -> Result<()> {
+    let backend = LocalProcessBackend::new();
+    backend
+        .pods
+        .lock()
+        .unwrap()
+        .insert("pod-a".into(), "/proc/self/ns/net".into());
+    let srv = server(backend.clone()).await?;
+    let url = srv
+        .get_port_forward(&cri::PortForwardRequest {
+            pod_sandbox_id: "pod-a".into(),
+            port: vec![9],
+        })?
+        .url;
+    let c = Arc::new(SpdyClient::connect(&url, &["portforward.k8s.io"]).await?);
+    let mut set = tokio::task::JoinSet::new();
+    for request in 0..200 {
+        let c = c.clone();
+        set.spawn(async move {
+            let id = request.to_string();
+            let mut error = c
+                .open(&[("streamType", "error"), ("port", "9"), ("requestID", &id)])
+                .await?;
+            let _data = c
+                .open(&[("streamType", "data"), ("port", "9"), ("requestID", &id)])
+                .await?;
+            let err = String::from_utf8_lossy(&error.read_to_end().await).into_owned();
+            anyhow::ensure!(err.contains("port 9"), "request {id}: error stream {err:?}");
+            Ok::<_, anyhow::Error>(())
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r??;
+    }
     Ok(())
 }

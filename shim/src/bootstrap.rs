@@ -102,6 +102,7 @@ fn serve(mut shim: BerthShim, flags: &Flags) -> anyhow::Result<()> {
         eprintln!("{RUNTIME_ID}: no log fifo: {e}");
     }
     crate::reaper::set_subreaper()?;
+    crate::attach::init(&flags.socket);
 
     let ttrpc_address = std::env::var("TTRPC_ADDRESS").context("TTRPC_ADDRESS is not set")?;
     let publisher = RemotePublisher::new(&ttrpc_address)?;
@@ -121,6 +122,7 @@ fn serve(mut shim: BerthShim, flags: &Flags) -> anyhow::Result<()> {
     tracing::info!("shim exiting");
     server.shutdown();
     let _ = std::fs::remove_file(flags.socket.trim_start_matches("unix://"));
+    crate::attach::remove_socket();
     Ok(())
 }
 

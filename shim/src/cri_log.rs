@@ -17,7 +17,9 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
+use std::sync::Arc;
 
+use crate::attach::{AttachHub, Tap};
 use crate::error::{Result, ShimError};
 
 /// The stdio URI scheme of CRI log files.
@@ -28,15 +30,25 @@ const MAX_LINE: usize = 16 * 1024;
 const STACK: usize = 64 * 1024;
 
 /// Opens `path` for appending and returns the pipe end the process writes
-/// `stream` ("stdout" or "stderr") to.
-pub fn open(path: &str, stream: &'static str) -> Result<OwnedFd> {
-    let file = LogFile::open(path).map_err(ShimError::io(format!("open log file {path}")))?;
+/// `stream` ("stdout" or "stderr") to. An empty path logs nothing (the
+/// output only goes to attach sessions). Everything read also goes to
+/// `hub`'s attach sessions.
+pub fn open(path: &str, stream: &'static str, hub: Option<Arc<AttachHub>>) -> Result<OwnedFd> {
+    let file = if path.is_empty() {
+        None
+    } else {
+        Some(LogFile::open(path).map_err(ShimError::io(format!("open log file {path}")))?)
+    };
     let (reader, writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(ShimError::sys("pipe for the CRI log"))?;
+    let input = Tap::new(File::from(reader), stream, hub);
     std::thread::Builder::new()
         .name(format!("log-{stream}"))
         .stack_size(STACK)
-        .spawn(move || copy_lines(File::from(reader), file, stream))
+        .spawn(move || match file {
+            Some(file) => copy_lines(input, file, stream),
+            None => copy_lines(input, std::io::sink(), stream),
+        })
         .map_err(ShimError::io("spawn log thread"))?;
     Ok(writer)
 }
@@ -96,6 +108,8 @@ impl RecordSink for LogFile {
 }
 
 impl RecordSink for Vec<u8> {}
+
+impl RecordSink for std::io::Sink {}
 
 impl<T: RecordSink + ?Sized> RecordSink for &mut T {
     fn before_batch(&mut self) {

@@ -1,6 +1,7 @@
 //! containerd-shim-berth-v2: a containerd shim v2 that runs containers with
 //! berth's in-process runtime. One shim serves all containers of a pod.
 
+mod attach;
 mod bootstrap;
 mod cri_log;
 mod error;

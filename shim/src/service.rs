@@ -222,6 +222,9 @@ impl Inner {
         if let Some(master) = master {
             io.attach_pty(master).map_err(undo_mount)?;
         }
+        if let Some(hub) = io.attach_hub() {
+            crate::attach::register(&req.id, hub);
+        }
         let mut init = Process::new(&req.id, "", paths.clone());
         if !has_own_pid_namespace(&spec) {
             init.kill_all_on_exit = Some(container.clone());

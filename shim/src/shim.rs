@@ -137,6 +137,7 @@ impl Shim for BerthShim {
             let path = socket_path(address.trim());
             if Path::new(path).exists() && UnixStream::connect(path).is_err() {
                 let _ = std::fs::remove_file(path);
+                let _ = std::fs::remove_file(berth::attach_wire::socket_path(path));
             }
         }
         Ok(DeleteResponse {

@@ -24,6 +24,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth::runtime::Stdio;
+
+use crate::attach::AttachHub;
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
@@ -58,6 +60,8 @@ pub struct ProcessIo {
     cancel: Mutex<Option<OwnedFd>>,
     /// One receiver per copy thread: it disconnects when the thread ends.
     copies: Mutex<Vec<Receiver<()>>>,
+    /// The live stdio for attach sessions (berthd's containers).
+    attach: Option<Arc<AttachHub>>,
 }
 
 /// Opens the fifos in `paths`. Returns what the runtime passes to the process
@@ -65,18 +69,23 @@ pub struct ProcessIo {
 pub fn open(paths: &StdioPaths) -> Result<(Stdio, ProcessIo)> {
     let mut io = ProcessIo::default();
     let mut keepers = Vec::new();
-    let stdin = if paths.stdin.is_empty() {
+    // berthd's containers: output to a CRI log, stdin (if any) from attach.
+    let attach_stdin = berth::attach_wire::parse_stdin_uri(&paths.stdin);
+    let hub = (attach_stdin.is_some() || paths.stdout.starts_with(crate::cri_log::SCHEME))
+        .then(|| AttachHub::new(paths.terminal, attach_stdin));
+    let stdin = if paths.stdin.is_empty() || attach_stdin.is_some() {
         None
     } else {
         Some(open_stdin(&paths.stdin)?)
     };
-    let stdout = open_output(&paths.stdout, "stdout", &mut keepers)?;
+    let stdout = open_output(&paths.stdout, "stdout", &mut keepers, hub.as_ref())?;
     let stderr = if paths.terminal {
         None
     } else {
-        open_output(&paths.stderr, "stderr", &mut keepers)?
+        open_output(&paths.stderr, "stderr", &mut keepers, hub.as_ref())?
     };
     io._keepers = keepers;
+    io.attach = hub.clone();
     if paths.terminal {
         *io.pending_tty.get_mut().expect("fresh mutex") =
             Some((stdin.map(File::from), stdout.map(File::from)));
@@ -88,9 +97,18 @@ pub fn open(paths: &StdioPaths) -> Result<(Stdio, ProcessIo)> {
             io,
         ));
     }
-    // The process reads a pipe; a thread feeds it from the fifo.
+    // The process reads a pipe; a thread feeds it from the fifo, or attach
+    // sessions write to it.
     let stdin = match stdin {
-        None => None,
+        None => match (attach_stdin, &hub) {
+            (Some(_), Some(hub)) => {
+                let (r, w) =
+                    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(ShimError::sys("pipe"))?;
+                hub.set_stdin(Arc::new(w));
+                Some(r)
+            }
+            _ => None,
+        },
         Some(fifo) => {
             let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(ShimError::sys("pipe"))?;
             let (cancel_r, cancel_w) =
@@ -134,12 +152,13 @@ fn open_output(
     uri: &str,
     stream: &'static str,
     keepers: &mut Vec<OwnedFd>,
+    hub: Option<&Arc<AttachHub>>,
 ) -> Result<Option<OwnedFd>> {
     if uri.is_empty() {
         return Ok(None);
     }
     if let Some(file) = uri.strip_prefix(crate::cri_log::SCHEME) {
-        return crate::cri_log::open(file, stream).map(Some);
+        return crate::cri_log::open(file, stream, hub.cloned()).map(Some);
     }
     if let Some(file) = uri.strip_prefix("file://") {
         let f = OpenOptions::new()
@@ -179,10 +198,18 @@ fn fifo_path(uri: &str) -> Result<&str> {
 }
 
 impl ProcessIo {
+    /// The live stdio for attach sessions, if the process has one.
+    pub fn attach_hub(&self) -> Option<&Arc<AttachHub>> {
+        self.attach.as_ref()
+    }
+
     /// Starts copying between the fifos and the pty master of a terminal process.
     pub fn attach_pty(&self, master: OwnedFd) -> Result<()> {
         let master = Arc::new(master);
         *self.pty_master.lock().expect("io lock") = Some(master.clone());
+        if let Some(hub) = &self.attach {
+            hub.set_stdin(master.clone());
+        }
         let Some((stdin, stdout)) = self.pending_tty.lock().expect("io lock").take() else {
             return Ok(());
         };

@@ -339,16 +339,18 @@ impl PodManager {
                 .map_err(|e| PodError::io(format!("create {}", dir.display()), e))?;
         }
         let shim = self.pod_shim(pod)?;
-        let log_uri = if record.log_path.is_empty() {
-            String::new()
-        } else {
-            format!("{CRI_LOG_SCHEME}{}", record.log_path)
-        };
+        // Without a log path the shim logs nothing but still serves attach.
+        let log_uri = format!("{CRI_LOG_SCHEME}{}", record.log_path);
         let req = api::CreateTaskRequest {
             id: id.clone(),
             bundle: bundle.display().to_string(),
             rootfs: vec![overlay_mount(&rootfs)],
             terminal: config.tty,
+            stdin: if config.stdin {
+                crate::attach_wire::stdin_uri(config.stdin_once)
+            } else {
+                String::new()
+            },
             stdout: log_uri.clone(),
             stderr: if config.tty { String::new() } else { log_uri },
             ..Default::default()

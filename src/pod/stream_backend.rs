@@ -1,11 +1,8 @@
 //! The streaming server's backend for berthd's pods: exec through the pod's
 //! shim (Task.Exec with fifos berthd creates and copies to and from the
-//! session's pipes), port-forward by dialling 127.0.0.1 inside the pod's
-//! pinned network namespace.
-//!
-//! Attach is refused: berth's containers write their stdout/stderr straight
-//! to the CRI log file and get no stdin fifo, so there is no live stdio to
-//! join (`crictl logs -f` shows the output).
+//! session's pipes), attach through the shim's attach socket
+//! (`container_attach.rs`), port-forward by dialling 127.0.0.1 inside the
+//! pod's pinned network namespace.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -58,11 +55,10 @@ impl StreamBackend for PodStreamBackend {
         io: SessionIo,
     ) -> BoxFuture<'_, std::result::Result<(), StreamError>> {
         Box::pin(async move {
-            drop(io);
-            Err(StreamError::Backend(format!(
-                "attach to container {container_id} is not supported by berth: containers write \
-                 their output to the CRI log file and have no stdin fifo; use exec, or logs -f"
-            )))
+            self.pods
+                .stream_attach(&container_id, io)
+                .await
+                .map_err(backend_err)
         })
     }
 
@@ -98,7 +94,10 @@ struct ExecGuard {
     shim: Arc<ShimClient>,
     container: String,
     exec_id: String,
-    started: bool,
+    /// Whether Start succeeded, sent by the Start call itself: a session
+    /// dropped while Start is in flight (the blocking call runs on) must
+    /// still learn that the process started, and kill it.
+    started: Option<std::sync::mpsc::Receiver<bool>>,
     armed: bool,
 }
 
@@ -111,12 +110,14 @@ impl Drop for ExecGuard {
             self.shim.clone(),
             self.container.clone(),
             self.exec_id.clone(),
-            self.started,
+            self.started.take(),
         );
         tracing::debug!(container = %cid, exec = %eid, "exec session dropped: killing the process");
         // The shim client is blocking; a plain thread works in and out of
         // the runtime, and during its shutdown.
         std::thread::spawn(move || {
+            // Waits for an in-flight Start to return.
+            let started = started.is_some_and(|rx| rx.recv().unwrap_or(false));
             if started {
                 let _ = shim.kill(&cid, &eid, libc::SIGKILL as u32, false);
                 let _ = shim.wait(&cid, &eid, 30_000_000_000);
@@ -255,16 +256,21 @@ impl PodManager {
         let shim = self.shim_of(&c.pod_id)?;
         let s = shim.clone();
         blocking(move || s.exec(&req)).await?;
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
         let mut guard = ExecGuard {
             shim: shim.clone(),
             container: c.id.clone(),
             exec_id: exec_id.clone(),
-            started: false,
+            started: Some(started_rx),
             armed: true,
         };
         let (s, cid, eid) = (shim.clone(), c.id.clone(), exec_id.clone());
-        blocking(move || s.start(&cid, &eid)).await?;
-        guard.started = true;
+        blocking(move || {
+            let r = s.start(&cid, &eid);
+            let _ = started_tx.send(r.is_ok());
+            r
+        })
+        .await?;
         // The shim opens the stdio fifos at Start: now the stdin write end
         // can open (a fifo's write end needs a reader).
         let stdin_tx = match &stdin_path {

@@ -15,11 +15,11 @@ pub struct StreamConfig {
     /// How long a URL handed out by Exec/Attach/PortForward may wait for its
     /// client before it expires. Each URL works once.
     pub token_ttl_secs: u64,
-    /// PEM certificate for HTTPS; TLS is not built into this berthd, so
-    /// setting it (or `tls_key`) is refused with a clear error.
+    /// PEM certificate chain: with `tls_key` the server speaks TLS and its
+    /// URLs are `https://`. Both or neither.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_cert: Option<PathBuf>,
-    /// PEM private key for HTTPS (see `tls_cert`).
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
 }
@@ -39,11 +39,9 @@ impl Default for StreamConfig {
 impl StreamConfig {
     /// Checks the values without binding anything.
     pub fn validate(&self) -> Result<std::net::SocketAddr, StreamError> {
-        if self.tls_cert.is_some() || self.tls_key.is_some() {
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(StreamError::Config(
-                "stream.tls_cert/tls_key: TLS is not built into this berthd; \
-                 leave them unset (the server listens on loopback by default)"
-                    .to_owned(),
+                "stream.tls_cert and stream.tls_key go together: set both or neither".to_owned(),
             ));
         }
         if self.token_ttl_secs == 0 {

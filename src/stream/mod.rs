@@ -15,6 +15,7 @@ mod server;
 mod session;
 pub mod spdy;
 pub mod status;
+mod tls;
 pub mod token;
 mod websocket;
 

@@ -20,6 +20,7 @@ use hyper_util::rt::TokioIo;
 use k8s_cri::v1 as cri;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -45,6 +46,8 @@ pub const REMOTECOMMAND_PROTOCOLS: &[&str] = &[
 pub const PORTFORWARD_PROTOCOL: &str = "portforward.k8s.io";
 
 const PROTOCOL_HEADER: &str = "x-stream-protocol-version";
+/// How long a client may take for its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Shared {
     tokens: TokenCache,
@@ -81,6 +84,10 @@ impl StreamServer {
         backend: Arc<dyn StreamBackend>,
     ) -> Result<Self, StreamError> {
         let addr = config.validate()?;
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(super::tls::acceptor(cert, key)?),
+            _ => None,
+        };
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| StreamError::io(format!("binding the streaming server to {addr}"), e))?;
@@ -90,10 +97,11 @@ impl StreamServer {
         let shared = Arc::new(Shared {
             tokens: TokenCache::new(Duration::from_secs(config.token_ttl_secs)),
             backend,
-            base_url: format!("http://{addr}"),
+            base_url: format!("{}://{addr}", if tls.is_some() { "https" } else { "http" }),
         });
-        let task = tokio::spawn(accept_loop(listener, shared.clone()));
-        tracing::info!(%addr, "streaming server listening");
+        let with_tls = tls.is_some();
+        let task = tokio::spawn(accept_loop(listener, shared.clone(), tls));
+        tracing::info!(%addr, tls = with_tls, "streaming server listening");
         Ok(Self { shared, addr, task })
     }
 
@@ -183,7 +191,7 @@ fn check_streams(tty: bool, stdin: bool, stdout: bool, stderr: bool) -> Result<(
     Ok(())
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tls: Option<TlsAcceptor>) {
     // Dropped (aborting every connection) when the server is dropped.
     let mut connections = JoinSet::new();
     loop {
@@ -201,18 +209,34 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         };
         let _ = tcp.set_nodelay(true);
         let shared = shared.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(shared, req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service)
-                .with_upgrades();
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "streaming connection ended with an error");
+            let Some(tls) = tls else {
+                return serve_http(tcp, peer, shared).await;
+            };
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+                Ok(Ok(stream)) => serve_http(stream, peer, shared).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         });
+    }
+}
+
+/// Serves HTTP/1.1 (and its upgrades) on one accepted connection.
+async fn serve_http<IO>(io: IO, peer: SocketAddr, shared: Arc<Shared>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(route(shared, req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!(%peer, error = %e, "streaming connection ended with an error");
     }
 }
 

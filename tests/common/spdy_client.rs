@@ -9,9 +9,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{Context, Result, bail};
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf,
+    WriteHalf,
+};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Mutex, mpsc};
 
 /// The SPDY/3 header dictionary: length-prefixed words, then literal text.
@@ -59,19 +61,48 @@ impl Upgrade {
     }
 }
 
+/// The byte stream under the client: TCP, or TLS over TCP.
+pub trait Conn: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn for T {}
+
 /// Sends an HTTP/1.1 request with `headers` to `url` (http://host:port/path)
 /// and reads the response head (and a short body when not 101).
 pub async fn http_request(
     url: &str,
     method: &str,
     headers: &[(&str, &str)],
-) -> Result<(Upgrade, BufReader<TcpStream>)> {
-    let rest = url.strip_prefix("http://").context("url is not http://")?;
+) -> Result<(Upgrade, BufReader<Box<dyn Conn>>)> {
+    http_request_tls(url, method, headers, None).await
+}
+
+/// [`http_request`], also to https:// URLs through `tls`.
+pub async fn http_request_tls(
+    url: &str,
+    method: &str,
+    headers: &[(&str, &str)],
+    tls: Option<&tokio_rustls::TlsConnector>,
+) -> Result<(Upgrade, BufReader<Box<dyn Conn>>)> {
+    let (rest, secure) = match url.strip_prefix("https://") {
+        Some(rest) => (rest, true),
+        None => (
+            url.strip_prefix("http://")
+                .context("url is neither http:// nor https://")?,
+            false,
+        ),
+    };
     let (host, path) = rest.split_at(rest.find('/').context("url has no path")?);
     let tcp = TcpStream::connect(host)
         .await
         .with_context(|| format!("connect {host}"))?;
-    let mut tcp = BufReader::new(tcp);
+    let conn: Box<dyn Conn> = if secure {
+        let tls = tls.context("an https:// url needs a TLS connector")?;
+        let name = host.rsplit_once(':').map_or(host, |(h, _)| h);
+        let name = tokio_rustls::rustls::pki_types::ServerName::try_from(name.to_owned())?;
+        Box::new(tls.connect(name, tcp).await.context("TLS handshake")?)
+    } else {
+        Box::new(tcp)
+    };
+    let mut tcp = BufReader::new(conn);
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -122,7 +153,7 @@ enum Event {
 }
 
 struct Writer {
-    wr: OwnedWriteHalf,
+    wr: WriteHalf<Box<dyn Conn>>,
     deflate: Compress,
 }
 
@@ -237,11 +268,20 @@ impl SpdyClient {
     /// Upgrades `url` to SPDY/3.1 offering `protocols`; an error carries the
     /// HTTP status and body when the server refuses.
     pub async fn connect(url: &str, protocols: &[&str]) -> Result<Self> {
+        Self::connect_tls(url, protocols, None).await
+    }
+
+    /// [`SpdyClient::connect`], also to https:// URLs through `tls`.
+    pub async fn connect_tls(
+        url: &str,
+        protocols: &[&str],
+        tls: Option<&tokio_rustls::TlsConnector>,
+    ) -> Result<Self> {
         let mut headers = vec![("Connection", "Upgrade"), ("Upgrade", "SPDY/3.1")];
         for p in protocols {
             headers.push(("X-Stream-Protocol-Version", p));
         }
-        let (resp, tcp) = http_request(url, "POST", &headers).await?;
+        let (resp, tcp) = http_request_tls(url, "POST", &headers, tls).await?;
         if resp.status != 101 {
             bail!("upgrade refused: HTTP {} {}", resp.status, resp.body.trim());
         }
@@ -249,7 +289,7 @@ impl SpdyClient {
         // Nothing but frames follows the response head; the BufReader may
         // hold the first ones.
         let buffered = tcp.buffer().to_vec();
-        let (rd, wr) = tcp.into_inner().into_split();
+        let (rd, wr) = tokio::io::split(tcp.into_inner());
         let mut deflate = Compress::new(Compression::default(), true);
         deflate.set_dictionary(&dictionary())?;
         let writer = Arc::new(Mutex::new(Writer { wr, deflate }));
@@ -266,10 +306,14 @@ impl SpdyClient {
 
     /// Opens a stream with `headers` (SYN_STREAM).
     pub async fn open(&self, headers: &[(&str, &str)]) -> Result<ClientStream> {
+        // The id is taken under the writer's lock: SPDY stream ids must
+        // reach the peer in increasing order (a server refuses a lower id
+        // than one it saw, and drops the connection), and parallel openers
+        // could otherwise send theirs out of order.
+        let mut w = self.writer.lock().await;
         let id = self.next_id.fetch_add(2, Ordering::SeqCst);
         let (tx, rx) = mpsc::channel(64);
         self.streams.lock().unwrap().insert(id, tx);
-        let mut w = self.writer.lock().await;
         let block = w.header_block(headers);
         let mut payload = Vec::new();
         payload.extend_from_slice(&id.to_be_bytes());
@@ -297,7 +341,7 @@ impl SpdyClient {
 
 async fn read_frames(
     buffered: Vec<u8>,
-    rd: OwnedReadHalf,
+    rd: ReadHalf<Box<dyn Conn>>,
     streams: Arc<std::sync::Mutex<HashMap<u32, mpsc::Sender<Event>>>>,
     _writer: Arc<Mutex<Writer>>,
 ) {
