@@ -805,6 +805,9 @@ impl Task for TaskService {
         rpc("Wait", &req.id, || {
             let p = self.inner.container(&req.id)?.process(&req.exec_id)?;
             let exit = p.wait();
+            if let Some(io) = p.io() {
+                io.drain_output(IO_DRAIN);
+            }
             Ok(WaitResponse {
                 exit_status: exit.status,
                 exited_at: MessageField::some(exit.at),
