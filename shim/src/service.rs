@@ -463,7 +463,7 @@ impl Inner {
             io.shutdown(IO_DRAIN);
         }
         if let Some(t) = &c.rootfs {
-            rootfs::unmount_all(t);
+            rootfs::detach_all(t);
         }
         let _ = std::fs::remove_file(c.bundle.join(STATE_FILE));
         self.containers
