@@ -22,7 +22,11 @@ fn lifecycle(c: &Containerd, runtime: &str) -> Result<Duration> {
     let id = unique("bench");
     let t = Instant::now();
     c.ctr_ok(&["run", "--rm", "--runtime", runtime, IMAGE_REF, &id, "true"])?;
-    Ok(t.elapsed())
+    let took = t.elapsed();
+    // Untimed: let the shim finish whatever it does after ctr returned (a
+    // shim may release the rootfs in the background) before the next run.
+    wait_until(Duration::from_secs(30), || c.shim_pids().is_empty());
+    Ok(took)
 }
 
 fn median(v: &mut [Duration]) -> Duration {
@@ -30,8 +34,18 @@ fn median(v: &mut [Duration]) -> Duration {
     v[v.len() / 2]
 }
 
-/// (VmRSS, Pss) in KiB of a process.
-fn memory_kib(pid: i32) -> Result<(u64, u64)> {
+/// Resident memory of a process, KiB.
+#[derive(Clone, Copy)]
+struct Memory {
+    /// VmRSS: every resident page it maps, shared or not.
+    rss: u64,
+    /// Pss: shared pages divided among the processes that map them.
+    pss: u64,
+    /// RssAnon: its private, unreclaimable memory (heap, stacks, dirtied data).
+    anon: u64,
+}
+
+fn memory_kib(pid: i32) -> Result<Memory> {
     let field = |text: &str, key: &str| -> Option<u64> {
         text.lines()
             .find(|l| l.starts_with(key))?
@@ -42,10 +56,11 @@ fn memory_kib(pid: i32) -> Result<(u64, u64)> {
     };
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
-    Ok((
-        field(&status, "VmRSS:").context("VmRSS")?,
-        field(&rollup, "Pss:").context("Pss")?,
-    ))
+    Ok(Memory {
+        rss: field(&status, "VmRSS:").context("VmRSS")?,
+        pss: field(&rollup, "Pss:").context("Pss")?,
+        anon: field(&status, "RssAnon:").context("RssAnon")?,
+    })
 }
 
 fn shim_of(c: &Containerd, binary: &str) -> Option<i32> {
@@ -56,7 +71,7 @@ fn shim_of(c: &Containerd, binary: &str) -> Option<i32> {
     })
 }
 
-fn idle_shim_memory(c: &Containerd, runtime: &str, binary: &str) -> Result<(u64, u64)> {
+fn idle_shim_memory(c: &Containerd, runtime: &str, binary: &str) -> Result<Memory> {
     let id = unique("idle");
     c.ctr_ok(&[
         "run",
@@ -123,13 +138,22 @@ fn main() -> Result<()> {
         mr.as_secs_f64() * 1e3,
         mb.as_secs_f64() / mr.as_secs_f64()
     );
-    let (b_rss, b_pss) = idle_shim_memory(&c, BERTH_RUNTIME, "containerd-shim-berth-v2")?;
-    let (r_rss, r_pss) = idle_shim_memory(&c, RUNC_RUNTIME, "containerd-shim-runc-v2")?;
+    let b = idle_shim_memory(&c, BERTH_RUNTIME, "containerd-shim-berth-v2")?;
+    let r = idle_shim_memory(&c, RUNC_RUNTIME, "containerd-shim-runc-v2")?;
+    let ratio = |x: u64, y: u64| x as f64 / y as f64;
     println!(
-        "idle shim holding `sleep`: berth RSS {b_rss} KiB / PSS {b_pss} KiB, \
-         runc shim RSS {r_rss} KiB / PSS {r_pss} KiB, ratio RSS {:.2}, PSS {:.2}",
-        b_rss as f64 / r_rss as f64,
-        b_pss as f64 / r_pss as f64
+        "idle shim holding `sleep`: berth RSS {} KiB / PSS {} KiB / anon {} KiB, \
+         runc shim RSS {} KiB / PSS {} KiB / anon {} KiB, \
+         ratio RSS {:.2}, PSS {:.2}, anon {:.2}",
+        b.rss,
+        b.pss,
+        b.anon,
+        r.rss,
+        r.pss,
+        r.anon,
+        ratio(b.rss, r.rss),
+        ratio(b.pss, r.pss),
+        ratio(b.anon, r.anon)
     );
     Ok(())
 }

@@ -741,10 +741,14 @@ fn security_container_cannot_reach_runtime_binary() -> Result<()> {
         !same_file,
         "the container reached the runtime's binary on disk"
     );
+    // Either mechanism makes the kernel refuse every write: a write-sealed
+    // memfd copy, or the executable seen through a read-only overlayfs.
     let seals: i32 = f[2].parse()?;
     ensure!(
-        seals & libc::F_SEAL_WRITE != 0,
-        "the binary the container sees is not write-sealed (seals {seals:#x})"
+        seals & libc::F_SEAL_WRITE != 0 || f[3] == "ReadOnlyFilesystem",
+        "the binary the container sees is neither write-sealed (seals {seals:#x}) \
+         nor on a read-only filesystem (write: {})",
+        f[3]
     );
     ensure!(
         f[3] != "writable",

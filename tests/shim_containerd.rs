@@ -465,15 +465,16 @@ fn exec_and_run_with_terminal() {
             &id2,
             "sh",
             "-c",
-            // The verdict is the exit code: 0 only when stdin and stdout
-            // are the container's terminal. (Output of a process that exits
-            // at once can miss ctr's console, see the shim's report.)
-            "[ -t 0 ] && [ -t 1 ] && tty | grep -q /dev/pts/ && exit 0; exit 9",
+            // 0 only when stdin and stdout are the container's terminal;
+            // the output of a process that exits at once must still reach
+            // ctr's console (Wait reports the exit once it is copied).
+            "[ -t 0 ] && [ -t 1 ] && tty | grep -q /dev/pts/ && echo tty-ok && exit 0; exit 9",
         ],
         24,
         80,
     );
     assert_eq!(code, 0, "init has no terminal; output: {out}");
+    assert!(out.contains("tty-ok"), "output lost: {out:?}");
     c.assert_no_leftovers(&[&id, &id2]);
 }
 

@@ -16,7 +16,6 @@ use anyhow::{Context as _, bail};
 use containerd_shim::protos::protobuf::Message;
 use containerd_shim::protos::shim::shim_ttrpc::create_task;
 use containerd_shim::protos::ttrpc::Server;
-use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Config, Flags, Shim, StartOpts, Task};
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 
@@ -104,15 +103,20 @@ fn serve(mut shim: BerthShim, flags: &Flags) -> anyhow::Result<()> {
     crate::reaper::set_subreaper()?;
     crate::attach::init(&flags.socket);
 
-    let ttrpc_address = std::env::var("TTRPC_ADDRESS").context("TTRPC_ADDRESS is not set")?;
-    let publisher = RemotePublisher::new(&ttrpc_address)?;
-    let task: Arc<dyn Task + Send + Sync> = Arc::new(shim.create_task_service(publisher));
+    // Events go through the service's own publisher thread, which connects
+    // on the first event: no connection is made here.
+    std::env::var("TTRPC_ADDRESS").context("TTRPC_ADDRESS is not set")?;
+    let task: Arc<dyn Task + Send + Sync> = Arc::new(shim.task_service());
     let v3 = create_task(task.clone());
     let v2 = create_task(task)
         .into_iter()
         .map(|(k, v)| (k.replace("/containerd.task.v3.", "/containerd.task.v2."), v))
         .collect();
+    // Per connection ttrpc starts `default` idle workers and starts more
+    // whenever fewer than `min` (1) are idle (a blocked Wait is not idle):
+    // two instead of three saves a thread per connection.
     let mut server = Server::new()
+        .set_thread_count_default(2)
         .add_listener(listener.into_raw_fd())?
         .register_service(v3)
         .register_service(v2);

@@ -153,8 +153,16 @@ impl Shim for BerthShim {
     }
 
     /// The crate hands over a connected publisher; the shim publishes
-    /// through its own reconnecting [`EventSender`] instead.
+    /// through its own reconnecting [`EventSender`] instead (the daemon
+    /// calls [`BerthShim::task_service`] and never makes this connection).
     fn create_task_service(&self, _publisher: RemotePublisher) -> Self::T {
+        self.task_service()
+    }
+}
+
+impl BerthShim {
+    /// The Task service with its events thread.
+    pub fn task_service(&self) -> TaskService {
         let address = std::env::var("TTRPC_ADDRESS").unwrap_or_default();
         let events =
             EventSender::start(address, self.namespace.clone()).expect("start the events thread");

@@ -62,6 +62,9 @@ pub struct ProcessIo {
     copies: Mutex<Vec<Receiver<()>>>,
     /// The live stdio for attach sessions (berthd's containers).
     attach: Option<Arc<AttachHub>>,
+    /// The terminal's output copy (pty master → stdout fifo), kept apart so
+    /// that Wait can let it drain before the exit is reported.
+    output: Mutex<Option<Receiver<()>>>,
 }
 
 /// Opens the fifos in `paths`. Returns what the runtime passes to the process
@@ -240,7 +243,8 @@ impl ProcessIo {
                     .try_clone()
                     .map_err(ShimError::io("dup pty master"))?,
             );
-            copies.push(spawn_copy("stdout-copy", master_r, stdout, cancel_r)?);
+            *self.output.lock().expect("io lock") =
+                Some(spawn_copy("stdout-copy", master_r, stdout, cancel_r)?);
         }
         Ok(())
     }
@@ -266,14 +270,29 @@ impl ProcessIo {
         self.stdin_cancel.lock().expect("io lock").take();
     }
 
+    /// Waits (at most `grace`) until a terminal's output copy has ended, i.e.
+    /// everything the exited process wrote is in the stdout fifo. Clients
+    /// such as `ctr run -t` stop reading soon after they learn of the exit:
+    /// reporting it before the copy is done loses the last output.
+    pub fn drain_output(&self, grace: Duration) {
+        let mut output = self.output.lock().expect("io lock");
+        if let Some(rx) = output.as_ref() {
+            match rx.recv_timeout(grace) {
+                Ok(()) | Err(RecvTimeoutError::Disconnected) => *output = None,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+        }
+    }
+
     /// Lets the copies drain what the exited process left (bounded by
     /// `grace`), then stops them.
     pub fn shutdown(&self, grace: Duration) {
+        let deadline = std::time::Instant::now() + grace;
         // The process is gone: its stdin no longer matters. The output copy
         // ends by itself (EIO once the pty slave is closed).
         self.stdin_cancel.lock().expect("io lock").take();
+        self.drain_output(grace);
         let copies = std::mem::take(&mut *self.copies.lock().expect("io lock"));
-        let deadline = std::time::Instant::now() + grace;
         for rx in &copies {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match rx.recv_timeout(left) {

@@ -2,9 +2,10 @@
 //! threaded, to join and create namespaces and clone the container process
 //! (with `CLONE_PARENT`, so the container is the caller's child).
 //!
-//! The helper is started from a sealed memfd copy of the executable, so that
-//! neither it nor the container process cloned from it can ever reach (and
-//! overwrite) the binary on disk through `/proc/<pid>/exe`
+//! The helper is started from a view of the executable that nothing can
+//! write through (a detached read-only overlayfs, or else a sealed memfd
+//! copy), so that neither it nor the container process cloned from it can
+//! ever reach (and overwrite) the binary on disk through `/proc/<pid>/exe`
 //! (CVE-2019-5736 class). It is also non-dumpable until exec.
 
 use std::io::Write;
@@ -238,12 +239,89 @@ fn exec(
     }
 }
 
-/// A sealed, in-memory copy of this executable that helpers are started from.
-fn sealed_exe() -> Result<&'static OwnedFd> {
+/// The executable helpers are started from: a view of this executable that
+/// no process can write through, made once per process and shared by every
+/// helper. Preferably a read-only overlayfs over the executable's directory,
+/// mounted nowhere (no copy at all, as runc >= 1.2 does); else a sealed
+/// memfd copy (a few MB of memory and a copy per process).
+fn protected_exe() -> Result<&'static OwnedFd> {
     static EXE: OnceLock<OwnedFd> = OnceLock::new();
     if let Some(fd) = EXE.get() {
         return Ok(fd);
     }
+    let fd = match readonly_overlay_exe() {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::debug!(error = %e, "no read-only overlay of the executable: sealed copy");
+            sealed_copy()?
+        }
+    };
+    Ok(EXE.get_or_init(|| fd))
+}
+
+/// Escapes an overlayfs `lowerdir` entry (`:` separates layers).
+fn escape_lowerdir(path: &std::path::Path) -> String {
+    let mut out = String::new();
+    for c in path.to_string_lossy().chars() {
+        if matches!(c, ':' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Opens this executable through a detached, read-only overlayfs: writes
+/// through it fail with EROFS, and `/proc/<pid>/exe` of a process started
+/// from it leads to the overlay, never to the file on disk.
+fn readonly_overlay_exe() -> std::result::Result<OwnedFd, String> {
+    let exe = std::fs::read_link("/proc/self/exe").map_err(|e| format!("/proc/self/exe: {e}"))?;
+    let (Some(dir), Some(name)) = (exe.parent(), exe.file_name()) else {
+        return Err(format!("odd executable path {}", exe.display()));
+    };
+    let ours = std::fs::metadata("/proc/self/exe").map_err(|e| format!("stat exe: {e}"))?;
+    // overlayfs wants two lower layers when there is no upper one: an empty
+    // directory of our own is the second (the executable's is on top).
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let empty =
+        std::env::temp_dir().join(format!("berth-exe-layer-{}-{nanos:x}", std::process::id()));
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&empty)
+            .map_err(|e| format!("create {}: {e}", empty.display()))?;
+    }
+    let opened = (|| {
+        let lower = format!("{}:{}", escape_lowerdir(dir), escape_lowerdir(&empty));
+        let mnt = sys::detached_readonly_overlay(&lower).map_err(|e| format!("overlay: {e}"))?;
+        let fd = nix::fcntl::openat(
+            &mnt,
+            name,
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| format!("open through the overlay: {e}"))?;
+        let fs = nix::sys::statvfs::fstatvfs(&fd).map_err(|e| format!("statvfs: {e}"))?;
+        if !fs.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY) {
+            return Err("the overlay is not read-only".to_string());
+        }
+        let st = nix::sys::stat::fstat(&fd).map_err(|e| format!("stat: {e}"))?;
+        if st.st_size as u64 != std::os::unix::fs::MetadataExt::size(&ours) {
+            return Err("the overlay shows another file".to_string());
+        }
+        Ok(fd)
+    })();
+    // The overlay holds on to the layer; the name can go.
+    let _ = std::fs::remove_dir(&empty);
+    opened
+}
+
+/// A sealed, in-memory copy of this executable.
+fn sealed_copy() -> Result<OwnedFd> {
     let io = |context: &str, source| RuntimeError::Io {
         context: context.to_owned(),
         source,
@@ -274,7 +352,7 @@ fn sealed_exe() -> Result<&'static OwnedFd> {
         context: "seal executable memfd".into(),
         source: e,
     })?;
-    Ok(EXE.get_or_init(|| memfd))
+    Ok(memfd)
 }
 
 /// A started helper and the caller's end of its socket.
@@ -286,7 +364,7 @@ pub struct Helper {
 impl Helper {
     /// Starts a helper (from the sealed copy of this executable).
     pub fn spawn() -> Result<Self> {
-        let exe = sealed_exe()?;
+        let exe = protected_exe()?;
         let (ours, theirs) = protocol::socket_pair().map_err(|e| RuntimeError::Sys {
             context: "socketpair".into(),
             source: e,
