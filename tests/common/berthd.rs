@@ -77,12 +77,23 @@ impl Berthd {
 
     /// Starts berthd with exactly `args`, expecting it to listen on `socket`.
     pub fn start_with(dirs: &BerthdDirs, args: Vec<String>, socket: &Path) -> Result<Self> {
+        Self::start_logged(dirs, args, socket, "debug")
+    }
+
+    /// As [`Berthd::start_with`], logging at `level` (the benches use `info`,
+    /// as containerd runs beside them).
+    pub fn start_logged(
+        dirs: &BerthdDirs,
+        args: Vec<String>,
+        socket: &Path,
+        level: &str,
+    ) -> Result<Self> {
         let log = next_log_path(dirs.tmp.path());
         let stderr = File::create(&log)?;
         let child = Command::new(berthd_bin())
             .args(&args)
             .arg("--log-level")
-            .arg("debug")
+            .arg(level)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
