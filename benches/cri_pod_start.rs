@@ -20,106 +20,20 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use common::containerd_cri::{ContainerdCri, memory_sum_kib, processes, push_bench_images};
+use common::cri_bench::{Target, env_usize, ms, pct, preflight};
 use common::cri_images::pull;
-use common::cri_pods::{PodEnv, Runtime, create_container};
+use common::cri_pods::{PodEnv, pod_sandbox_config};
 use common::registry::Registry;
-use k8s_cri::v1 as cri;
-
-struct Target {
-    name: &'static str,
-    rt: Runtime,
-    pod_config: Box<dyn Fn(&str, bool) -> cri::PodSandboxConfig>,
-    image: String,
-}
-
-fn sleep_container(image: &str) -> cri::ContainerConfig {
-    cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: "sleeper".into(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: image.into(),
-            ..Default::default()
-        }),
-        command: vec!["/bin/sleep".into(), "3600".into()],
-        log_path: "sleeper/0.log".into(),
-        ..Default::default()
-    }
-}
-
-/// Starts a pod with one sleeping container; returns (pod, container).
-async fn start_pod(t: &mut Target, name: &str, host_network: bool) -> Result<(String, String)> {
-    let cfg = (t.pod_config)(name, host_network);
-    let pod =
-        t.rt.run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(cfg.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .with_context(|| format!("{}: RunPodSandbox {name}", t.name))?
-        .into_inner()
-        .pod_sandbox_id;
-    let ctr = create_container(&mut t.rt, &pod, &cfg, sleep_container(&t.image))
-        .await
-        .with_context(|| format!("{}: CreateContainer in {name}", t.name))?;
-    t.rt.start_container(cri::StartContainerRequest {
-        container_id: ctr.clone(),
-    })
-    .await
-    .with_context(|| format!("{}: StartContainer in {name}", t.name))?;
-    Ok((pod, ctr))
-}
-
-async fn teardown(t: &mut Target, pod: &str, ctr: &str) -> Result<()> {
-    t.rt.stop_container(cri::StopContainerRequest {
-        container_id: ctr.into(),
-        timeout: 0,
-    })
-    .await?;
-    t.rt.remove_container(cri::RemoveContainerRequest {
-        container_id: ctr.into(),
-    })
-    .await?;
-    t.rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod.into(),
-    })
-    .await?;
-    t.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod.into(),
-    })
-    .await?;
-    Ok(())
-}
 
 /// One timed cycle: (start, teardown).
 async fn cycle(t: &mut Target, name: &str) -> Result<(Duration, Duration)> {
     let t0 = Instant::now();
-    let (pod, ctr) = start_pod(t, name, true).await?;
+    let (pod, ctr) = t.start_sleeper(name, true).await?;
     let t1 = Instant::now();
-    teardown(t, &pod, &ctr)
-        .await
-        .with_context(|| format!("{}: teardown of {name}", t.name))?;
+    t.teardown(&pod, Some(&ctr)).await?;
     Ok((t1 - t0, t1.elapsed()))
-}
-
-fn pct(v: &[Duration], p: usize) -> Duration {
-    let mut v = v.to_vec();
-    v.sort();
-    v[((v.len() - 1) * p + 50) / 100]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 /// containerd-shim-berth-v2 processes berthd started (their `-address` is
@@ -143,17 +57,8 @@ fn mib(kib: u64) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("cri_pod_start bench: needs root (pods, cgroups, mounts); skipped");
+    if !preflight("cri_pod_start")? {
         return Ok(());
-    }
-    let berthd_bin = std::path::Path::new(common::berthd::berthd_bin());
-    let shim = berthd_bin.with_file_name("containerd-shim-berth-v2");
-    if !shim.exists() {
-        bail!(
-            "{} is missing: `cargo build --release -p containerd-shim-berth-v2` first",
-            shim.display()
-        );
     }
     let iters = env_usize("BERTH_BENCH_ITERS", 20);
     let pods = env_usize("BERTH_BENCH_PODS", 50);
@@ -174,15 +79,11 @@ async fn main() -> Result<()> {
 
     let env_cfg = {
         let (log_dir, parent) = (env.log_dir.clone(), env.cgroup_parent.clone());
-        move |name: &str, host: bool| {
-            common::cri_pods::pod_sandbox_config(name, host, &log_dir, &parent)
-        }
+        move |name: &str, host: bool| pod_sandbox_config(name, host, &log_dir, &parent)
     };
     let ctd_cfg = {
         let (log_dir, parent) = (ctd.log_dir.clone(), ctd.cgroup_parent.clone());
-        move |name: &str, host: bool| {
-            common::cri_pods::pod_sandbox_config(name, host, &log_dir, &parent)
-        }
+        move |name: &str, host: bool| pod_sandbox_config(name, host, &log_dir, &parent)
     };
     let mut targets = [
         Target {
@@ -260,7 +161,7 @@ async fn run(
     for (k, t) in targets.iter_mut().enumerate() {
         let mut running = Vec::new();
         for i in 0..pods {
-            running.push(start_pod(t, &format!("mem{i}"), true).await?);
+            running.push(t.start_sleeper(&format!("mem{i}"), true).await?);
         }
         // Let start-up garbage settle (Go GC, allocator) before reading.
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -294,7 +195,7 @@ async fn run(
         );
         figures.push((d.0 + s.0, d.1 + s.1, d.0 + s.0 + x.0, d.1 + s.1 + x.1));
         for (pod, ctr) in running {
-            teardown(t, &pod, &ctr).await?;
+            t.teardown(&pod, Some(&ctr)).await?;
         }
     }
     let (b, c) = (figures[0], figures[1]);

@@ -432,7 +432,7 @@ impl Drop for ContainerdCri {
 /// Deletes the nat POSTROUTING rules of CNI network `network` (the bridge
 /// plugin comments them `name: "<network>" id: "<container>"`) and the
 /// chains they jump to.
-fn remove_cni_nat_rules(tool: &str, network: &str) {
+pub fn remove_cni_nat_rules(tool: &str, network: &str) {
     let Ok(out) = Command::new(tool)
         .args(["-w", "-t", "nat", "-S", "POSTROUTING"])
         .stderr(Stdio::null())

@@ -1,0 +1,162 @@
+//! What the side-by-side CRI benches share: a runtime under test reached
+//! through the `k8s-cri` client (berthd or containerd's CRI plugin), pods
+//! with one sleeping container, and percentiles.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use k8s_cri::v1 as cri;
+
+use super::cri_pods::{Runtime, create_container};
+
+/// One runtime under test.
+pub struct Target {
+    pub name: &'static str,
+    pub rt: Runtime,
+    /// (pod name, host network) → the pod config for this runtime.
+    pub pod_config: Box<dyn Fn(&str, bool) -> cri::PodSandboxConfig>,
+    /// The workload image (already pulled).
+    pub image: String,
+}
+
+/// A container running `command` in `image`.
+pub fn container(name: &str, image: &str, command: &[&str]) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        command: command.iter().map(|s| (*s).to_owned()).collect(),
+        log_path: format!("{name}/0.log"),
+        ..Default::default()
+    }
+}
+
+impl Target {
+    /// RunPodSandbox; returns the pod id.
+    pub async fn run_pod(&mut self, name: &str, host_network: bool) -> Result<String> {
+        let cfg = (self.pod_config)(name, host_network);
+        Ok(self
+            .rt
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(cfg),
+                runtime_handler: String::new(),
+            })
+            .await
+            .with_context(|| format!("{}: RunPodSandbox {name}", self.name))?
+            .into_inner()
+            .pod_sandbox_id)
+    }
+
+    /// Creates and starts `command` in pod `pod` (named `name`).
+    pub async fn start_container(
+        &mut self,
+        pod: &str,
+        name: &str,
+        host_network: bool,
+        command: &[&str],
+    ) -> Result<String> {
+        let cfg = (self.pod_config)(name, host_network);
+        let ctr = create_container(
+            &mut self.rt,
+            pod,
+            &cfg,
+            container("worker", &self.image, command),
+        )
+        .await
+        .with_context(|| format!("{}: CreateContainer in {name}", self.name))?;
+        self.rt
+            .start_container(cri::StartContainerRequest {
+                container_id: ctr.clone(),
+            })
+            .await
+            .with_context(|| format!("{}: StartContainer in {name}", self.name))?;
+        Ok(ctr)
+    }
+
+    /// A pod with one `sleep` container; returns (pod, container).
+    pub async fn start_sleeper(
+        &mut self,
+        name: &str,
+        host_network: bool,
+    ) -> Result<(String, String)> {
+        let pod = self.run_pod(name, host_network).await?;
+        let ctr = self
+            .start_container(&pod, name, host_network, &["/bin/sleep", "3600"])
+            .await?;
+        Ok((pod, ctr))
+    }
+
+    /// StopContainer(0) + RemoveContainer for `ctr` (when given), then
+    /// StopPodSandbox + RemovePodSandbox.
+    pub async fn teardown(&mut self, pod: &str, ctr: Option<&str>) -> Result<()> {
+        let name = self.name;
+        if let Some(ctr) = ctr {
+            self.rt
+                .stop_container(cri::StopContainerRequest {
+                    container_id: ctr.into(),
+                    timeout: 0,
+                })
+                .await
+                .with_context(|| format!("{name}: StopContainer"))?;
+            self.rt
+                .remove_container(cri::RemoveContainerRequest {
+                    container_id: ctr.into(),
+                })
+                .await
+                .with_context(|| format!("{name}: RemoveContainer"))?;
+        }
+        self.rt
+            .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: pod.into(),
+            })
+            .await
+            .with_context(|| format!("{name}: StopPodSandbox"))?;
+        self.rt
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: pod.into(),
+            })
+            .await
+            .with_context(|| format!("{name}: RemovePodSandbox"))?;
+        Ok(())
+    }
+}
+
+/// The `p`th percentile (nearest rank) of `v`.
+pub fn pct(v: &[Duration], p: usize) -> Duration {
+    let mut v = v.to_vec();
+    v.sort();
+    v[((v.len() - 1) * p + 50) / 100]
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// A size from the environment, else `default`.
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Fails unless running as root with the release shim next to berthd.
+pub fn preflight(bench: &str) -> Result<bool> {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("{bench} bench: needs root (pods, cgroups, mounts, netns); skipped");
+        return Ok(false);
+    }
+    let berthd = std::path::Path::new(super::berthd::berthd_bin());
+    let shim = berthd.with_file_name("containerd-shim-berth-v2");
+    anyhow::ensure!(
+        shim.exists(),
+        "{} is missing: `cargo build --release -p containerd-shim-berth-v2` first",
+        shim.display()
+    );
+    Ok(true)
+}
