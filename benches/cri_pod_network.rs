@@ -22,9 +22,9 @@ use anyhow::{Context, Result};
 use common::containerd_cri::{
     ContainerdCri, cni_conflist, push_bench_images, remove_cni_nat_rules,
 };
-use common::cri_bench::{Target, env_usize, ms, pct, preflight};
+use common::cri_bench::{Target, env_usize, ms, pct, pod_config_fn, preflight};
 use common::cri_images::pull;
-use common::cri_pods::{PodEnv, pod_sandbox_config};
+use common::cri_pods::PodEnv;
 use common::registry::Registry;
 
 /// Removes the CNI-mode berthd's masquerade rules should a run fail midway.
@@ -68,14 +68,6 @@ fn cni_env(idx: u32) -> Result<(PodEnv, CniRules)> {
     Ok((env, CniRules(network)))
 }
 
-fn config_fn(
-    log_dir: &std::path::Path,
-    parent: &str,
-) -> Box<dyn Fn(&str, bool) -> k8s_cri::v1::PodSandboxConfig> {
-    let (log_dir, parent) = (log_dir.to_owned(), parent.to_owned());
-    Box::new(move |name: &str, host: bool| pod_sandbox_config(name, host, &log_dir, &parent))
-}
-
 async fn cycle(t: &mut Target, name: &str, host_network: bool) -> Result<Duration> {
     let t0 = Instant::now();
     let pod = t.run_pod(name, host_network).await?;
@@ -107,19 +99,19 @@ async fn main() -> Result<()> {
         Target {
             name: "berthd built-in",
             rt: berthd_builtin.runtime().await?,
-            pod_config: config_fn(&builtin.log_dir, &builtin.cgroup_parent),
+            pod_config: pod_config_fn(&builtin.log_dir, &builtin.cgroup_parent),
             image: image.clone(),
         },
         Target {
             name: "berthd CNI",
             rt: berthd_cni.runtime().await?,
-            pod_config: config_fn(&cni.log_dir, &cni.cgroup_parent),
+            pod_config: pod_config_fn(&cni.log_dir, &cni.cgroup_parent),
             image: image.clone(),
         },
         Target {
             name: "containerd 1.6 CRI + CNI",
             rt: ctd.runtime().await?,
-            pod_config: config_fn(&ctd.log_dir, &ctd.cgroup_parent),
+            pod_config: pod_config_fn(&ctd.log_dir, &ctd.cgroup_parent),
             image,
         },
     ];

@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use common::containerd_cri::{ContainerdCri, memory_sum_kib, processes, push_bench_images};
-use common::cri_bench::{Target, env_usize, ms, pct, preflight};
+use common::cri_bench::{Target, env_usize, ms, pct, pod_config_fn, preflight};
 use common::cri_images::pull;
-use common::cri_pods::{PodEnv, pod_sandbox_config};
+use common::cri_pods::PodEnv;
 use common::registry::Registry;
 
 /// One timed cycle: (start, teardown).
@@ -77,25 +77,17 @@ async fn main() -> Result<()> {
         .with_context(|| format!("containerd: pull {pause}; log:\n{}", ctd.log_tail()))?;
     pull(&mut ctd_images, &image, None).await?;
 
-    let env_cfg = {
-        let (log_dir, parent) = (env.log_dir.clone(), env.cgroup_parent.clone());
-        move |name: &str, host: bool| pod_sandbox_config(name, host, &log_dir, &parent)
-    };
-    let ctd_cfg = {
-        let (log_dir, parent) = (ctd.log_dir.clone(), ctd.cgroup_parent.clone());
-        move |name: &str, host: bool| pod_sandbox_config(name, host, &log_dir, &parent)
-    };
     let mut targets = [
         Target {
             name: "berthd",
             rt: berthd.runtime().await?,
-            pod_config: Box::new(env_cfg),
+            pod_config: pod_config_fn(&env.log_dir, &env.cgroup_parent),
             image: image.clone(),
         },
         Target {
             name: "containerd 1.6 CRI + runc",
             rt: ctd.runtime().await?,
-            pod_config: Box::new(ctd_cfg),
+            pod_config: pod_config_fn(&ctd.log_dir, &ctd.cgroup_parent),
             image: image.clone(),
         },
     ];

@@ -23,22 +23,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use common::berthd::PATIENCE;
 use common::containerd_cri::{ContainerdCri, push_bench_images};
-use common::cri_bench::{Target, env_usize, ms, pct, preflight};
+use common::cri_bench::{Target, env_usize, ms, pct, pod_config_fn, preflight};
 use common::cri_images::pull;
-use common::cri_pods::{PodEnv, pod_sandbox_config};
+use common::cri_pods::PodEnv;
 use common::registry::Registry;
 use common::spdy_client::SpdyClient;
 use k8s_cri::v1 as cri;
 
 const SINK_PORT: u16 = 9000;
-
-fn config_fn(
-    log_dir: &std::path::Path,
-    parent: &str,
-) -> Box<dyn Fn(&str, bool) -> cri::PodSandboxConfig> {
-    let (log_dir, parent) = (log_dir.to_owned(), parent.to_owned());
-    Box::new(move |name: &str, host: bool| pod_sandbox_config(name, host, &log_dir, &parent))
-}
 
 /// One exec of `echo hi`, from the CRI call to the exit status.
 async fn exec_once(t: &mut Target, ctr: &str) -> Result<Duration> {
@@ -166,13 +158,13 @@ async fn main() -> Result<()> {
         Target {
             name: "berthd",
             rt: berthd.runtime().await?,
-            pod_config: config_fn(&env.log_dir, &env.cgroup_parent),
+            pod_config: pod_config_fn(&env.log_dir, &env.cgroup_parent),
             image: image.clone(),
         },
         Target {
             name: "containerd 1.6 CRI + runc",
             rt: ctd.runtime().await?,
-            pod_config: config_fn(&ctd.log_dir, &ctd.cgroup_parent),
+            pod_config: pod_config_fn(&ctd.log_dir, &ctd.cgroup_parent),
             image,
         },
     ];

@@ -2,19 +2,29 @@
 //! through the `k8s-cri` client (berthd or containerd's CRI plugin), pods
 //! with one sleeping container, and percentiles.
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use k8s_cri::v1 as cri;
 
-use super::cri_pods::{Runtime, create_container};
+use super::cri_pods::{Runtime, create_container, pod_sandbox_config};
+
+/// (pod name, host network) → the pod config for one runtime.
+pub type PodConfigFn = Box<dyn Fn(&str, bool) -> cri::PodSandboxConfig>;
+
+/// The tests' pod config ([`pod_sandbox_config`]) with logs under
+/// `log_dir` and cgroups under `cgroup_parent`.
+pub fn pod_config_fn(log_dir: &Path, cgroup_parent: &str) -> PodConfigFn {
+    let (log_dir, parent) = (log_dir.to_owned(), cgroup_parent.to_owned());
+    Box::new(move |name: &str, host: bool| pod_sandbox_config(name, host, &log_dir, &parent))
+}
 
 /// One runtime under test.
 pub struct Target {
     pub name: &'static str,
     pub rt: Runtime,
-    /// (pod name, host network) → the pod config for this runtime.
-    pub pod_config: Box<dyn Fn(&str, bool) -> cri::PodSandboxConfig>,
+    pub pod_config: PodConfigFn,
     /// The workload image (already pulled).
     pub image: String,
 }
