@@ -19,9 +19,13 @@ use tonic::transport::{Channel, Endpoint, Uri};
 /// to turn a hang into a failure, never a performance assertion.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
-/// The berthd binary cargo built for this test run.
+/// The berthd binary cargo built for this test run, or the one
+/// `BERTH_BERTHD_BIN` names (e.g. a release build; its shim next to it).
 pub fn berthd_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_berthd")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("BERTH_BERTHD_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_berthd").into())
+    })
 }
 
 /// A temp directory holding one berthd instance's root, state and socket;
