@@ -27,13 +27,13 @@ use common::cri_images::pull;
 use common::cri_pods::PodEnv;
 use common::registry::Registry;
 
-/// One timed cycle: (start, teardown).
-async fn cycle(t: &mut Target, name: &str) -> Result<(Duration, Duration)> {
+/// One timed cycle: (start, teardown, teardown steps).
+async fn cycle(t: &mut Target, name: &str) -> Result<(Duration, Duration, [Duration; 4])> {
     let t0 = Instant::now();
     let (pod, ctr) = t.start_sleeper(name, true).await?;
     let t1 = Instant::now();
-    t.teardown(&pod, Some(&ctr)).await?;
-    Ok((t1 - t0, t1.elapsed()))
+    let steps = t.teardown(&pod, Some(&ctr)).await?;
+    Ok((t1 - t0, t1.elapsed(), steps))
 }
 
 /// containerd-shim-berth-v2 processes berthd started (their `-address` is
@@ -112,12 +112,16 @@ async fn run(
     let warmup = 2;
     let mut start = [vec![], vec![]];
     let mut down = [vec![], vec![]];
+    let mut steps: [[Vec<Duration>; 4]; 2] = Default::default();
     for i in 0..iters + warmup {
         for (k, t) in targets.iter_mut().enumerate() {
-            let (s, d) = cycle(t, &format!("lat{i}")).await?;
+            let (s, d, st) = cycle(t, &format!("lat{i}")).await?;
             if i >= warmup {
                 start[k].push(s);
                 down[k].push(d);
+                for (j, v) in st.into_iter().enumerate() {
+                    steps[k][j].push(v);
+                }
             }
         }
     }
@@ -137,6 +141,16 @@ async fn run(
             ms(pct(&start[k], 99)),
             ms(pct(&down[k], 50)),
             ms(pct(&down[k], 99))
+        );
+    }
+    for (k, t) in targets.iter().enumerate() {
+        println!(
+            "{:<28} teardown steps p50: StopContainer {:.1}ms, RemoveContainer {:.1}ms, StopPodSandbox {:.1}ms, RemovePodSandbox {:.1}ms",
+            t.name,
+            ms(pct(&steps[k][0], 50)),
+            ms(pct(&steps[k][1], 50)),
+            ms(pct(&steps[k][2], 50)),
+            ms(pct(&steps[k][3], 50))
         );
     }
     println!(

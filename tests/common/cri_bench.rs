@@ -3,7 +3,7 @@
 //! with one sleeping container, and percentiles.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use k8s_cri::v1 as cri;
@@ -102,9 +102,15 @@ impl Target {
     }
 
     /// StopContainer(0) + RemoveContainer for `ctr` (when given), then
-    /// StopPodSandbox + RemovePodSandbox.
-    pub async fn teardown(&mut self, pod: &str, ctr: Option<&str>) -> Result<()> {
+    /// StopPodSandbox + RemovePodSandbox; the time each of the four took.
+    pub async fn teardown(&mut self, pod: &str, ctr: Option<&str>) -> Result<[Duration; 4]> {
         let name = self.name;
+        let mut steps = [Duration::ZERO; 4];
+        let mut t = Instant::now();
+        let mut lap = |i: usize| {
+            steps[i] = t.elapsed();
+            t = Instant::now();
+        };
         if let Some(ctr) = ctr {
             self.rt
                 .stop_container(cri::StopContainerRequest {
@@ -113,12 +119,14 @@ impl Target {
                 })
                 .await
                 .with_context(|| format!("{name}: StopContainer"))?;
+            lap(0);
             self.rt
                 .remove_container(cri::RemoveContainerRequest {
                     container_id: ctr.into(),
                 })
                 .await
                 .with_context(|| format!("{name}: RemoveContainer"))?;
+            lap(1);
         }
         self.rt
             .stop_pod_sandbox(cri::StopPodSandboxRequest {
@@ -126,13 +134,15 @@ impl Target {
             })
             .await
             .with_context(|| format!("{name}: StopPodSandbox"))?;
+        lap(2);
         self.rt
             .remove_pod_sandbox(cri::RemovePodSandboxRequest {
                 pod_sandbox_id: pod.into(),
             })
             .await
             .with_context(|| format!("{name}: RemovePodSandbox"))?;
-        Ok(())
+        lap(3);
+        Ok(steps)
     }
 }
 
