@@ -4,8 +4,8 @@
 //! server, with the tests' local-process backend.
 //!
 //! The side-by-side run against containerd 1.6's streaming server (same
-//! client, a real container) needs the CRI RuntimeService backend and is
-//! not part of this bench yet.
+//! client, real pods and containers behind berthd and containerd's CRI
+//! plugin) is `benches/cri_stream.rs`.
 //!
 //! `cargo bench --bench stream_exec` (root: makes a netns).
 
@@ -117,6 +117,6 @@ async fn main() -> Result<()> {
         FORWARD_BYTES as f64 / 1048576.0 / elapsed.as_secs_f64(),
         FORWARD_BYTES / 1048576
     );
-    println!("containerd 1.6 comparison: not run yet (needs the CRI RuntimeService backend)");
+    println!("containerd 1.6 comparison: `cargo bench --bench cri_stream`");
     Ok(())
 }

@@ -19,9 +19,13 @@ use tonic::transport::{Channel, Endpoint, Uri};
 /// to turn a hang into a failure, never a performance assertion.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
-/// The berthd binary cargo built for this test run.
+/// The berthd binary cargo built for this test run, or the one
+/// `BERTH_BERTHD_BIN` names (e.g. a release build; its shim next to it).
 pub fn berthd_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_berthd")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("BERTH_BERTHD_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_berthd").into())
+    })
 }
 
 /// A temp directory holding one berthd instance's root, state and socket;
@@ -77,12 +81,23 @@ impl Berthd {
 
     /// Starts berthd with exactly `args`, expecting it to listen on `socket`.
     pub fn start_with(dirs: &BerthdDirs, args: Vec<String>, socket: &Path) -> Result<Self> {
+        Self::start_logged(dirs, args, socket, "debug")
+    }
+
+    /// As [`Berthd::start_with`], logging at `level` (the benches use `info`,
+    /// as containerd runs beside them).
+    pub fn start_logged(
+        dirs: &BerthdDirs,
+        args: Vec<String>,
+        socket: &Path,
+        level: &str,
+    ) -> Result<Self> {
         let log = next_log_path(dirs.tmp.path());
         let stderr = File::create(&log)?;
         let child = Command::new(berthd_bin())
             .args(&args)
             .arg("--log-level")
-            .arg("debug")
+            .arg(level)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)

@@ -53,54 +53,20 @@ impl PodEnv {
     }
 
     pub fn start(&self) -> Result<Berthd> {
+        self.start_logged("debug")
+    }
+
+    /// Starts berthd logging at `level`.
+    pub fn start_logged(&self, level: &str) -> Result<Berthd> {
         let mut args = self.dirs.args();
         args.push("--config".into());
         args.push(self.config.display().to_string());
-        Berthd::start_with(&self.dirs, args, &self.dirs.socket)
+        Berthd::start_logged(&self.dirs, args, &self.dirs.socket, level)
     }
 
     /// A pod config; `host_network` puts it in the host's network namespace.
     pub fn pod_config(&self, name: &str, host_network: bool) -> cri::PodSandboxConfig {
-        let mode = if host_network {
-            cri::NamespaceMode::Node
-        } else {
-            cri::NamespaceMode::Pod
-        };
-        cri::PodSandboxConfig {
-            metadata: Some(cri::PodSandboxMetadata {
-                name: name.into(),
-                uid: format!("uid-{name}"),
-                namespace: "default".into(),
-                attempt: 0,
-            }),
-            hostname: if host_network {
-                String::new()
-            } else {
-                name.into()
-            },
-            log_directory: self.log_dir.join(name).display().to_string(),
-            labels: HashMap::from([("app".into(), name.into()), ("tier".into(), "test".into())]),
-            annotations: HashMap::from([("note".into(), "berth".into())]),
-            dns_config: Some(cri::DnsConfig {
-                servers: vec!["10.0.0.10".into()],
-                searches: vec!["default.svc.cluster.local".into()],
-                options: vec!["ndots:5".into()],
-            }),
-            linux: Some(cri::LinuxPodSandboxConfig {
-                cgroup_parent: format!("{}/{name}", self.cgroup_parent),
-                security_context: Some(cri::LinuxSandboxSecurityContext {
-                    namespace_options: Some(cri::NamespaceOption {
-                        network: mode as i32,
-                        pid: cri::NamespaceMode::Container as i32,
-                        ipc: cri::NamespaceMode::Pod as i32,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
+        pod_sandbox_config(name, host_network, &self.log_dir, &self.cgroup_parent)
     }
 
     /// Whether the test's cgroup parent is gone from every v1 controller
@@ -192,6 +158,57 @@ impl Drop for PodEnv {
             .stderr(std::process::Stdio::null())
             .status();
         self.remove_cgroup_parent();
+    }
+}
+
+/// The pod config kubelet would send for pod `name` (logs under `log_dir`,
+/// cgroup `<cgroup_parent>/<name>`); `host_network` puts it in the host's
+/// network namespace. Shared by the berthd tests and the containerd benches.
+pub fn pod_sandbox_config(
+    name: &str,
+    host_network: bool,
+    log_dir: &Path,
+    cgroup_parent: &str,
+) -> cri::PodSandboxConfig {
+    let mode = if host_network {
+        cri::NamespaceMode::Node
+    } else {
+        cri::NamespaceMode::Pod
+    };
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: if host_network {
+            String::new()
+        } else {
+            name.into()
+        },
+        log_directory: log_dir.join(name).display().to_string(),
+        labels: HashMap::from([("app".into(), name.into()), ("tier".into(), "test".into())]),
+        annotations: HashMap::from([("note".into(), "berth".into())]),
+        dns_config: Some(cri::DnsConfig {
+            servers: vec!["10.0.0.10".into()],
+            searches: vec!["default.svc.cluster.local".into()],
+            options: vec!["ndots:5".into()],
+        }),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            cgroup_parent: format!("{cgroup_parent}/{name}"),
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    network: mode as i32,
+                    pid: cri::NamespaceMode::Container as i32,
+                    ipc: cri::NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
     }
 }
 

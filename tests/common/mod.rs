@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 pub mod berthd;
+pub mod containerd_cri;
+pub mod cri_bench;
 pub mod cri_images;
 pub mod cri_pods;
 pub mod gate_proxy;
