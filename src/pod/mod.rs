@@ -18,6 +18,7 @@ mod container_status;
 mod error;
 mod files;
 mod host_devices;
+mod host_features;
 pub mod namespaces;
 pub mod pod_init;
 mod pod_remove;
@@ -25,10 +26,12 @@ mod pod_run;
 mod pod_stats;
 mod pod_status;
 mod pod_stop;
+mod pod_userns;
 mod recover;
 pub mod shim_client;
 mod stream_backend;
 
+pub use host_features::HostFeatures;
 pub use stream_backend::PodStreamBackend;
 
 use std::collections::HashMap;
@@ -113,6 +116,11 @@ impl PodManager {
     }
 
     /// The container events broadcaster (GetContainerEvents).
+    /// The kernel's user namespace and mount features (probed once).
+    pub fn host_features(&self) -> HostFeatures {
+        host_features::host_features(&self.config.root)
+    }
+
     pub fn events(&self) -> &EventHub {
         &self.events
     }
