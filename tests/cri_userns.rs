@@ -345,9 +345,20 @@ async fn user_namespaced_pods_share_unchanged_layers_through_idmapped_mounts() -
         vec![mapping(0, base_b, 65536)],
         vec![mapping(0, base_b, 65536)],
     );
-    let cfg_b = userns_pod(&s.env, "usernsb", map_b);
+    let mut cfg_b = userns_pod(&s.env, "usernsb", map_b);
+    // With a shared pid namespace: the pod's init is made inside the user
+    // namespace too, or the container could not mount its /proc.
+    if let Some(ns) = cfg_b
+        .linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+        .and_then(|s| s.namespace_options.as_mut())
+    {
+        ns.pid = cri::NamespaceMode::Pod as i32;
+    }
     let pod_b = s.pod(&cfg_b).await?;
     let script_b = "cat /proc/self/uid_map; stat -c 'bb=%u:%g' /bin/busybox; \
+         grep -q pod-init /proc/1/cmdline && echo pid1-is-pod-init; \
          cat /data/owned; echo hi > /newfile && echo wrote-rootfs";
     let (code, log_b) = s
         .run(
@@ -359,6 +370,10 @@ async fn user_namespaced_pods_share_unchanged_layers_through_idmapped_mounts() -
     assert_eq!(code, 0, "{log_b}");
     assert!(log_b.contains("400000"), "{log_b}");
     assert!(log_b.contains("bb=0:0"), "{log_b}");
+    assert!(
+        log_b.contains("pid1-is-pod-init"),
+        "the pod's init is pid 1: {log_b}"
+    );
     assert!(
         !log_b.contains("more"),
         "pod A's copy-up is not in pod B's view: {log_b}"
