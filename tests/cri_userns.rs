@@ -500,6 +500,53 @@ async fn recursive_read_only_mounts_cover_submounts() -> Result<()> {
         "recursive read-only reaches the submount: {log}"
     );
 
+    // The RuntimeDefault profile is compiled once per node: the shims share
+    // the compiled filter through berthd's state dir.
+    let cache = s.env.dirs.state.join("seccomp-cache");
+    let entries = |dir: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect()
+    };
+    assert!(entries(&cache).is_empty(), "no profile compiled yet");
+    let default_sc = || cri::LinuxContainerSecurityContext {
+        seccomp: Some(cri::SecurityProfile {
+            profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
+            localhost_ref: String::new(),
+        }),
+        ..Default::default()
+    };
+    let mut c = container_config("sc1", &s.image, "grep '^Seccomp:' /proc/self/status");
+    c.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(default_sc()),
+        ..Default::default()
+    });
+    let (_, log) = s.run(&pod, &cfg, c).await?;
+    assert!(log.contains("Seccomp:\t2"), "{log}");
+    let stored = entries(&cache);
+    assert_eq!(
+        stored.len(),
+        1,
+        "one compiled profile is cached: {stored:?}"
+    );
+    let cfg2 = s.env.pod_config("rropod2", false);
+    let pod2 = s.pod(&cfg2).await?;
+    let mut c = container_config("sc2", &s.image, "grep '^Seccomp:' /proc/self/status");
+    c.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(default_sc()),
+        ..Default::default()
+    });
+    let (_, log) = s.run(&pod2, &cfg2, c).await?;
+    assert!(
+        log.contains("Seccomp:\t2"),
+        "another shim installs the cached filter: {log}"
+    );
+    assert_eq!(entries(&cache), stored, "the second shim reads the cache");
+
     // recursive_read_only needs readonly and private propagation.
     for (name, m) in [
         (
