@@ -271,9 +271,6 @@ mod tests {
             .size(65536u32)
             .build()
             .unwrap();
-        assert_eq!(
-            map_text(&[m.clone(), m]),
-            "0 100000 65536\n0 100000 65536\n"
-        );
+        assert_eq!(map_text(&[m, m]), "0 100000 65536\n0 100000 65536\n");
     }
 }
