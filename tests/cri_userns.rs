@@ -325,6 +325,19 @@ async fn user_namespaced_pods_share_unchanged_layers_through_idmapped_mounts() -
     assert!(log.contains("hosts=0:0"), "{log}");
     assert!(log.contains("wrote-hosts"), "{log}");
 
+    // An exec joins the pod's user namespace as the container's root.
+    let out =
+        s.rt.exec_sync(cri::ExecSyncRequest {
+            container_id: id_a.clone(),
+            cmd: vec!["/bin/sh".into(), "-c".into(), "id -u; cat /newfile".into()],
+            timeout: 10,
+        })
+        .await?
+        .into_inner();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.exit_code, 0, "{out:?}");
+    assert_eq!(stdout, "0\nhello\n", "{out:?}");
+
     // On the host: new files belong to the mapped uid; the layers are as they were.
     let upper_new = find_file(&s.env.dirs.root, "upper/newfile").context("upper/newfile")?;
     let m = std::fs::metadata(&upper_new)?;
