@@ -8,7 +8,9 @@
 //!   start in each (idmapped rootfs layers and pod files).
 //!
 //! Prints medians and the added milliseconds. Not part of `cargo test`;
-//! run as root: `cargo bench --bench security_overhead -- [iterations]`.
+//! run as root, with the release shim built first (berthd looks for it next
+//! to itself): `cargo build --release -p containerd-shim-berth-v2 &&
+//! cargo bench --bench security_overhead -- [iterations]`.
 //! (containerd 1.6 has no user-namespaced pods, so there is no runc column.)
 
 #[path = "../tests/common/mod.rs"]
