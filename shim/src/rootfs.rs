@@ -4,6 +4,7 @@
 //! The shim mounts in its own (the host's) mount namespace, directly, without
 //! forking: the runtime's init helper later pivots into it.
 
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 
 use containerd_shim::protos::types::mount::Mount;
@@ -99,15 +100,64 @@ pub fn parse_options(options: &[String]) -> MountOptions {
 }
 
 /// Mounts every mount of `mounts`, in order, at `target` (containerd's `mount.All`).
-pub fn mount_all(mounts: &[Mount], target: &Path) -> Result<()> {
+///
+/// With `userns`, the mounts are idmapped with that user namespace: an
+/// overlay's lower layers, or a bind mount's source.
+pub fn mount_all(mounts: &[Mount], target: &Path, userns: Option<BorrowedFd<'_>>) -> Result<()> {
     for (i, m) in mounts.iter().enumerate() {
-        if let Err(e) = mount_one(m, target) {
+        let res = match userns {
+            Some(u) => mount_idmapped(m, target, u),
+            None => mount_one(m, target),
+        };
+        if let Err(e) = res {
             // Leave nothing half-mounted behind.
             if i > 0 {
                 unmount_all(target);
             }
             return Err(e);
         }
+    }
+    Ok(())
+}
+
+fn mount_idmapped(m: &Mount, target: &Path, userns: BorrowedFd<'_>) -> Result<()> {
+    use berth::runtime::idmap;
+    let opts = parse_options(&m.options);
+    let what = format!(
+        "idmapped {} mount of {} at {}",
+        m.type_,
+        m.source,
+        target.display()
+    );
+    match m.type_.as_str() {
+        "overlay" => {
+            let layers = idmap::parse_overlay(&opts.data);
+            idmap::mount_idmapped_overlay(&layers, userns, target)
+                .map_err(|e| ShimError::InvalidArgument(format!("{what}: {e}")))?;
+        }
+        "bind" | "rbind" => {
+            let recursive = m.type_ == "rbind" || opts.flags.contains(MsFlags::MS_REC);
+            let tree = idmap::idmapped_tree(Path::new(&m.source), recursive, userns)
+                .map_err(|e| ShimError::InvalidArgument(format!("{what}: {e}")))?;
+            idmap::attach(tree.as_fd(), target)
+                .map_err(|e| ShimError::InvalidArgument(format!("{what}: {e}")))?;
+        }
+        other => {
+            return Err(ShimError::InvalidArgument(format!(
+                "a {other} rootfs mount cannot be idmapped for a user namespace"
+            )));
+        }
+    }
+    let extra = opts.flags & (MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV);
+    if !extra.is_empty() {
+        nix::mount::mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            extra | MsFlags::MS_BIND | MsFlags::MS_REMOUNT,
+            None::<&str>,
+        )
+        .map_err(ShimError::sys(format!("remount {}", target.display())))?;
     }
     Ok(())
 }

@@ -188,7 +188,11 @@ impl Inner {
             let target = bundle.join("rootfs");
             std::fs::create_dir_all(&target)
                 .map_err(ShimError::io(format!("create {}", target.display())))?;
-            rootfs::mount_all(&req.rootfs, &target)?;
+            // A user-namespaced container sees the image layers through
+            // idmapped mounts of its user namespace (the layers stay as they are).
+            let userns = berth::runtime::idmap::spec_userns(&spec)
+                .map_err(|e| ShimError::InvalidArgument(format!("user namespace: {e}")))?;
+            rootfs::mount_all(&req.rootfs, &target, userns.as_ref().map(|f| f.as_fd()))?;
             Some(target)
         };
         let undo_mount = |e: ShimError| {

@@ -36,6 +36,19 @@ pub struct CriRuntimeService {
 }
 
 impl CriRuntimeService {
+    /// The runtime handlers and their features, from the kernel probes
+    /// (berth has one handler, the default, named "").
+    fn runtime_handlers(&self) -> Vec<cri::RuntimeHandler> {
+        let f = self.pods.host_features();
+        vec![cri::RuntimeHandler {
+            name: String::new(),
+            features: Some(cri::RuntimeHandlerFeatures {
+                recursive_read_only_mounts: f.recursive_read_only,
+                user_namespaces: f.user_namespaces,
+            }),
+        }]
+    }
+
     pub fn new(config: Arc<Config>, pods: Arc<PodManager>) -> Self {
         Self {
             config,
@@ -129,7 +142,7 @@ impl RuntimeService for CriRuntimeService {
                 conditions: self.conditions().await,
             }),
             info,
-            runtime_handlers: Vec::new(),
+            runtime_handlers: self.runtime_handlers(),
             features: None,
         }))
     }

@@ -267,6 +267,18 @@ impl PodManager {
             .unwrap_or_default();
         let rootfs = self.images.prepare_rootfs(&image.id, &id)?;
         record.upper_dir = Some(rootfs.upper_dir.clone());
+        if pod.userns.is_some() {
+            // The image layers are idmapped (shared, unchanged); only this
+            // container's own upper dir belongs to the pod's root, so that
+            // root inside can write its rootfs.
+            let ns = super::pod_run::namespace_options(sandbox_config);
+            if let Some(maps) = super::pod_userns::pod_id_mappings(&ns)? {
+                let (uid, gid) = maps.root();
+                std::os::unix::fs::chown(&rootfs.upper_dir, Some(uid), Some(gid)).map_err(|e| {
+                    PodError::io(format!("chown {}", rootfs.upper_dir.display()), e)
+                })?;
+            }
+        }
         let passwd = image_file(&rootfs.lower_dirs, "passwd");
         let group = image_file(&rootfs.lower_dirs, "group");
         let cgroup_parent = sandbox_config
@@ -281,7 +293,7 @@ impl PodManager {
             ipc: ns_of(&pod.ipcns),
             uts: ns_of(&pod.utsns),
             pid: pod.pidns.clone(),
-            user: None,
+            user: pod.userns.clone(),
         };
         let pod_files = PodFiles {
             hostname: Some(pod.dir.join(files::HOSTNAME_FILE)),
@@ -289,8 +301,10 @@ impl PodManager {
             resolv_conf: Some(pod.dir.join(files::RESOLV_FILE)),
             shm: pod.ipcns.as_ref().map(|_| pod.dir.join("shm")),
         };
+        let features = self.host_features();
         let host = spec::HostFacts {
             hostname: files::host_hostname(),
+            recursive_read_only: features.recursive_read_only,
             capabilities: own_capabilities(),
             devices: if needs_host_devices(config) {
                 super::host_devices::host_devices()

@@ -20,6 +20,7 @@ mod cpu_rate;
 mod error;
 mod files;
 mod host_devices;
+mod host_features;
 pub mod namespaces;
 pub mod pod_init;
 mod pod_remove;
@@ -28,11 +29,13 @@ mod pod_run;
 mod pod_stats;
 mod pod_status;
 mod pod_stop;
+mod pod_userns;
 mod recover;
 pub mod shim_client;
 mod stop_signal;
 mod stream_backend;
 
+pub use host_features::HostFeatures;
 pub use stream_backend::PodStreamBackend;
 
 use std::collections::HashMap;
@@ -131,6 +134,11 @@ impl PodManager {
     }
 
     /// The container events broadcaster (GetContainerEvents).
+    /// The kernel's user namespace and mount features (probed once).
+    pub fn host_features(&self) -> HostFeatures {
+        host_features::host_features(&self.config.root)
+    }
+
     pub fn events(&self) -> &EventHub {
         &self.events
     }

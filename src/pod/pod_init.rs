@@ -41,6 +41,19 @@ pub fn main() -> ! {
 }
 
 fn start_init() -> std::result::Result<i32, String> {
+    // `pod-init <pod id> [<user namespace>]`: a user-namespaced pod's pid
+    // namespace is owned by its user namespace (or its containers could
+    // not mount /proc).
+    if let Some(userns) = std::env::args().nth(3) {
+        let fd = nix::fcntl::open(
+            userns.as_str(),
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| format!("open user namespace {userns}: {e}"))?;
+        nix::sched::setns(&fd, CloneFlags::CLONE_NEWUSER)
+            .map_err(|e| format!("join user namespace {userns}: {e}"))?;
+    }
     unshare(CloneFlags::CLONE_NEWPID).map_err(|e| format!("unshare(CLONE_NEWPID): {e}"))?;
     // SAFETY: this process is single-threaded (pod-init runs before any
     // thread is started), so the child may run any code after fork.
@@ -79,12 +92,16 @@ fn init_loop() -> ! {
     }
 }
 
-/// Starts the init of pod `pod_id`; returns its host pid.
-pub fn spawn(pod_id: &str) -> Result<i32> {
+/// Starts the init of pod `pod_id` (inside the user namespace pinned at
+/// `userns`, if any); returns its host pid.
+pub fn spawn(pod_id: &str, userns: Option<&Path>) -> Result<i32> {
     let exe = std::env::current_exe().map_err(|e| PodError::io("current exe", e))?;
     let mut cmd = Command::new(&exe);
-    cmd.args([POD_INIT_ARG, pod_id])
-        .stdin(Stdio::null())
+    cmd.args([POD_INIT_ARG, pod_id]);
+    if let Some(u) = userns {
+        cmd.arg(u);
+    }
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);

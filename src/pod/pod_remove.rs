@@ -59,7 +59,10 @@ impl PodManager {
         if let Some(p) = &pod.netns {
             keep(crate::network::remove_netns(p).map_err(Into::into));
         }
-        for p in [&pod.ipcns, &pod.utsns, &pod.pidns].into_iter().flatten() {
+        for p in [&pod.ipcns, &pod.utsns, &pod.pidns, &pod.userns]
+            .into_iter()
+            .flatten()
+        {
             keep(unpin(p));
         }
         keep(unmount_dir(&pod.dir.join("shm")));

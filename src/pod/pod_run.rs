@@ -42,6 +42,13 @@ impl PodManager {
                 "NamespaceMode TARGET is only valid for a container's pid namespace".into(),
             ));
         }
+        // Checked before anything is made: bad mappings leave nothing behind.
+        let userns = super::pod_userns::pod_id_mappings(&ns)?;
+        if userns.is_some() && !self.host_features().user_namespaces {
+            return Err(PodError::FailedPrecondition(
+                "this host cannot run user-namespaced pods (the user namespace and idmapped mount probe failed; see berthd's log)".into(),
+            ));
+        }
         let cgroup_parent = config
             .linux
             .as_ref()
@@ -96,6 +103,7 @@ impl PodManager {
             .setup_pod(
                 &config,
                 &ns,
+                userns.as_ref(),
                 &cgroup_parent,
                 pod_resources.as_ref(),
                 &mut record,
@@ -124,6 +132,7 @@ impl PodManager {
         &self,
         config: &cri::PodSandboxConfig,
         ns: &cri::NamespaceOption,
+        userns: Option<&super::pod_userns::PodIdMappings>,
         cgroup_parent: &str,
         pod_resources: Option<&oci_spec::runtime::LinuxResources>,
         record: &mut PodRecord,
@@ -156,16 +165,36 @@ impl PodManager {
         if !host_network {
             record.netns = Some(dir.join("netns"));
         }
+        if userns.is_some() {
+            record.userns = Some(dir.join("userns"));
+        }
         // Every path is recorded before it is made (removing one that was
         // never made is a no-op), so a crash leaves nothing unknown behind.
         self.store.put_pod(record)?;
-        pin_namespaces(&pins, &hostname)?;
-        if let Some(path) = &record.netns {
-            network::create_netns(path)?;
+        if let (Some(maps), Some(userns_pin)) = (userns, &record.userns) {
+            // The containers' set-up runs as the pod's root: it must be able
+            // to pass through the state dir to the bundles and pod files.
+            make_traversable(&self.config.state)?;
+            // The pod's namespaces are made inside its user namespace.
+            super::pod_userns::create_pod_userns(
+                maps,
+                &super::pod_userns::UsernsPins {
+                    userns: userns_pin,
+                    netns: record.netns.as_deref(),
+                    ipcns: record.ipcns.as_deref(),
+                    utsns: record.utsns.as_deref(),
+                },
+                &hostname,
+            )?;
+        } else {
+            pin_namespaces(&pins, &hostname)?;
+            if let Some(path) = &record.netns {
+                network::create_netns(path)?;
+            }
         }
         if ns.pid == cri::NamespaceMode::Pod as i32 {
             // A shared pid namespace: the built-in init is its pid 1.
-            let pid = super::pod_init::spawn(&record.id)?;
+            let pid = super::pod_init::spawn(&record.id, record.userns.as_deref())?;
             record.init_pid = Some(pid);
             let pin = dir.join("pidns");
             record.pidns = Some(pin.clone());
@@ -223,6 +252,23 @@ impl PodManager {
         );
         Ok(())
     }
+}
+
+/// Adds search (x) permission for everyone to `dir` (never read or write),
+/// as containerd does for its state dirs when pods have user namespaces.
+fn make_traversable(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta =
+        std::fs::metadata(dir).map_err(|e| PodError::io(format!("stat {}", dir.display()), e))?;
+    let mode = meta.permissions().mode();
+    if mode & 0o011 != 0o011 {
+        std::fs::set_permissions(
+            dir,
+            std::fs::Permissions::from_mode((mode | 0o011) & 0o7777),
+        )
+        .map_err(|e| PodError::io(format!("chmod {}", dir.display()), e))?;
+    }
+    Ok(())
 }
 
 fn cgroup_exists(path: &str) -> bool {

@@ -172,6 +172,14 @@ pub fn start_shim(pod_id: &str, dir: &Path, events_address: &str) -> Result<Stri
         ])
         .current_dir(dir)
         .env("TTRPC_ADDRESS", events_address)
+        // The node's compiled seccomp profiles, shared by every shim:
+        // `<state>/seccomp-cache` (the pod dir is `<state>/pods/<id>`).
+        .envs(dir.parent().and_then(Path::parent).map(|state| {
+            (
+                crate::runtime::seccomp::disk_cache::CACHE_DIR_ENV,
+                state.join("seccomp-cache"),
+            )
+        }))
         .stdin(Stdio::null())
         .output()
         .map_err(|e| PodError::io(format!("run {} start", bin.display()), e))?;

@@ -19,6 +19,7 @@ use nix::sys::memfd::MFdFlags;
 use nix::sys::stat::Mode;
 use oci_spec::runtime::LinuxNamespaceType;
 
+use super::idmap;
 use super::init::{self, ExecContext, InitContext};
 use super::namespaces::{self, JOIN_ORDER};
 use super::protocol::{self, CreateRequest, ExecRequest, Report, Request};
@@ -87,6 +88,9 @@ fn create(
 ) -> std::result::Result<(), String> {
     let linux = req.spec.linux().as_ref();
     let plan = namespaces::plan(linux.and_then(|l| l.namespaces().as_deref()).unwrap_or(&[]))?;
+    // Idmapped trees for bind mounts with uid/gid mappings: only a process
+    // of the host's user namespace can make them, so before joining.
+    let idmapped = idmapped_mounts(&req.spec)?;
     // Open every namespace first: after joining a mount namespace the paths
     // may mean something else.
     let joins = plan
@@ -141,6 +145,7 @@ fn create(
                 sock,
                 stdio,
                 userns_sync: sync_r,
+                idmapped: &idmapped,
                 cgroup_file,
                 seccomp: req.seccomp.as_ref(),
             })
@@ -159,6 +164,72 @@ fn create(
             Ok(())
         }
     }
+}
+
+/// Per spec mount: a detached idmapped tree for each bind mount that has
+/// uid/gid mappings. A mount whose mappings are the container's own uses the
+/// container's user namespace; others get one made from their mappings.
+fn idmapped_mounts(
+    spec: &oci_spec::runtime::Spec,
+) -> std::result::Result<Vec<Option<OwnedFd>>, String> {
+    let mounts = spec.mounts().as_deref().unwrap_or(&[]);
+    let wanted = |m: &oci_spec::runtime::Mount| {
+        m.uid_mappings().as_ref().is_some_and(|u| !u.is_empty())
+            || m.gid_mappings().as_ref().is_some_and(|g| !g.is_empty())
+    };
+    if !mounts.iter().any(wanted) {
+        return Ok(Vec::new());
+    }
+    let linux = spec.linux().as_ref();
+    let own_uid = linux
+        .and_then(|l| l.uid_mappings().clone())
+        .unwrap_or_default();
+    let own_gid = linux
+        .and_then(|l| l.gid_mappings().clone())
+        .unwrap_or_default();
+    let mut own_userns: Option<OwnedFd> = None;
+    let mut out = Vec::with_capacity(mounts.len());
+    for m in mounts {
+        if !wanted(m) {
+            out.push(None);
+            continue;
+        }
+        let dest = m.destination().display().to_string();
+        let opts = super::mount_options::parse(m.options().as_deref().unwrap_or(&[]));
+        if !(opts.bind || m.typ().as_deref() == Some("bind")) {
+            return Err(format!(
+                "mount {dest}: uid/gid mappings are supported on bind mounts only"
+            ));
+        }
+        let src = m
+            .source()
+            .as_ref()
+            .ok_or_else(|| format!("mount {dest}: bind mount without a source"))?;
+        let uid = m.uid_mappings().clone().unwrap_or_default();
+        let gid = m.gid_mappings().clone().unwrap_or_default();
+        let fresh;
+        let userns = if uid == own_uid && gid == own_gid {
+            if own_userns.is_none() {
+                own_userns = idmap::spec_userns(spec)?;
+            }
+            match &own_userns {
+                Some(fd) => fd.as_fd(),
+                None => {
+                    return Err(format!(
+                        "mount {dest}: uid/gid mappings but no user namespace"
+                    ));
+                }
+            }
+        } else {
+            fresh = idmap::userns_from_mappings(&uid, &gid)
+                .map_err(|e| format!("mount {dest}: {e}"))?;
+            fresh.as_fd()
+        };
+        let tree = idmap::idmapped_tree(src, opts.recursive, userns)
+            .map_err(|e| format!("mount {dest}: {e}"))?;
+        out.push(Some(tree));
+    }
+    Ok(out)
 }
 
 fn write_id_maps(pid: i32, req: &CreateRequest) -> std::result::Result<(), String> {

@@ -50,6 +50,8 @@ pub struct InitContext<'a> {
     pub cgroup_file: String,
     /// The spec's seccomp filter, compiled by the helper.
     pub seccomp: Option<&'a SeccompProgram>,
+    /// Idmapped trees for the spec's mounts (see [`RootfsContext::idmapped`]).
+    pub idmapped: &'a [Option<OwnedFd>],
 }
 
 /// The container init: sets everything up, reports `Ready`, waits for
@@ -98,6 +100,25 @@ fn setup_container(c: &InitContext<'_>) -> SetupResult<Never> {
             || "become root (uid 0) in the user namespace".into(),
         )?;
     }
+    let joined_userns = c
+        .plan
+        .join
+        .iter()
+        .any(|(t, _)| *t == LinuxNamespaceType::User);
+    if joined_userns {
+        // Root of the joined user namespace (the caller's host uid is not
+        // mapped in it: files it made in the container's own tmpfs mounts
+        // would fail with EOVERFLOW). Host paths the set-up reads from must
+        // be traversable by that uid (berthd keeps its state dir so).
+        ctx(
+            nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0)),
+            || "become root (gid 0) in the joined user namespace".into(),
+        )?;
+        ctx(
+            nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)),
+            || "become root (uid 0) in the joined user namespace".into(),
+        )?;
+    }
     ctx(nix::unistd::setsid(), || "setsid".into())?;
     let userns = c.plan.has(LinuxNamespaceType::User);
     if !c.plan.creates(LinuxNamespaceType::Mount) {
@@ -108,6 +129,7 @@ fn setup_container(c: &InitContext<'_>) -> SetupResult<Never> {
         rootfs: &c.req.rootfs,
         userns,
         cgroup_file: &c.cgroup_file,
+        idmapped: c.idmapped,
     })?;
     set_hostname(spec, c.plan)?;
     set_sysctls(spec, c.plan)?;

@@ -37,7 +37,11 @@
 //!   process installs it right before `execve` (before dropping capabilities
 //!   without no_new_privs). Exec'd processes get the container's profile too
 //!   (kept in `<state_dir>/seccomp.json`).
-//! - Not implemented: OCI hooks, idmapped mounts, seccomp notify, AppArmor /
+//! - User namespaces and idmapped mounts (`idmap.rs`): bind mounts with
+//!   uid/gid mappings are idmapped by the helper before it joins the user
+//!   namespace and attached by the init; `rro` is mount_setattr
+//!   MOUNT_ATTR_RDONLY with AT_RECURSIVE.
+//! - Not implemented: OCI hooks, seccomp notify, AppArmor /
 //!   SELinux labels (absent on the target machines).
 //!
 //! Binaries that create containers call [`run_helper_if_requested`] first in
@@ -62,8 +66,10 @@ mod delete;
 mod error;
 mod exec;
 mod helper;
+pub mod idmap;
 mod init;
 mod kill;
+mod mount_api;
 mod mount_options;
 mod namespaces;
 mod path;

@@ -16,6 +16,8 @@ pub struct MountOptions {
     pub bind: bool,
     /// A recursive bind mount (`rbind`).
     pub recursive: bool,
+    /// `rro`: read-only, submounts included (mount_setattr with AT_RECURSIVE).
+    pub recursive_readonly: bool,
 }
 
 /// Parses OCI mount options. Unknown options go to the data string, as the
@@ -27,6 +29,7 @@ pub fn parse(options: &[String]) -> MountOptions {
         data: String::new(),
         bind: false,
         recursive: false,
+        recursive_readonly: false,
     };
     let mut data = Vec::new();
     for opt in options {
@@ -62,6 +65,14 @@ pub fn parse(options: &[String]) -> MountOptions {
                 out.bind = true;
                 out.recursive = true;
                 continue;
+            }
+            "rro" => {
+                out.recursive_readonly = true;
+                (MsFlags::MS_RDONLY, MsFlags::empty())
+            }
+            "rrw" => {
+                out.recursive_readonly = false;
+                (MsFlags::empty(), MsFlags::MS_RDONLY)
             }
             other => {
                 if let Some(p) = propagation(other) {
@@ -126,6 +137,14 @@ mod tests {
         let m = opts(&["bind", "shared"]);
         assert!(m.bind && !m.recursive);
         assert_eq!(m.propagation, vec![MsFlags::MS_SHARED]);
+    }
+
+    #[test]
+    fn rro_is_read_only_and_recursive() {
+        let m = opts(&["rbind", "rprivate", "rro"]);
+        assert!(m.recursive_readonly);
+        assert_eq!(m.flags, MsFlags::MS_RDONLY);
+        assert!(m.data.is_empty());
     }
 
     #[test]

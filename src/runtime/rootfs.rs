@@ -17,6 +17,7 @@ use nix::sys::stat::{Mode, SFlag};
 use nix::sys::statvfs::FsFlags;
 use oci_spec::runtime::{LinuxDeviceType, Mount, Spec};
 
+use super::idmap;
 use super::mount_options::{self, MountOptions};
 use super::path::{self, Kind, ensure_in_root, open_in_root, proc_fd_path};
 
@@ -32,6 +33,9 @@ pub struct RootfsContext<'a> {
     pub userns: bool,
     /// The helper's `/proc/self/cgroup` (the container's cgroups).
     pub cgroup_file: &'a str,
+    /// Per spec mount (same index): a detached idmapped tree the helper made
+    /// for a bind mount with uid/gid mappings, attached instead of a bind.
+    pub idmapped: &'a [Option<OwnedFd>],
 }
 
 fn sys<T>(r: nix::Result<T>, what: impl FnOnce() -> String) -> SetupResult<T> {
@@ -82,8 +86,9 @@ pub fn prepare(ctx: &RootfsContext<'_>) -> SetupResult<()> {
         ),
         || format!("open rootfs {}", ctx.rootfs.display()),
     )?;
-    for m in ctx.spec.mounts().iter().flatten() {
-        mount_entry(root.as_fd(), m, ctx)?;
+    for (i, m) in ctx.spec.mounts().iter().flatten().enumerate() {
+        let idmapped = ctx.idmapped.get(i).and_then(|t| t.as_ref());
+        mount_entry(root.as_fd(), m, idmapped, ctx)?;
     }
     create_devices(root.as_fd(), ctx)?;
     dev_symlinks(root.as_fd())?;
@@ -167,7 +172,12 @@ fn remount_bind(target: &Path, flags: MsFlags, what: &str) -> SetupResult<()> {
     }
 }
 
-fn mount_entry(root: BorrowedFd<'_>, m: &Mount, ctx: &RootfsContext<'_>) -> SetupResult<()> {
+fn mount_entry(
+    root: BorrowedFd<'_>,
+    m: &Mount,
+    idmapped: Option<&OwnedFd>,
+    ctx: &RootfsContext<'_>,
+) -> SetupResult<()> {
     let dest = m.destination();
     if !dest.is_absolute() {
         return Err(format!(
@@ -197,25 +207,34 @@ fn mount_entry(root: BorrowedFd<'_>, m: &Mount, ctx: &RootfsContext<'_>) -> Setu
             Kind::File
         };
         let target = ensure_in_root(root, dest, kind).map_err(|e| format!("{what}: {e}"))?;
-        let mut flags = MsFlags::MS_BIND;
-        if opts.recursive {
-            flags |= MsFlags::MS_REC;
+        if let Some(tree) = idmapped {
+            idmap::attach_at(tree.as_fd(), target.as_fd())
+                .map_err(|e| format!("{what} (idmapped, from {}): {e}", src.display()))?;
+        } else {
+            let mut flags = MsFlags::MS_BIND;
+            if opts.recursive {
+                flags |= MsFlags::MS_REC;
+            }
+            sys(
+                do_mount(
+                    Some(&src.to_string_lossy()),
+                    &proc_fd_path(&target),
+                    None,
+                    flags,
+                    None,
+                ),
+                || format!("{what} (from {})", src.display()),
+            )?;
         }
-        sys(
-            do_mount(
-                Some(&src.to_string_lossy()),
-                &proc_fd_path(&target),
-                None,
-                flags,
-                None,
-            ),
-            || format!("{what} (from {})", src.display()),
-        )?;
         // Reopen: the fd still points at the covered directory.
         let mounted = sys(open_in_root(root, dest), || format!("{what}: reopen"))?;
         let extra = opts.flags - MsFlags::MS_REMOUNT;
         if !extra.is_empty() {
             remount_bind(&proc_fd_path(&mounted), extra, &what)?;
+        }
+        if opts.recursive_readonly {
+            idmap::make_recursive_readonly(&proc_fd_path(&mounted))
+                .map_err(|e| format!("{what}: {e}"))?;
         }
         apply_propagation(&mounted, &opts, &what)?;
         return Ok(());

@@ -328,3 +328,106 @@ pub fn detached_readonly_overlay(lowerdir: &str) -> nix::Result<OwnedFd> {
         )
     })
 }
+
+/// A child process in a new user namespace, made by [`spawn_userns_child`].
+/// Dropping it ends the child (it holds nothing once its namespaces are
+/// pinned or opened).
+pub struct UsernsChild {
+    /// The child's pid (its `/proc/<pid>/ns/*` are the new namespaces).
+    pub pid: i32,
+    go: Option<OwnedFd>,
+    ack: OwnedFd,
+}
+
+/// Forks a child in a new user namespace. Safe in a multi-threaded process:
+/// between the clone and its exit the child only makes raw system calls
+/// (close, prctl, read, unshare, sethostname, write, _exit) and touches no
+/// lock or allocator.
+///
+/// The child waits for [`UsernsChild::proceed`] (the caller writes the uid
+/// and gid maps before), then unshares `then_flags` (namespaces owned by the
+/// new user namespace), sets `hostname` when it is not empty, reports, and
+/// waits until it is dropped.
+pub fn spawn_userns_child(then_flags: libc::c_int, hostname: &[u8]) -> nix::Result<UsernsChild> {
+    let (go_r, go_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let (ack_r, ack_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let (go_r_fd, go_w_fd, ack_r_fd, ack_w_fd) = (
+        go_r.as_raw_fd(),
+        go_w.as_raw_fd(),
+        ack_r.as_raw_fd(),
+        ack_w.as_raw_fd(),
+    );
+    let host_ptr = hostname.as_ptr();
+    let host_len = hostname.len();
+    // SAFETY: raw clone without CLONE_VM and with a NULL stack behaves like
+    // fork(2). The child runs only the async-signal-safe system calls below
+    // on memory that existed before the clone (its own copy), and leaves by
+    // _exit, so no lock held by another thread of the caller is touched.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_ulong,
+            std::ptr::null_mut::<libc::c_void>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            0 as libc::c_ulong,
+        )
+    };
+    match Errno::result(ret)? {
+        // SAFETY: see above; every call is a raw syscall on plain integers
+        // or on memory the child owns (its copy of `hostname`).
+        0 => unsafe {
+            libc::close(go_w_fd);
+            libc::close(ack_r_fd);
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            let mut b = [0u8; 1];
+            if libc::read(go_r_fd, b.as_mut_ptr().cast(), 1) != 1 {
+                libc::_exit(1);
+            }
+            let mut status: u8 = 0;
+            if then_flags != 0 && libc::unshare(then_flags) != 0 {
+                status = *libc::__errno_location() as u8;
+            }
+            if status == 0 && host_len > 0 && libc::sethostname(host_ptr.cast(), host_len) != 0 {
+                status = *libc::__errno_location() as u8;
+            }
+            b[0] = status;
+            libc::write(ack_w_fd, b.as_ptr().cast(), 1);
+            // Wait for the caller to drop us (EOF), then leave.
+            libc::read(go_r_fd, b.as_mut_ptr().cast(), 1);
+            libc::_exit(0)
+        },
+        pid => Ok(UsernsChild {
+            pid: pid as i32,
+            go: Some(go_w),
+            ack: ack_r,
+        }),
+    }
+}
+
+impl UsernsChild {
+    /// Lets the child go on (its maps are written) and waits for its
+    /// report: the errno of its unshare or sethostname, if one failed.
+    pub fn proceed(&self) -> nix::Result<()> {
+        let go = self.go.as_ref().ok_or(Errno::EBADF)?;
+        nix::unistd::write(go, b"1")?;
+        let mut b = [0u8; 1];
+        loop {
+            match nix::unistd::read(&self.ack, &mut b) {
+                Ok(1) if b[0] == 0 => return Ok(()),
+                Ok(1) => return Err(Errno::from_raw(b[0] as i32)),
+                Ok(_) => return Err(Errno::ECHILD),
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Drop for UsernsChild {
+    fn drop(&mut self) {
+        self.go = None;
+        let _ = kill(self.pid, libc::SIGKILL);
+        reap_failed_child(self.pid);
+    }
+}

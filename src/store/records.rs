@@ -36,6 +36,9 @@ pub struct PodRecord {
     pub ipcns: Option<PathBuf>,
     pub utsns: Option<PathBuf>,
     pub pidns: Option<PathBuf>,
+    /// The pod's user namespace (CRI userns_options mode POD); its net, ipc
+    /// and uts namespaces are then owned by it.
+    pub userns: Option<PathBuf>,
     /// Host pid of the pod's init (pid 1 of its shared pid namespace).
     pub init_pid: Option<i32>,
     /// The pod cgroup (relative to the cgroup roots), if any.

@@ -23,6 +23,7 @@
 //! set-up syscalls (setuid, capset, chdir, execve).
 
 mod compile;
+pub mod disk_cache;
 mod error;
 mod export;
 mod sys;
@@ -117,16 +118,45 @@ pub fn prepare(profile: &LinuxSeccomp) -> Result<SeccompProgram, SeccompError> {
 /// profile itself: libseccomp needs milliseconds for a long allowlist over
 /// three architectures, so a process starting many containers with the
 /// same profile (a shim's pod, the RuntimeDefault profile) compiles it once.
+///
+/// Behind the per-process cache is the node's on-disk cache
+/// ([`disk_cache`]) in the directory `BERTH_SECCOMP_CACHE_DIR` names (berthd
+/// sets it for its shims): only the first process of a node compiles.
 pub fn prepare_cached(profile: &LinuxSeccomp) -> Result<SeccompProgram, SeccompError> {
+    static DIR: OnceLock<Option<std::path::PathBuf>> = OnceLock::new();
+    prepare_cached_in(
+        profile,
+        DIR.get_or_init(disk_cache::dir_from_env).as_deref(),
+    )
+}
+
+/// [`prepare_cached`] with the on-disk cache in `dir` (None: memory only).
+pub fn prepare_cached_in(
+    profile: &LinuxSeccomp,
+    dir: Option<&std::path::Path>,
+) -> Result<SeccompProgram, SeccompError> {
     static CACHE: OnceLock<Mutex<HashMap<String, SeccompProgram>>> = OnceLock::new();
-    let Ok(key) = serde_json::to_string(profile) else {
+    let Ok(json) = serde_json::to_string(profile) else {
         return prepare(profile);
     };
+    let key = disk_cache::key(&json);
     let cache = CACHE.get_or_init(Default::default);
     if let Some(p) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
         return Ok(p.clone());
     }
-    let program = prepare(profile)?;
+    let from_disk = dir.and_then(|d| disk_cache::load(d, &key));
+    let program = match from_disk {
+        Some(p) => p,
+        None => {
+            let p = prepare(profile)?;
+            if let Some(d) = dir
+                && let Err(e) = disk_cache::store(d, &key, &p)
+            {
+                tracing::warn!(dir = %d.display(), error = %e, "seccomp cache: cannot store the compiled profile");
+            }
+            p
+        }
+    };
     let mut map = cache.lock().unwrap_or_else(|e| e.into_inner());
     if map.len() >= CACHE_ENTRIES {
         map.clear();
