@@ -370,10 +370,11 @@ impl PodManager {
     }
 }
 
-/// Waits (bounded) until the process `pid` is gone.
+/// Waits (bounded) until the process `pid` has exited. A zombie counts as
+/// exited: the shim daemonised, so its parent is pid 1, not berthd.
 async fn wait_gone(pid: i32) {
     for _ in 0..200 {
-        if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+        if crate::runtime::has_exited(pid) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;

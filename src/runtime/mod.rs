@@ -81,6 +81,7 @@ mod start;
 mod state;
 mod sys;
 pub use error::RuntimeError;
+pub use state::has_exited;
 
 /// Result of runtime operations.
 pub type Result<T> = std::result::Result<T, RuntimeError>;

@@ -70,6 +70,20 @@ pub fn parse_start_time(stat: &str) -> Option<u64> {
     after.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Whether `pid` has exited: gone, or a zombie that its parent has not
+/// reaped yet (a daemonised shim is reparented to pid 1, which may reap late).
+pub fn has_exited(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => parse_state(&stat).is_none_or(|s| s == 'Z' || s == 'X'),
+        Err(_) => true,
+    }
+}
+
+/// Field 3 (the state letter) of a /proc/<pid>/stat line.
+pub fn parse_state(stat: &str) -> Option<char> {
+    stat[stat.rfind(')')? + 1..].split_whitespace().next()?.chars().next()
+}
+
 pub fn record_start_time(state_dir: &Path, pid: i32) {
     if let Some(t) = start_time(pid) {
         let _ = std::fs::write(state_dir.join(INIT_START), t.to_string());
@@ -98,6 +112,14 @@ pub fn remove(state_dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn state_letter_after_a_command_with_parens() {
+        assert_eq!(parse_state("42 (a b) c) Z 1 42"), Some('Z'));
+        assert_eq!(parse_state("7 (sleep) S 1 7"), Some('S'));
+        assert_eq!(parse_state("garbage"), None);
+        assert!(!has_exited(std::process::id() as i32));
+    }
 
     #[test]
     fn start_time_after_a_command_with_spaces() {
