@@ -81,7 +81,11 @@ pub fn has_exited(pid: i32) -> bool {
 
 /// Field 3 (the state letter) of a /proc/<pid>/stat line.
 pub fn parse_state(stat: &str) -> Option<char> {
-    stat[stat.rfind(')')? + 1..].split_whitespace().next()?.chars().next()
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
 }
 
 pub fn record_start_time(state_dir: &Path, pid: i32) {

@@ -359,4 +359,3 @@ fn remove_cgroup_tree(dir: &Path) {
     }
     let _ = std::fs::remove_dir(dir);
 }
-
