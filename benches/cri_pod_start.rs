@@ -20,12 +20,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use common::containerd_cri::{ContainerdCri, memory_sum_kib, processes, push_bench_images};
-use common::cri_bench::{Target, env_usize, ms, pct, pod_config_fn, preflight};
-use common::cri_images::pull;
+use anyhow::Result;
+use common::containerd_cri::{ContainerdCri, memory_sum_kib, processes};
+use common::cri_bench::{SideBySide, Target, env_usize, ms, pct, preflight};
 use common::cri_pods::PodEnv;
-use common::registry::Registry;
 
 /// One timed cycle: (start, teardown, teardown steps).
 async fn cycle(t: &mut Target, name: &str) -> Result<(Duration, Duration, [Duration; 4])> {
@@ -63,36 +61,11 @@ async fn main() -> Result<()> {
     let iters = env_usize("BERTH_BENCH_ITERS", 20);
     let pods = env_usize("BERTH_BENCH_PODS", 50);
 
-    let registry = Registry::start()?;
-    let (pause, image) = push_bench_images(&registry).await?;
+    let setup = SideBySide::start("podstart", 0, 0).await?;
+    let (env, berthd, ctd) = (&setup.env, &setup.berthd, &setup.ctd);
+    let mut targets = setup.targets().await?;
 
-    let env = PodEnv::new("podstart", 0)?;
-    let berthd = env.start_logged("info")?;
-    pull(&mut berthd.images().await?, &image, None).await?;
-    let ctd = ContainerdCri::start(0, &registry.host, &pause)?;
-    ctd.wait_cri_ready().await?;
-    let mut ctd_images = ctd.images().await?;
-    pull(&mut ctd_images, &pause, None)
-        .await
-        .with_context(|| format!("containerd: pull {pause}; log:\n{}", ctd.log_tail()))?;
-    pull(&mut ctd_images, &image, None).await?;
-
-    let mut targets = [
-        Target {
-            name: "berthd",
-            rt: berthd.runtime().await?,
-            pod_config: pod_config_fn(&env.log_dir, &env.cgroup_parent),
-            image: image.clone(),
-        },
-        Target {
-            name: "containerd 1.6 CRI + runc",
-            rt: ctd.runtime().await?,
-            pod_config: pod_config_fn(&ctd.log_dir, &ctd.cgroup_parent),
-            image: image.clone(),
-        },
-    ];
-
-    let result = run(&mut targets, &env, &berthd, &ctd, iters, pods).await;
+    let result = run(&mut targets, env, berthd, ctd, iters, pods).await;
     if result.is_err() {
         eprintln!("containerd log tail:\n{}", ctd.log_tail());
     }

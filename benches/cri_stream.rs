@@ -22,11 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use common::berthd::PATIENCE;
-use common::containerd_cri::{ContainerdCri, push_bench_images};
-use common::cri_bench::{Target, env_usize, ms, pct, pod_config_fn, preflight};
-use common::cri_images::pull;
-use common::cri_pods::PodEnv;
-use common::registry::Registry;
+use common::cri_bench::{SideBySide, Target, env_usize, ms, pct, preflight};
 use common::spdy_client::SpdyClient;
 use k8s_cri::v1 as cri;
 
@@ -141,33 +137,9 @@ async fn main() -> Result<()> {
     let forward_mib = env_usize("BERTH_BENCH_FORWARD_MIB", 64);
     let forward_runs = env_usize("BERTH_BENCH_FORWARD_RUNS", 3);
 
-    let registry = Registry::start()?;
-    let (pause, image) = push_bench_images(&registry).await?;
-    let env = PodEnv::new("stream", 3)?;
-    let berthd = env.start_logged("info")?;
-    pull(&mut berthd.images().await?, &image, None).await?;
-    let ctd = ContainerdCri::start(2, &registry.host, &pause)?;
-    ctd.wait_cri_ready().await?;
-    let mut ctd_images = ctd.images().await?;
-    pull(&mut ctd_images, &pause, None)
-        .await
-        .with_context(|| format!("containerd: pull {pause}; log:\n{}", ctd.log_tail()))?;
-    pull(&mut ctd_images, &image, None).await?;
-
-    let mut targets = [
-        Target {
-            name: "berthd",
-            rt: berthd.runtime().await?,
-            pod_config: pod_config_fn(&env.log_dir, &env.cgroup_parent),
-            image: image.clone(),
-        },
-        Target {
-            name: "containerd 1.6 CRI + runc",
-            rt: ctd.runtime().await?,
-            pod_config: pod_config_fn(&ctd.log_dir, &ctd.cgroup_parent),
-            image,
-        },
-    ];
+    let setup = SideBySide::start("stream", 3, 2).await?;
+    let ctd = &setup.ctd;
+    let mut targets = setup.targets().await?;
     let result = run(&mut targets, execs, forward_mib, forward_runs).await;
     if result.is_err() {
         eprintln!("containerd log tail:\n{}", ctd.log_tail());

@@ -177,6 +177,39 @@ exec /usr/lib/cni/portmap
     Ok(())
 }
 
+/// After RemovePodSandbox of `pods` (id, IP): no veth on the test's bridge,
+/// no netns pin or pod dir, no firewall rule naming an IP, no built-in lease
+/// and no host-local lease under `ipam_dir`.
+fn assert_nothing_left(env: &PodEnv, pods: &[(String, String)], ipam_dir: &Path) -> Result<()> {
+    assert!(bridge_ports(&env.bridge)?.is_empty(), "no veth left");
+    let firewall = firewall_text();
+    for (pod, ip) in pods {
+        assert!(
+            mounts_containing(pod).is_empty(),
+            "no netns pin of {pod} left"
+        );
+        assert!(
+            !env.dirs.state.join("pods").join(pod).exists(),
+            "no pod dir (netns file) of {pod} left"
+        );
+        // "10.x.y.2" must not be a prefix of a longer address in the text.
+        for sep in [" ", "/", ":", "\n", ","] {
+            assert!(
+                !firewall.contains(&format!("{ip}{sep}")),
+                "no firewall rule for {ip} left:\n{firewall}"
+            );
+        }
+        let leases = files_mentioning(&env.dirs.state.join("network"), pod);
+        assert!(leases.is_empty(), "no built-in lease of {pod}: {leases:?}");
+        let leases = files_mentioning(ipam_dir, pod);
+        assert!(
+            leases.is_empty(),
+            "no host-local lease of {pod}: {leases:?}"
+        );
+    }
+    Ok(())
+}
+
 async fn pod_network_suite(mode: Mode, idx: u32) -> Result<()> {
     let registry = Registry::start()?;
     let image = busybox_image("0", "cri-net", Compression::Gzip);
@@ -407,32 +440,7 @@ async fn pod_network_suite(mode: Mode, idx: u32) -> Result<()> {
             .items
             .is_empty()
     );
-    assert!(bridge_ports(&env.bridge)?.is_empty(), "no veth left");
-    let firewall = firewall_text();
-    for (pod, ip) in &pods {
-        assert!(
-            mounts_containing(pod).is_empty(),
-            "no netns pin of {pod} left"
-        );
-        assert!(
-            !env.dirs.state.join("pods").join(pod).exists(),
-            "no pod dir (netns file) of {pod} left"
-        );
-        // "10.x.y.2" must not be a prefix of a longer address in the text.
-        for sep in [" ", "/", ":", "\n", ","] {
-            assert!(
-                !firewall.contains(&format!("{ip}{sep}")),
-                "no firewall rule for {ip} left:\n{firewall}"
-            );
-        }
-        let leases = files_mentioning(&env.dirs.state.join("network"), pod);
-        assert!(leases.is_empty(), "no built-in lease of {pod}: {leases:?}");
-        let leases = files_mentioning(&ipam_dir, pod);
-        assert!(
-            leases.is_empty(),
-            "no host-local lease of {pod}: {leases:?}"
-        );
-    }
+    assert_nothing_left(&env, &pods, &ipam_dir)?;
     drop(rt);
     drop(images);
     berthd.stop(Signal::SIGTERM)?;
@@ -478,24 +486,8 @@ async fn builtin_200_pod_cycles_leave_nothing() -> Result<()> {
         .await?;
         pods.push((pod, ip));
     }
-    assert!(bridge_ports(&env.bridge)?.is_empty(), "no veth left");
-    let firewall = firewall_text();
-    let leases_dir = env.dirs.state.join("network");
-    for (pod, ip) in &pods {
-        assert!(mounts_containing(pod).is_empty(), "netns pin of {pod} left");
-        assert!(
-            !env.dirs.state.join("pods").join(pod).exists(),
-            "pod dir of {pod} left"
-        );
-        for sep in [" ", "/", ":", "\n", ","] {
-            assert!(
-                !firewall.contains(&format!("{ip}{sep}")),
-                "firewall rule for {ip} left:\n{firewall}"
-            );
-        }
-        let leases = files_mentioning(&leases_dir, pod);
-        assert!(leases.is_empty(), "lease of {pod} left: {leases:?}");
-    }
+    // Built-in mode: no host-local leases to look for.
+    assert_nothing_left(&env, &pods, &env.dirs.tmp.path().join("no-cni"))?;
     drop(rt);
     berthd.stop(Signal::SIGTERM)?;
     assert!(env.remove_cgroup_parent().is_empty(), "no cgroup left");

@@ -8,7 +8,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use k8s_cri::v1 as cri;
 
-use super::cri_pods::{Runtime, create_container, pod_sandbox_config};
+use super::berthd::Berthd;
+use super::containerd_cri::{ContainerdCri, push_bench_images};
+use super::cri_images::pull;
+use super::cri_pods::{PodEnv, Runtime, create_container, pod_sandbox_config};
+use super::registry::Registry;
 
 /// (pod name, host network) → the pod config for one runtime.
 pub type PodConfigFn = Box<dyn Fn(&str, bool) -> cri::PodSandboxConfig>;
@@ -18,6 +22,61 @@ pub type PodConfigFn = Box<dyn Fn(&str, bool) -> cri::PodSandboxConfig>;
 pub fn pod_config_fn(log_dir: &Path, cgroup_parent: &str) -> PodConfigFn {
     let (log_dir, parent) = (log_dir.to_owned(), cgroup_parent.to_owned());
     Box::new(move |name: &str, host: bool| pod_sandbox_config(name, host, &log_dir, &parent))
+}
+
+/// berthd and a private containerd 1.6 CRI side by side, each with the
+/// bench image pulled (and containerd with its sandbox image). Fields drop
+/// in order: the runtimes, then the pods' environment, then the registry.
+pub struct SideBySide {
+    pub ctd: ContainerdCri,
+    pub berthd: Berthd,
+    pub env: PodEnv,
+    pub image: String,
+    pub registry: Registry,
+}
+
+impl SideBySide {
+    /// Starts both; `env_idx` and `ctd_idx` keep the names of concurrent
+    /// benches apart.
+    pub async fn start(name: &str, env_idx: u32, ctd_idx: u32) -> Result<Self> {
+        let registry = Registry::start()?;
+        let (pause, image) = push_bench_images(&registry).await?;
+        let env = PodEnv::new(name, env_idx)?;
+        let berthd = env.start_logged("info")?;
+        pull(&mut berthd.images().await?, &image, None).await?;
+        let ctd = ContainerdCri::start(ctd_idx, &registry.host, &pause)?;
+        ctd.wait_cri_ready().await?;
+        let mut ctd_images = ctd.images().await?;
+        pull(&mut ctd_images, &pause, None)
+            .await
+            .with_context(|| format!("containerd: pull {pause}; log:\n{}", ctd.log_tail()))?;
+        pull(&mut ctd_images, &image, None).await?;
+        Ok(Self {
+            ctd,
+            berthd,
+            env,
+            image,
+            registry,
+        })
+    }
+
+    /// A CRI client for each runtime, berthd first.
+    pub async fn targets(&self) -> Result<[Target; 2]> {
+        Ok([
+            Target {
+                name: "berthd",
+                rt: self.berthd.runtime().await?,
+                pod_config: pod_config_fn(&self.env.log_dir, &self.env.cgroup_parent),
+                image: self.image.clone(),
+            },
+            Target {
+                name: "containerd 1.6 CRI + runc",
+                rt: self.ctd.runtime().await?,
+                pod_config: pod_config_fn(&self.ctd.log_dir, &self.ctd.cgroup_parent),
+                image: self.image.clone(),
+            },
+        ])
+    }
 }
 
 /// One runtime under test.
