@@ -9,7 +9,7 @@ use anyhow::Result;
 use common::cri_images::{busybox_image, pull, push};
 use common::cri_pods::{
     PodEnv, container_config, container_status, create_container, mounts_containing,
-    processes_with, run_pod, wait_exited,
+    processes_with, run_pod, stop_and_remove_pod, wait_exited,
 };
 use common::oci_image::Compression;
 use common::registry::Registry;
@@ -265,14 +265,7 @@ async fn containers_run_log_exec_stop_and_survive_restart() -> Result<()> {
     // 4. Remove the pod: every container, the shim, mounts and cgroups go.
     let shims = processes_with(&pod);
     assert!(!shims.is_empty(), "the pod's shim runs");
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await?;
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await?;
+    stop_and_remove_pod(&mut rt, &pod).await?;
     assert!(
         rt.list_containers(cri::ListContainersRequest { filter: None })
             .await?

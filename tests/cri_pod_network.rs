@@ -22,6 +22,7 @@ use common::berthd::PATIENCE;
 use common::cri_images::{busybox_image, pull, push};
 use common::cri_pods::{
     PodEnv, Runtime, container_config, create_container, mounts_containing, pod_status, run_pod,
+    stop_and_remove_pod,
 };
 use common::oci_image::Compression;
 use common::registry::Registry;
@@ -423,14 +424,7 @@ async fn pod_network_suite(mode: Mode, idx: u32) -> Result<()> {
         .await?;
     } else {
         for (pod, _) in &pods {
-            rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-                pod_sandbox_id: pod.clone(),
-            })
-            .await?;
-            rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-                pod_sandbox_id: pod.clone(),
-            })
-            .await?;
+            stop_and_remove_pod(&mut rt, pod).await?;
         }
     }
     assert!(
@@ -476,14 +470,7 @@ async fn builtin_200_pod_cycles_leave_nothing() -> Result<()> {
             .context("no network status")?
             .ip;
         assert!(!ip.is_empty(), "pod {i} got no IP");
-        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await?;
-        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await?;
+        stop_and_remove_pod(&mut rt, &pod).await?;
         pods.push((pod, ip));
     }
     // Built-in mode: no host-local leases to look for.

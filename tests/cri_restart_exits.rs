@@ -16,6 +16,7 @@ use common::berthd::PATIENCE;
 use common::cri_images::{busybox_image, pull, push};
 use common::cri_pods::{
     PodEnv, Runtime, container_config, container_status, create_container, run_pod,
+    stop_and_remove_pod,
 };
 use common::oci_image::Compression;
 use common::registry::Registry;
@@ -179,14 +180,7 @@ async fn exits_while_down_and_after_restart_are_seen() -> Result<()> {
     assert_eq!(s.state, cri::ContainerState::ContainerExited as i32);
     assert_eq!(s.exit_code, 9);
 
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await?;
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await?;
+    stop_and_remove_pod(&mut rt, &pod).await?;
     drop(stream);
     drop(rt);
     let status = berthd.stop(Signal::SIGTERM)?;

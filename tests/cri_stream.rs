@@ -11,6 +11,7 @@ use common::berthd::PATIENCE;
 use common::cri_images::{busybox_image, pull, push};
 use common::cri_pods::{
     PodEnv, Runtime, container_config, create_container, processes_with, run_pod,
+    stop_and_remove_pod,
 };
 use common::oci_image::Compression;
 use common::registry::Registry;
@@ -289,13 +290,6 @@ async fn exec_and_port_forward_into_a_real_pod() -> Result<()> {
     )
     .await?;
 
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await?;
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await?;
+    stop_and_remove_pod(&mut rt, &pod).await?;
     Ok(())
 }

@@ -241,6 +241,19 @@ pub async fn run_pod(rt: &mut Runtime, config: &cri::PodSandboxConfig) -> Result
         .pod_sandbox_id)
 }
 
+/// StopPodSandbox then RemovePodSandbox, as kubelet tears a pod down.
+pub async fn stop_and_remove_pod(rt: &mut Runtime, id: &str) -> Result<()> {
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await?;
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await?;
+    Ok(())
+}
+
 pub async fn pod_status(rt: &mut Runtime, id: &str) -> Result<cri::PodSandboxStatus> {
     rt.pod_sandbox_status(cri::PodSandboxStatusRequest {
         pod_sandbox_id: id.into(),
