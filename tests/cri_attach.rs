@@ -10,7 +10,6 @@
 mod common;
 
 use anyhow::{Context, Result, ensure};
-use common::berthd::PATIENCE;
 use common::cri_images::{busybox_image, pull, push};
 use common::cri_pods::{
     PodEnv, Runtime, container_config, container_status, create_container, processes_with, run_pod,
@@ -19,27 +18,9 @@ use common::cri_pods::{
 use common::oci_image::Compression;
 use common::registry::Registry;
 use common::spdy_client::SpdyClient;
+use common::stream_checks::{status_json, wait_until};
 use common::ws_client::WsClient;
 use k8s_cri::v1 as cri;
-
-/// Polls `cond` until it holds (the patience is generous, not a measure).
-async fn wait_until(mut cond: impl FnMut() -> bool, what: &str) -> Result<()> {
-    let start = std::time::Instant::now();
-    while !cond() {
-        ensure!(start.elapsed() < PATIENCE, "gave up waiting for {what}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    Ok(())
-}
-
-fn status_json(bytes: &[u8]) -> serde_json::Value {
-    serde_json::from_slice(bytes).unwrap_or_else(|e| {
-        panic!(
-            "error stream is not JSON ({e}): {}",
-            String::from_utf8_lossy(bytes)
-        )
-    })
-}
 
 /// A registry with the test image, a berthd and a running pod.
 struct Setup {

@@ -7,7 +7,6 @@
 mod common;
 
 use anyhow::{Result, ensure};
-use common::berthd::PATIENCE;
 use common::cri_images::{busybox_image, pull, push};
 use common::cri_pods::{
     PodEnv, Runtime, container_config, create_container, processes_with, run_pod,
@@ -16,6 +15,7 @@ use common::cri_pods::{
 use common::oci_image::Compression;
 use common::registry::Registry;
 use common::spdy_client::SpdyClient;
+use common::stream_checks::{status_json, wait_until};
 use k8s_cri::v1 as cri;
 use tonic::Code;
 
@@ -28,25 +28,6 @@ fn exec_req(container: &str, cmd: &[&str], stdin: bool, tty: bool) -> cri::ExecR
         stdout: true,
         stderr: !tty,
     }
-}
-
-/// Polls `cond` until it holds (the patience is generous, not a measure).
-async fn wait_until(mut cond: impl FnMut() -> bool, what: &str) -> Result<()> {
-    let start = std::time::Instant::now();
-    while !cond() {
-        ensure!(start.elapsed() < PATIENCE, "gave up waiting for {what}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    Ok(())
-}
-
-fn status_json(bytes: &[u8]) -> serde_json::Value {
-    serde_json::from_slice(bytes).unwrap_or_else(|e| {
-        panic!(
-            "error stream is not JSON ({e}): {}",
-            String::from_utf8_lossy(bytes)
-        )
-    })
 }
 
 /// Runs a non-tty exec with optional stdin; (stdout, stderr, error stream).

@@ -12,6 +12,7 @@ use berth::stream::{StreamConfig, StreamServer, TerminalSize};
 use common::local_backend::{LocalProcessBackend, connect_in_netns};
 use common::netns::TestNetns;
 use common::spdy_client::{SpdyClient, http_request};
+use common::stream_checks::status_json;
 use k8s_cri::v1 as cri;
 
 async fn server(backend: Arc<LocalProcessBackend>) -> Result<StreamServer> {
@@ -27,15 +28,6 @@ fn exec_req(cmd: &[&str], stdin: bool, tty: bool) -> cri::ExecRequest {
         stdout: true,
         stderr: !tty,
     }
-}
-
-fn status_json(bytes: &[u8]) -> serde_json::Value {
-    serde_json::from_slice(bytes).unwrap_or_else(|e| {
-        panic!(
-            "error stream is not JSON ({e}): {}",
-            String::from_utf8_lossy(bytes)
-        )
-    })
 }
 
 #[tokio::test]

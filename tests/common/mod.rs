@@ -12,6 +12,7 @@ pub mod netns;
 pub mod oci_image;
 pub mod registry;
 pub mod spdy_client;
+pub mod stream_checks;
 pub mod ws_client;
 
 /// A unique, short tag for temp names: helper area, test pid and a counter.
