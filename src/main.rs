@@ -102,8 +102,9 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "berthd failed");
-            eprintln!("berthd: error: {e:#}");
+            let message = error_chain(&e);
+            tracing::error!(error = %message, "berthd failed");
+            eprintln!("berthd: error: {message}");
             ExitCode::FAILURE
         }
     }
@@ -153,4 +154,37 @@ fn init_logging(cli: &Cli, config: &Config) -> anyhow::Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     Ok(())
+}
+
+/// The error and its causes, each said once: the library's errors already
+/// include their source in their message, so a cause whose text is already
+/// there is skipped.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_chain;
+
+    #[test]
+    fn causes_already_in_the_message_are_said_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::AddrInUse, "in use");
+        let e = anyhow::Error::new(io).context("bind 127.0.0.1:1: in use");
+        assert_eq!(error_chain(&e), "bind 127.0.0.1:1: in use");
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no file");
+        let e = anyhow::Error::new(io).context("config x.toml");
+        assert_eq!(error_chain(&e), "config x.toml: no file");
+    }
 }

@@ -116,6 +116,32 @@ fn unknown_config_key_is_a_clear_error() -> Result<()> {
 }
 
 #[test]
+fn unusable_stream_address_fails_the_start_before_the_socket_is_served() -> Result<()> {
+    let dirs = BerthdDirs::new("cli-stream")?;
+    // A port this test holds: berthd's streaming server cannot bind it.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let file = dirs.tmp.path().join("berthd.toml");
+    std::fs::write(
+        &file,
+        format!("[stream]\naddress = \"{}\"\n", taken.local_addr()?),
+    )?;
+    let mut args = vec!["--config".to_owned(), file.display().to_string()];
+    args.extend(dirs.args());
+    let out = std::process::Command::new(common::berthd::berthd_bin())
+        .args(&args)
+        .output()?;
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("streaming server"), "{err}");
+    assert!(
+        !err.contains("berthd serving CRI"),
+        "the CRI socket was served before the failure: {err}"
+    );
+    assert!(!dirs.socket.exists());
+    Ok(())
+}
+
+#[test]
 fn missing_explicit_config_is_an_error() -> Result<()> {
     let dirs = BerthdDirs::new("cli-nofile")?;
     let file = dirs.tmp.path().join("absent.toml");

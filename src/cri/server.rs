@@ -59,6 +59,7 @@ pub struct CriServer {
     config: Arc<Config>,
     images: Arc<ImageStore>,
     pods: Arc<PodManager>,
+    stream: Arc<StreamServer>,
     listener: UnixListener,
     socket: BoundSocket,
     _locks: Vec<Flock<File>>,
@@ -91,6 +92,10 @@ impl CriServer {
         };
         let config = Arc::new(config);
         let pods = PodManager::open(Arc::clone(&config), Arc::clone(&images), network).await?;
+        // Before the CRI socket: a bad `[stream]` address fails the start
+        // instead of a daemon that kubelet already reached.
+        let backend = Arc::new(PodStreamBackend::new(Arc::clone(&pods)));
+        let stream = Arc::new(StreamServer::start(&config.stream, backend).await?);
         let (listener, socket) = socket::bind(&config.address)?;
         tracing::info!(
             address = %config.address.display(),
@@ -103,6 +108,7 @@ impl CriServer {
             config,
             images,
             pods,
+            stream,
             listener,
             socket,
             _locks: locks,
@@ -122,12 +128,11 @@ impl CriServer {
             config,
             images,
             pods,
+            stream,
             listener,
             socket,
             _locks,
         } = self;
-        let backend = Arc::new(PodStreamBackend::new(Arc::clone(&pods)));
-        let stream = Arc::new(StreamServer::start(&config.stream, backend).await?);
         let runtime =
             CriRuntimeService::new(Arc::clone(&config), Arc::clone(&pods)).with_stream(stream);
         let image = CriImageService::new(images);
