@@ -368,7 +368,8 @@ fn readonly_overlay_exe() -> std::result::Result<OwnedFd, String> {
     }
     let opened = (|| {
         let lower = format!("{}:{}", escape_lowerdir(dir), escape_lowerdir(&empty));
-        let mnt = sys::detached_readonly_overlay(&lower).map_err(|e| format!("overlay: {e}"))?;
+        let mnt = super::mount_api::detached_readonly_overlay(&lower)
+            .map_err(|e| format!("overlay: {e}"))?;
         let fd = nix::fcntl::openat(
             &mnt,
             name,

@@ -201,3 +201,50 @@ impl FsContext {
         owned(ret)
     }
 }
+
+/// A read-only overlayfs over the `lowerdir` layers (`a:b`, escaped), never
+/// attached to any mount tree: the returned mount fd is the only way into it
+/// (runc's "sealed overlayfs" for the binary that sets containers up).
+pub fn detached_readonly_overlay(lowerdir: &str) -> nix::Result<OwnedFd> {
+    let ctx = FsContext::open("overlay")?;
+    ctx.set_string("lowerdir", lowerdir)?;
+    ctx.mount(u64::from(
+        libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Needs root (the suite runs as root); skipped otherwise.
+    #[test]
+    fn detached_readonly_overlay_reads_and_refuses_writes() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let layer = tempfile::tempdir().unwrap();
+        let empty = tempfile::tempdir().unwrap();
+        std::fs::write(layer.path().join("bin"), b"payload").unwrap();
+        let lower = format!("{}:{}", layer.path().display(), empty.path().display());
+        let mnt = detached_readonly_overlay(&lower).unwrap();
+        let fd = nix::fcntl::openat(
+            &mnt,
+            "bin",
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .unwrap();
+        let mut got = String::new();
+        std::io::Read::read_to_string(&mut std::fs::File::from(fd), &mut got).unwrap();
+        assert_eq!(got, "payload");
+        let err = nix::fcntl::openat(
+            &mnt,
+            "bin",
+            nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .unwrap_err();
+        assert_eq!(err, Errno::EROFS);
+    }
+}

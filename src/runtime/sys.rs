@@ -269,66 +269,6 @@ pub fn set_winsize(fd: BorrowedFd<'_>, rows: u16, cols: u16) -> nix::Result<()> 
     Errno::result(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) }).map(drop)
 }
 
-/// `fsopen` flag (linux/mount.h; not in the `libc` crate).
-const FSOPEN_CLOEXEC: libc::c_uint = 0x1;
-/// `fsconfig` commands (linux/mount.h).
-const FSCONFIG_SET_STRING: libc::c_uint = 1;
-const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
-/// `fsmount` flag and mount attributes (linux/mount.h).
-const FSMOUNT_CLOEXEC: libc::c_uint = 0x1;
-const MOUNT_ATTR_RDONLY: libc::c_uint = 0x1;
-const MOUNT_ATTR_NOSUID: libc::c_uint = 0x2;
-const MOUNT_ATTR_NODEV: libc::c_uint = 0x4;
-
-fn syscall_fd(ret: libc::c_long) -> nix::Result<OwnedFd> {
-    let fd = Errno::result(ret)?;
-    // SAFETY: the syscall just returned this fd to us; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
-/// A read-only overlayfs over the `lowerdir` layers (`a:b`, escaped), made
-/// with the new mount API and never attached to any mount tree: the
-/// returned mount fd is the only way into it (runc's "sealed overlayfs").
-pub fn detached_readonly_overlay(lowerdir: &str) -> nix::Result<OwnedFd> {
-    let fstype = CString::new("overlay").expect("no NUL");
-    let key = CString::new("lowerdir").expect("no NUL");
-    let value = CString::new(lowerdir).map_err(|_| Errno::EINVAL)?;
-    // SAFETY: fsopen reads the NUL-terminated fs type name only.
-    let ctx =
-        syscall_fd(unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), FSOPEN_CLOEXEC) })?;
-    // SAFETY: fsconfig reads the NUL-terminated key and value; `ctx` is open.
-    Errno::result(unsafe {
-        libc::syscall(
-            libc::SYS_fsconfig,
-            ctx.as_raw_fd(),
-            FSCONFIG_SET_STRING,
-            key.as_ptr(),
-            value.as_ptr(),
-            0,
-        )
-    })?;
-    // SAFETY: FSCONFIG_CMD_CREATE takes no pointers.
-    Errno::result(unsafe {
-        libc::syscall(
-            libc::SYS_fsconfig,
-            ctx.as_raw_fd(),
-            FSCONFIG_CMD_CREATE,
-            std::ptr::null::<libc::c_char>(),
-            std::ptr::null::<libc::c_void>(),
-            0,
-        )
-    })?;
-    // SAFETY: fsmount takes the context fd and flags only.
-    syscall_fd(unsafe {
-        libc::syscall(
-            libc::SYS_fsmount,
-            ctx.as_raw_fd(),
-            FSMOUNT_CLOEXEC,
-            MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
-        )
-    })
-}
-
 /// A child process in a new user namespace, made by [`spawn_userns_child`].
 /// Dropping it ends the child (it holds nothing once its namespaces are
 /// pinned or opened).
