@@ -208,9 +208,7 @@ impl FsContext {
 pub fn detached_readonly_overlay(lowerdir: &str) -> nix::Result<OwnedFd> {
     let ctx = FsContext::open("overlay")?;
     ctx.set_string("lowerdir", lowerdir)?;
-    ctx.mount(u64::from(
-        libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV,
-    ))
+    ctx.mount(libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV)
 }
 
 #[cfg(test)]
