@@ -109,11 +109,25 @@ pub async fn ensure_bridge(
     for &(ip, prefix) in gateways {
         add_addr(h, index, ip, prefix).await?;
     }
+    set_up(h, index, name).await?;
+    Ok(index)
+}
+
+/// Sets the link `index` (named `name` in errors) up.
+async fn set_up(h: &Handle, index: u32, name: &str) -> Result<(), NetworkError> {
     h.link()
         .set(LinkUnspec::new_with_index(index).up().build())
         .execute()
         .await
-        .map_err(|e| NetworkError::netlink(format!("set {name} up"), e))?;
+        .map_err(|e| NetworkError::netlink(format!("set {name} up"), e))
+}
+
+/// Sets the link `name`, which must exist in `h`'s namespace, up; its index.
+async fn set_up_existing(h: &Handle, name: &str) -> Result<u32, NetworkError> {
+    let index = link_index(h, name)
+        .await?
+        .ok_or_else(|| NetworkError::InvalidRequest(format!("pod netns has no {name}")))?;
+    set_up(h, index, name).await?;
     Ok(index)
 }
 
@@ -162,22 +176,8 @@ pub async fn configure_pod(
     gw4: Option<Ipv4Addr>,
     gw6: Option<Ipv6Addr>,
 ) -> Result<(), NetworkError> {
-    let lo = link_index(h, "lo")
-        .await?
-        .ok_or_else(|| NetworkError::InvalidRequest("pod netns has no lo".into()))?;
-    h.link()
-        .set(LinkUnspec::new_with_index(lo).up().build())
-        .execute()
-        .await
-        .map_err(|e| NetworkError::netlink("set lo up", e))?;
-    let eth0 = link_index(h, "eth0")
-        .await?
-        .ok_or_else(|| NetworkError::InvalidRequest("eth0 missing in pod netns".into()))?;
-    h.link()
-        .set(LinkUnspec::new_with_index(eth0).up().build())
-        .execute()
-        .await
-        .map_err(|e| NetworkError::netlink("set eth0 up", e))?;
+    set_up_existing(h, "lo").await?;
+    let eth0 = set_up_existing(h, "eth0").await?;
     for &(ip, prefix) in addrs {
         add_addr(h, eth0, ip, prefix).await?;
     }
@@ -200,14 +200,7 @@ pub async fn configure_pod(
 
 /// Inside the pod: lo up (when no loopback CNI plugin is installed).
 pub async fn configure_pod_lo(h: &Handle) -> Result<(), NetworkError> {
-    let lo = link_index(h, "lo")
-        .await?
-        .ok_or_else(|| NetworkError::InvalidRequest("pod netns has no lo".into()))?;
-    h.link()
-        .set(LinkUnspec::new_with_index(lo).up().build())
-        .execute()
-        .await
-        .map_err(|e| NetworkError::netlink("set lo up", e))
+    set_up_existing(h, "lo").await.map(drop)
 }
 
 /// Counters of `name` (a handle opened in the pod's namespace).
