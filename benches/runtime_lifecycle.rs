@@ -69,7 +69,7 @@ fn main() -> Result<()> {
     nix::sys::prctl::set_child_subreaper(true)?;
     let bundle = busybox_bundle()?;
     let runc_root = tempfile::tempdir()?;
-    // Warm-up (page cache, the runtime's memfd copy of this binary, cgroup roots).
+    // Warm-up (page cache, the helper binary opened once per process, cgroup roots).
     berth_once(&bundle, 0)?;
     runc_once(&bundle, runc_root.path(), 0)?;
     let (mut b, mut r) = (Vec::new(), Vec::new());

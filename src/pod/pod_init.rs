@@ -127,9 +127,10 @@ pub fn kill(pid: i32, pod_id: &str) {
     let cmdline = String::from_utf8_lossy(&cmdline);
     if cmdline.contains(POD_INIT_ARG) && cmdline.contains(pod_id) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
-        // Our child's child: reparented to init, which reaps it; wait until gone.
+        // Our child's child: reparented to pid 1, which may reap it late;
+        // a zombie has exited (and its pid namespace with it).
         for _ in 0..500 {
-            if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+            if crate::runtime::has_exited(pid) {
                 return;
             }
             std::thread::sleep(std::time::Duration::from_millis(2));
