@@ -189,13 +189,17 @@ pub fn create(opts: CreateOptions<'_>) -> Result<(Container, Option<OwnedFd>)> {
     cleanup.cgroup = Some(&cgroup);
     let r = cgroup
         .create(linux.and_then(|l| l.resources().as_ref()))
-        .and_then(|()| cgroup.add_process(hpid));
+        .and_then(|()| cgroup.admit_helper(hpid));
     let cgroup_ms = t_cg.elapsed().as_secs_f64() * 1000.0;
-    if let Err(e) = r {
-        abort(helper);
-        return Err(e.into());
-    }
-    if let Err(e) = protocol::send(helper.sock.as_fd(), &Request::Proceed, &[]) {
+    let tasks = match r {
+        Ok(tasks) => tasks,
+        Err(e) => {
+            abort(helper);
+            return Err(e.into());
+        }
+    };
+    let raw: Vec<i32> = tasks.iter().map(|f| f.as_raw_fd()).collect();
+    if let Err(e) = protocol::send(helper.sock.as_fd(), &Request::Proceed, &raw) {
         abort(helper);
         return Err(RuntimeError::Io {
             context: "tell the init helper to proceed".into(),

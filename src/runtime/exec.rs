@@ -57,11 +57,15 @@ pub fn exec(c: &Container, process: &Process, stdio: Stdio) -> Result<ExecProces
         });
     }
     // Into the container's cgroup before it clones the process.
-    if let Err(e) = cg.add_process(hpid) {
-        abort(helper);
-        return Err(e.into());
-    }
-    if let Err(e) = protocol::send(helper.sock.as_fd(), &Request::Proceed, &[]) {
+    let tasks = match cg.admit_helper(hpid) {
+        Ok(tasks) => tasks,
+        Err(e) => {
+            abort(helper);
+            return Err(e.into());
+        }
+    };
+    let raw: Vec<i32> = tasks.iter().map(|f| f.as_raw_fd()).collect();
+    if let Err(e) = protocol::send(helper.sock.as_fd(), &Request::Proceed, &raw) {
         abort(helper);
         return Err(RuntimeError::Io {
             context: "tell the exec helper to proceed".into(),

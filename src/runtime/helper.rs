@@ -67,10 +67,12 @@ fn helper_main(sock: BorrowedFd<'_>) -> std::result::Result<(), String> {
     }
 }
 
-/// Waits until the caller has put this helper in the container's cgroup.
+/// Waits until the container's cgroup is ready and, on v1, moves this
+/// (single-threaded) helper into it through the `tasks` files that came along.
 fn wait_for_proceed(sock: BorrowedFd<'_>) -> std::result::Result<(), String> {
     match protocol::recv::<Request>(sock).map_err(|e| format!("read request: {e}"))? {
-        Some((Request::Proceed, _)) => Ok(()),
+        Some((Request::Proceed, tasks)) => super::cgroups::join_self(&tasks)
+            .map_err(|e| format!("join the container's cgroup: {e}")),
         Some(_) => Err("unexpected request while waiting for Proceed".into()),
         None => Err("the caller closed the socket".into()),
     }
@@ -98,6 +100,12 @@ fn create(
         .iter()
         .map(|(t, p)| Ok((*t, p.clone(), open_ns(p)?)))
         .collect::<std::result::Result<Vec<_>, String>>()?;
+    // Into the container's cgroup while /proc is still the host's (after
+    // joining a mount namespace, /proc/self may not resolve), and with the
+    // host's credentials.
+    wait_for_proceed(sock)?;
+    // The container's cgroups now (a `cgroup` mount shows these).
+    let cgroup_file = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
     for (typ, path, fd) in &joins {
         nix::sched::setns(fd, CloneFlags::from_bits_retain(namespaces::flag(*typ))).map_err(
             |e| {
@@ -110,7 +118,6 @@ fn create(
         )?;
     }
     drop(joins);
-    let cgroup_file = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
     let new_userns = plan.creates(LinuxNamespaceType::User);
     let sync = if new_userns {
         Some(
@@ -120,7 +127,6 @@ fn create(
     } else {
         None
     };
-    wait_for_proceed(sock)?;
     let mut flags = libc::CLONE_PARENT | plan.clone_flags;
     if flags & libc::CLONE_NEWTIME != 0 {
         // CLONE_NEWTIME shares its bit with the exit signal in clone(2):
@@ -279,6 +285,9 @@ fn exec(
         }
         joins.push((typ, open_ns(std::path::Path::new(&theirs))?));
     }
+    // Into the container's cgroup before joining its mount namespace (whose
+    // /proc does not show this process).
+    wait_for_proceed(sock)?;
     for (typ, fd) in &joins {
         nix::sched::setns(fd, CloneFlags::from_bits_retain(namespaces::flag(*typ))).map_err(
             |e| {
@@ -290,7 +299,6 @@ fn exec(
         )?;
     }
     drop(joins);
-    wait_for_proceed(sock)?;
     match sys::clone_fork(libc::CLONE_PARENT).map_err(|e| format!("clone exec process: {e}"))? {
         CloneResult::Child => {
             let sock = sock

@@ -23,9 +23,10 @@ const MAX_MESSAGE: usize = 1 << 20;
 pub enum Request {
     Create(Box<CreateRequest>),
     Exec(Box<ExecRequest>),
-    /// Sent after `Create`/`Exec` once the caller has moved the helper into
-    /// the container's cgroup: the helper parses and joins namespaces
-    /// meanwhile, and clones only after this.
+    /// Sent after `Create`/`Exec` once the container's cgroup is ready: the
+    /// helper parses and joins namespaces meanwhile, and clones only after
+    /// this. On cgroup v1 the `tasks` files of the cgroup travel with it and
+    /// the helper moves itself in; on v2 the caller has moved it.
     Proceed,
 }
 

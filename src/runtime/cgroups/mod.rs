@@ -123,6 +123,35 @@ impl CgroupManager {
         Ok(())
     }
 
+    /// Gets the single-threaded helper `pid` into the cgroup, or hands back
+    /// what it needs to move itself.
+    ///
+    /// On v1 a write of a pid to `cgroup.procs` takes the kernel's global
+    /// threadgroup lock, whose RCU grace period costs 10-15 ms here on every
+    /// container start; a thread that writes `0` to a `tasks` file moves only
+    /// itself and skips that lock (Linux 6.2+; older kernels just take it). So
+    /// on v1 this opens each controller's `tasks` file for the helper, which
+    /// passes them to [`join_self`] before it clones anything. On v2 (no
+    /// per-thread move into a domain cgroup) the caller moves the helper now
+    /// and the list is empty.
+    pub fn admit_helper(&self, pid: i32) -> Result<Vec<OwnedFd>> {
+        if self.hierarchy.is_v2() {
+            self.add_process(pid)?;
+            return Ok(Vec::new());
+        }
+        self.existing_dirs()?
+            .into_iter()
+            .map(|(_, dir)| {
+                let path = dir.join("tasks");
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map(OwnedFd::from)
+                    .map_err(|e| fsio::io_err(&path, e))
+            })
+            .collect()
+    }
+
     /// Moves the process `pid` (all its threads) into the cgroup.
     pub fn add_process(&self, pid: i32) -> Result<()> {
         if pid <= 0 {
@@ -316,6 +345,25 @@ fn enable_v2_controllers(parent: &Path) -> Result<()> {
             tracing::debug!(parent = %parent.display(), controller = %c, error = %e,
                 "controller not delegated");
         }
+    }
+    Ok(())
+}
+
+/// Moves the calling thread into the cgroups whose `tasks` files
+/// [`CgroupManager::admit_helper`] opened. Only for a single-threaded process:
+/// its other threads would stay behind.
+pub fn join_self(tasks: &[OwnedFd]) -> std::io::Result<()> {
+    if tasks.is_empty() {
+        return Ok(());
+    }
+    let threads = std::fs::read_dir("/proc/self/task")?.count();
+    if threads != 1 {
+        return Err(std::io::Error::other(format!(
+            "{threads} threads: only a single-threaded process can move itself"
+        )));
+    }
+    for fd in tasks {
+        nix::unistd::write(fd, b"0")?;
     }
     Ok(())
 }

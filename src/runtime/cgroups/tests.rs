@@ -718,3 +718,18 @@ fn missing_cgroup_is_not_found_and_destroy_is_idempotent() {
     mgr.destroy().unwrap();
     mgr.destroy().unwrap();
 }
+
+#[test]
+fn join_self_refuses_a_multi_threaded_process() {
+    // libtest runs this on a thread of its own: the process has several, and
+    // a per-thread move would leave the others behind.
+    let null: std::os::fd::OwnedFd = std::fs::File::options()
+        .write(true)
+        .open("/dev/null")
+        .unwrap()
+        .into();
+    let err = super::join_self(&[null]).unwrap_err().to_string();
+    assert!(err.contains("single-threaded"), "{err}");
+    // Nothing to join (v2: the caller moved the helper) is fine anywhere.
+    super::join_self(&[]).unwrap();
+}
