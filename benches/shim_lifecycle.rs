@@ -4,8 +4,11 @@
 //!   median of each and the ratio;
 //! - the resident memory of one idle shim holding a `sleep` container.
 //!
-//! Run as root: `cargo build --release -p containerd-shim-berth-v2 &&
-//! cargo bench --bench shim_lifecycle` (BERTH_BENCH_RUNS sets the iterations).
+//! Run as root, with the shim as it is installed (deploy/build-shim.sh: static
+//! release build): `BERTH_SHIM_BIN=$(deploy/build-shim.sh) cargo bench --bench
+//! shim_lifecycle` (without BERTH_SHIM_BIN: target/release's shim, which
+//! `cargo build --release -p containerd-shim-berth-v2` links dynamically;
+//! BERTH_BENCH_RUNS sets the iterations).
 
 #[path = "../tests/common/busybox_archive.rs"]
 mod busybox_archive;
@@ -121,6 +124,7 @@ fn main() -> Result<()> {
     let c = Containerd::start()?;
     c.import_busybox()?;
     println!("shim lifecycle bench: {runs} runs of `ctr run --rm IMAGE true` per runtime");
+    println!("berth shim: {}", containerd::shim_binary().display());
     // Warm-up: image unpack, page cache, first cgroup creation.
     for _ in 0..3 {
         lifecycle(&c, BERTH_RUNTIME)?;

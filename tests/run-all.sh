@@ -11,7 +11,7 @@ packages=(
   docker-registry apache2-utils   # a local registry (htpasswd for auth tests)
   containernetworking-plugins     # CNI plugins for the network tests
   iproute2 iptables nftables      # inspection in network tests
-  libseccomp-dev pkg-config       # build: the libseccomp crate links libseccomp
+  libseccomp-dev pkg-config       # build: the libseccomp crate links libseccomp (.a for the static shim)
   gcc libc6-dev                   # cri_security builds a static setuid probe
   openssl                         # cri_stream_tls makes a self-signed certificate
 )
@@ -37,3 +37,7 @@ echo "== tests"
 # Integration tests each start their own containerd/registry/berthd in temp
 # dirs; two test threads keep a 2-core machine responsive.
 cargo test --workspace -- --test-threads="${BERTH_TEST_THREADS:-2}"
+
+echo "== the shim as installed (static release build) under containerd"
+BERTH_SHIM_BIN=$(deploy/build-shim.sh) \
+  cargo test --test shim_containerd -- --test-threads="${BERTH_TEST_THREADS:-2}"
