@@ -372,12 +372,17 @@ impl PodManager {
 
 /// Waits (bounded) until the process `pid` has exited. A zombie counts as
 /// exited: the shim daemonised, so its parent is pid 1, not berthd.
+/// Polls from 200 µs up (a shim exits about a millisecond after it answers
+/// Shutdown: a fixed 10 ms step made every RemovePodSandbox wait ~10 ms).
 async fn wait_gone(pid: i32) {
-    for _ in 0..200 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let mut step = Duration::from_micros(200);
+    while tokio::time::Instant::now() < deadline {
         if crate::runtime::has_exited(pid) {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(step).await;
+        step = (step * 2).min(Duration::from_millis(10));
     }
     tracing::warn!(shim_pid = pid, "shim still running after Shutdown");
 }
