@@ -191,20 +191,12 @@ pub fn create(opts: CreateOptions<'_>) -> Result<(Container, Option<OwnedFd>)> {
         .create(linux.and_then(|l| l.resources().as_ref()))
         .and_then(|()| cgroup.admit_helper(hpid));
     let cgroup_ms = t_cg.elapsed().as_secs_f64() * 1000.0;
-    let tasks = match r {
-        Ok(tasks) => tasks,
-        Err(e) => {
-            abort(helper);
-            return Err(e.into());
-        }
-    };
-    let raw: Vec<i32> = tasks.iter().map(|f| f.as_raw_fd()).collect();
-    if let Err(e) = protocol::send(helper.sock.as_fd(), &Request::Proceed, &raw) {
+    if let Err(e) = r
+        .map_err(RuntimeError::from)
+        .and_then(|tasks| helper.proceed(&tasks, "init"))
+    {
         abort(helper);
-        return Err(RuntimeError::Io {
-            context: "tell the init helper to proceed".into(),
-            source: e,
-        });
+        return Err(e);
     }
     drop(stdio);
     let outcome = read_reports(&helper.sock, opts.id, terminal);

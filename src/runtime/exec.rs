@@ -57,20 +57,13 @@ pub fn exec(c: &Container, process: &Process, stdio: Stdio) -> Result<ExecProces
         });
     }
     // Into the container's cgroup before it clones the process.
-    let tasks = match cg.admit_helper(hpid) {
-        Ok(tasks) => tasks,
-        Err(e) => {
-            abort(helper);
-            return Err(e.into());
-        }
-    };
-    let raw: Vec<i32> = tasks.iter().map(|f| f.as_raw_fd()).collect();
-    if let Err(e) = protocol::send(helper.sock.as_fd(), &Request::Proceed, &raw) {
+    if let Err(e) = cg
+        .admit_helper(hpid)
+        .map_err(RuntimeError::from)
+        .and_then(|tasks| helper.proceed(&tasks, "exec"))
+    {
         abort(helper);
-        return Err(RuntimeError::Io {
-            context: "tell the exec helper to proceed".into(),
-            source: e,
-        });
+        return Err(e);
     }
     drop(fds);
     // No `Ready` for exec: the stream ends when the process execs.

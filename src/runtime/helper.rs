@@ -442,6 +442,17 @@ pub struct Helper {
 }
 
 impl Helper {
+    /// Lets the helper go on and clone, with the cgroup `tasks` files it
+    /// moves itself in with (cgroup v1; empty on v2). `role` names the
+    /// helper in the error.
+    pub fn proceed(&self, tasks: &[OwnedFd], role: &str) -> Result<()> {
+        let raw: Vec<i32> = tasks.iter().map(|f| f.as_raw_fd()).collect();
+        protocol::send(self.sock.as_fd(), &Request::Proceed, &raw).map_err(|e| RuntimeError::Io {
+            context: format!("tell the {role} helper to proceed"),
+            source: e,
+        })
+    }
+
     /// Starts a helper (from the sealed copy of this executable).
     pub fn spawn() -> Result<Self> {
         let exe = protected_exe()?;
