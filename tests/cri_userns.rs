@@ -311,6 +311,26 @@ async fn user_namespaced_pods_share_unchanged_layers_through_idmapped_mounts() -
         ["Uid:", "300000", "300000", "300000", "300000"],
         "{status}"
     );
+    // Verbose pod status names the pinned user namespace the container is in.
+    let ps =
+        s.rt.pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod_a.clone(),
+            verbose: true,
+        })
+        .await?
+        .into_inner();
+    let info: serde_json::Value =
+        serde_json::from_str(ps.info.get("info").context("no pod info")?)?;
+    let pin = info["userns"]
+        .as_str()
+        .context("no userns in the verbose pod info")?;
+    let pinned = nix::sys::stat::stat(pin)?;
+    let theirs = nix::sys::stat::stat(format!("/proc/{pid}/ns/user").as_str())?;
+    assert_eq!(
+        (pinned.st_dev, pinned.st_ino),
+        (theirs.st_dev, theirs.st_ino),
+        "{pin} is the container's user namespace"
+    );
     // The image's root-owned files are root's inside (idmapped), and the
     // rootfs, the volume and the pod's files are writable.
     assert!(log.contains("bb=0:0"), "{log}");
