@@ -286,6 +286,7 @@ async fn user_namespaced_pods_share_unchanged_layers_through_idmapped_mounts() -
          echo hello > /newfile && echo wrote-rootfs; echo more >> /data/owned && echo wrote-lower; \
          stat -c 'vol=%u:%g' /vol/owned; echo x > /vol/fromcontainer && echo wrote-vol; \
          stat -c 'hosts=%u:%g' /etc/hosts; echo 1.2.3.4 extra >> /etc/hosts && echo wrote-hosts; \
+         stat -c 'shm=%u:%g' /dev/shm; \
          echo ready; exec sleep 1000";
     let mut c = container_config("main", &s.image, script);
     c.mounts = vec![cri::Mount {
@@ -344,6 +345,10 @@ async fn user_namespaced_pods_share_unchanged_layers_through_idmapped_mounts() -
     assert!(log.contains("wrote-vol"), "{log}");
     assert!(log.contains("hosts=0:0"), "{log}");
     assert!(log.contains("wrote-hosts"), "{log}");
+    assert!(
+        log.contains("shm=0:0"),
+        "the pod's /dev/shm is root's: {log}"
+    );
 
     // An exec joins the pod's user namespace as the container's root.
     let out =

@@ -118,11 +118,16 @@ pub fn unpin(path: &Path) -> Result<(), PodError> {
     }
 }
 
-/// Mounts the pod's /dev/shm tmpfs at `path` (created).
-pub fn mount_shm(path: &Path, size_bytes: u64) -> Result<(), PodError> {
+/// Mounts the pod's /dev/shm tmpfs at `path` (created). `owner`: the host
+/// uid and gid of a user-namespaced pod's root, so that its /dev/shm is
+/// root's inside, as it is in any other pod.
+pub fn mount_shm(path: &Path, size_bytes: u64, owner: Option<(u32, u32)>) -> Result<(), PodError> {
     std::fs::create_dir_all(path)
         .map_err(|e| PodError::io(format!("create {}", path.display()), e))?;
-    let data = format!("mode=1777,size={size_bytes}");
+    let mut data = format!("mode=1777,size={size_bytes}");
+    if let Some((uid, gid)) = owner {
+        data.push_str(&format!(",uid={uid},gid={gid}"));
+    }
     mount(
         Some("shm"),
         path,

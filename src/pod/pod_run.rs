@@ -204,7 +204,11 @@ impl PodManager {
         let ns_ms = started.elapsed().as_secs_f64() * 1e3;
 
         if !is_node(ns.ipc) {
-            mount_shm(&dir.join("shm"), SHM_SIZE)?;
+            mount_shm(
+                &dir.join("shm"),
+                SHM_SIZE,
+                userns.map(super::pod_userns::PodIdMappings::root),
+            )?;
         }
 
         let started = std::time::Instant::now();
