@@ -15,6 +15,7 @@ mod harnessless;
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 
 use anyhow::{Context, Result, bail, ensure};
 use berth::runtime::Stdio;
@@ -83,6 +84,8 @@ const TESTS: &[Test] = &[
     ("user_namespace", user_namespace),
     ("time_and_cgroup_namespaces", time_and_cgroup_namespaces),
     ("join_namespaces_by_path", join_namespaces_by_path),
+    ("cgroup_v2_clone_into", cgroup_v2_clone_into),
+    ("cgroup_v2_clone_into_inner", cgroup_v2_clone_into_inner),
 ];
 
 fn set_process(spec: &mut Spec, f: impl FnOnce(&mut Process)) {
@@ -978,6 +981,144 @@ fn join_namespaces_by_path() -> Result<()> {
     );
     first.container.kill(libc::SIGKILL, false)?;
     ensure!(first.wait()? == 137);
+    Ok(())
+}
+
+/// The cgroup2 tree of this hybrid host, where the v2 paths can run.
+const UNIFIED: &str = "/sys/fs/cgroup/unified";
+
+/// Runs [`cgroup_v2_clone_into_inner`] in a process of its own whose
+/// runtime puts containers in the host's `unified` cgroup2 tree (the
+/// hierarchy is detected once per process).
+fn cgroup_v2_clone_into() -> Result<()> {
+    if !Path::new(UNIFIED).join("cgroup.procs").exists() {
+        eprintln!("no cgroup2 tree at {UNIFIED}: skipped");
+        return Ok(());
+    }
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .arg("cgroup_v2_clone_into_inner")
+        .env(berth::runtime::cgroups::CGROUP2_ROOT_ENV, UNIFIED)
+        .output()?;
+    ensure!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+        "inner test: {}\nstdout {}\nstderr {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// The `0::` line of `/proc/<pid>/cgroup`.
+fn v2_cgroup_of(pid: i32) -> Result<String> {
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    own.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_owned)
+        .with_context(|| format!("no cgroup2 line for {pid}: {own}"))
+}
+
+/// On cgroup v2 the helper clones a container's init straight into its
+/// cgroup (`CLONE_INTO_CGROUP`); a helper that joins the container's cgroup
+/// or user namespace (an exec) moves itself in first. Only in the process
+/// [`cgroup_v2_clone_into`] starts.
+fn cgroup_v2_clone_into_inner() -> Result<()> {
+    if std::env::var_os(berth::runtime::cgroups::CGROUP2_ROOT_ENV).is_none() {
+        return Ok(());
+    }
+    let bundle = busybox_bundle()?;
+    let no_cgroup_mount = |spec: &mut Spec| {
+        // The helper detects the host's own (v1) hierarchy for the mount.
+        let mounts = spec.mounts().clone().unwrap_or_default();
+        spec.set_mounts(Some(
+            mounts
+                .into_iter()
+                .filter(|m| m.typ().as_deref() != Some("cgroup"))
+                .collect(),
+        ));
+    };
+    // A container in a user namespace of its own (root is host uid 200000).
+    let id1 = unique_id("v2");
+    let mut spec1 = spec(&bundle, &id1, &["sleep", "1000"]);
+    no_cgroup_mount(&mut spec1);
+    let mut linux = spec1.linux().clone().unwrap();
+    let mut ns = linux.namespaces().clone().unwrap();
+    ns.push(
+        LinuxNamespaceBuilder::default()
+            .typ(LinuxNamespaceType::User)
+            .build()
+            .unwrap(),
+    );
+    linux.set_namespaces(Some(ns));
+    let shifted = LinuxIdMappingBuilder::default()
+        .container_id(0u32)
+        .host_id(200000u32)
+        .size(65536u32)
+        .build()
+        .unwrap();
+    linux.set_uid_mappings(Some(vec![shifted]));
+    linux.set_gid_mappings(Some(vec![shifted]));
+    spec1.set_linux(Some(linux));
+    let mut first = create(&bundle, &id1, &spec1, Stdio::default())?;
+    first.container.start()?;
+    let pid = first.container.pid;
+    ensure!(
+        v2_cgroup_of(pid)? == format!("/{id1}"),
+        "init in {}",
+        v2_cgroup_of(pid)?
+    );
+    ensure!(Path::new(UNIFIED).join(&id1).join("cgroup.procs").exists());
+    // An exec'd process joins its namespaces: its helper moves itself.
+    let mut p = spec1.process().clone().unwrap();
+    p.set_args(Some(vec!["sleep".into(), "1000".into()]));
+    let sleeper = first.container.exec(&p, Stdio::default())?;
+    let exec_cgroup = v2_cgroup_of(sleeper.pid);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sleeper.pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    wait_exit(sleeper.pid)?;
+    ensure!(
+        exec_cgroup? == format!("/{id1}"),
+        "exec'd process elsewhere"
+    );
+
+    // A container with no user namespace: cloned into its cgroup, which is
+    // also the root of its cgroup namespace.
+    let id2 = unique_id("v2");
+    let mut spec2 = spec(
+        &bundle,
+        &id2,
+        &["sh", "-c", "grep ^0:: /proc/self/cgroup; sleep 1000"],
+    );
+    no_cgroup_mount(&mut spec2);
+    let (stdio, out_r, _err_r) = piped()?;
+    let mut second = create(&bundle, &id2, &spec2, stdio)?;
+    second.container.start()?;
+    let mut own_view = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(std::fs::File::from(out_r)),
+        &mut own_view,
+    )?;
+    ensure!(
+        own_view == "0::/\n",
+        "the container's own view: {own_view:?}"
+    );
+    ensure!(
+        v2_cgroup_of(second.container.pid)? == format!("/{id2}"),
+        "second init in {}",
+        v2_cgroup_of(second.container.pid)?
+    );
+    second.container.kill(libc::SIGKILL, false)?;
+    ensure!(second.wait()? == 137);
+    drop(second);
+    first.container.kill(libc::SIGKILL, false)?;
+    ensure!(first.wait()? == 137);
+    drop(first);
+    ensure!(
+        !Path::new(UNIFIED).join(&id1).exists(),
+        "cgroup {id1} left behind"
+    );
     Ok(())
 }
 

@@ -189,11 +189,11 @@ pub fn create(opts: CreateOptions<'_>) -> Result<(Container, Option<OwnedFd>)> {
     cleanup.cgroup = Some(&cgroup);
     let r = cgroup
         .create(linux.and_then(|l| l.resources().as_ref()))
-        .and_then(|()| cgroup.admit_helper(hpid));
+        .and_then(|()| cgroup.admit_helper());
     let cgroup_ms = t_cg.elapsed().as_secs_f64() * 1000.0;
     if let Err(e) = r
         .map_err(RuntimeError::from)
-        .and_then(|tasks| helper.proceed(&tasks, "init"))
+        .and_then(|join| helper.proceed(join, "init"))
     {
         abort(helper);
         return Err(e);

@@ -58,9 +58,9 @@ pub fn exec(c: &Container, process: &Process, stdio: Stdio) -> Result<ExecProces
     }
     // Into the container's cgroup before it clones the process.
     if let Err(e) = cg
-        .admit_helper(hpid)
+        .admit_helper()
         .map_err(RuntimeError::from)
-        .and_then(|tasks| helper.proceed(&tasks, "exec"))
+        .and_then(|join| helper.proceed(join, "exec"))
     {
         abort(helper);
         return Err(e);

@@ -19,10 +19,11 @@ use nix::sys::memfd::MFdFlags;
 use nix::sys::stat::Mode;
 use oci_spec::runtime::LinuxNamespaceType;
 
+use super::cgroups::HelperJoin;
 use super::idmap;
 use super::init::{self, ExecContext, InitContext};
 use super::namespaces::{self, JOIN_ORDER};
-use super::protocol::{self, CreateRequest, ExecRequest, Report, Request};
+use super::protocol::{self, CgroupJoin, CreateRequest, ExecRequest, Report, Request};
 use super::sys::{self, CloneResult};
 use super::{Result, RuntimeError};
 
@@ -63,18 +64,74 @@ fn helper_main(sock: BorrowedFd<'_>) -> std::result::Result<(), String> {
     match req {
         Request::Create(r) => create(sock, *r, fds),
         Request::Exec(r) => exec(sock, *r, fds),
-        Request::Proceed => Err("unexpected Proceed before a request".into()),
+        Request::Proceed(_) => Err("unexpected Proceed before a request".into()),
     }
 }
 
-/// Waits until the container's cgroup is ready and, on v1, moves this
-/// (single-threaded) helper into it through the `tasks` files that came along.
-fn wait_for_proceed(sock: BorrowedFd<'_>) -> std::result::Result<(), String> {
+/// Waits until the container's cgroup is ready. On v1, moves this
+/// (single-threaded) helper into it through the `tasks` files that came
+/// along; on v2, returns the cgroup directory to clone into.
+fn wait_for_proceed(sock: BorrowedFd<'_>) -> std::result::Result<Option<OwnedFd>, String> {
     match protocol::recv::<Request>(sock).map_err(|e| format!("read request: {e}"))? {
-        Some((Request::Proceed, tasks)) => super::cgroups::join_self(&tasks)
+        Some((Request::Proceed(CgroupJoin::Tasks), tasks)) => super::cgroups::join_self(&tasks)
+            .map(|()| None)
             .map_err(|e| format!("join the container's cgroup: {e}")),
+        Some((Request::Proceed(CgroupJoin::CloneInto), fds)) => {
+            let mut fds = fds.into_iter();
+            match (fds.next(), fds.next()) {
+                (Some(dir), None) => Ok(Some(dir)),
+                _ => Err("Proceed into a cgroup needs exactly its directory fd".into()),
+            }
+        }
         Some(_) => Err("unexpected request while waiting for Proceed".into()),
         None => Err("the caller closed the socket".into()),
+    }
+}
+
+/// The v2 cgroup directory to clone into, unless this helper is about to
+/// join a cgroup or user namespace. `CLONE_INTO_CGROUP` is checked against
+/// the cloning process's namespaces: on a host that mounts cgroup2 with
+/// `nsdelegate` (systemd does), a process in the container's cgroup
+/// namespace may not move anything in from the shim's cgroup, outside it.
+/// Such a helper moves itself in now, from the host's namespaces (by
+/// `cgroup.procs`, which takes the kernel's global lock: slower, but
+/// allowed); an exec into a running container is this case.
+fn join_cgroup(
+    into: Option<OwnedFd>,
+    joins_boundary: bool,
+) -> std::result::Result<Option<OwnedFd>, String> {
+    match into {
+        Some(dir) if joins_boundary => move_self_into(&dir)
+            .map(|()| None)
+            .map_err(|e| format!("join the container's cgroup: {e}")),
+        into => Ok(into),
+    }
+}
+
+/// Moves this (single-threaded) process into the v2 cgroup `dir`.
+fn move_self_into(dir: &OwnedFd) -> nix::Result<()> {
+    let procs = nix::fcntl::openat(
+        dir,
+        "cgroup.procs",
+        OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    nix::unistd::write(&procs, b"0").map(drop)
+}
+
+/// A fork-like clone, born in the v2 cgroup `into` when given. A kernel
+/// without `CLONE_INTO_CGROUP` (before 5.7): this helper moves itself in
+/// first, and the clone inherits the cgroup.
+fn clone_into(flags: libc::c_int, into: Option<&OwnedFd>) -> nix::Result<CloneResult> {
+    let Some(dir) = into else {
+        return sys::clone_fork(flags);
+    };
+    match sys::clone_into_cgroup(flags, dir.as_fd()) {
+        Err(nix::errno::Errno::ENOSYS | nix::errno::Errno::E2BIG) => {
+            move_self_into(dir)?;
+            sys::clone_fork(flags)
+        }
+        r => r,
     }
 }
 
@@ -103,9 +160,16 @@ fn create(
     // Into the container's cgroup while /proc is still the host's (after
     // joining a mount namespace, /proc/self may not resolve), and with the
     // host's credentials.
-    wait_for_proceed(sock)?;
-    // The container's cgroups now (a `cgroup` mount shows these).
-    let cgroup_file = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let joins_boundary = joins
+        .iter()
+        .any(|(t, _, _)| matches!(t, LinuxNamespaceType::Cgroup | LinuxNamespaceType::User));
+    let into = join_cgroup(wait_for_proceed(sock)?, joins_boundary)?;
+    // The container's cgroups (a `cgroup` mount shows these): this helper's
+    // now, or (v2) the one its clone is born in.
+    let cgroup_file = match &into {
+        None => std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default(),
+        Some(_) => format!("0::/{}\n", req.cgroup_path.trim_start_matches('/')),
+    };
     for (typ, path, fd) in &joins {
         nix::sched::setns(fd, CloneFlags::from_bits_retain(namespaces::flag(*typ))).map_err(
             |e| {
@@ -135,7 +199,9 @@ fn create(
             .map_err(|e| format!("create time namespace: {e}"))?;
         flags &= !libc::CLONE_NEWTIME;
     }
-    match sys::clone_fork(flags).map_err(|e| format!("clone container process: {e}"))? {
+    let cloned = clone_into(flags, into.as_ref());
+    drop(into);
+    match cloned.map_err(|e| format!("clone container process: {e}"))? {
         CloneResult::Child => {
             let (sync_r, sync_w) = match sync {
                 Some((r, w)) => (Some(r), Some(w)),
@@ -287,7 +353,10 @@ fn exec(
     }
     // Into the container's cgroup before joining its mount namespace (whose
     // /proc does not show this process).
-    wait_for_proceed(sock)?;
+    let joins_boundary = joins
+        .iter()
+        .any(|(t, _)| matches!(t, LinuxNamespaceType::Cgroup | LinuxNamespaceType::User));
+    let into = join_cgroup(wait_for_proceed(sock)?, joins_boundary)?;
     for (typ, fd) in &joins {
         nix::sched::setns(fd, CloneFlags::from_bits_retain(namespaces::flag(*typ))).map_err(
             |e| {
@@ -299,7 +368,9 @@ fn exec(
         )?;
     }
     drop(joins);
-    match sys::clone_fork(libc::CLONE_PARENT).map_err(|e| format!("clone exec process: {e}"))? {
+    let cloned = clone_into(libc::CLONE_PARENT, into.as_ref());
+    drop(into);
+    match cloned.map_err(|e| format!("clone exec process: {e}"))? {
         CloneResult::Child => {
             let sock = sock
                 .try_clone_to_owned()
@@ -442,14 +513,19 @@ pub struct Helper {
 }
 
 impl Helper {
-    /// Lets the helper go on and clone, with the cgroup `tasks` files it
-    /// moves itself in with (cgroup v1; empty on v2). `role` names the
-    /// helper in the error.
-    pub fn proceed(&self, tasks: &[OwnedFd], role: &str) -> Result<()> {
-        let raw: Vec<i32> = tasks.iter().map(|f| f.as_raw_fd()).collect();
-        protocol::send(self.sock.as_fd(), &Request::Proceed, &raw).map_err(|e| RuntimeError::Io {
-            context: format!("tell the {role} helper to proceed"),
-            source: e,
+    /// Lets the helper go on and clone, with what gets the clone into the
+    /// container's cgroup. `role` names the helper in the error.
+    pub fn proceed(&self, join: HelperJoin, role: &str) -> Result<()> {
+        let (how, fds) = match join {
+            HelperJoin::Tasks(fds) => (CgroupJoin::Tasks, fds),
+            HelperJoin::CloneInto(fd) => (CgroupJoin::CloneInto, vec![fd]),
+        };
+        let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        protocol::send(self.sock.as_fd(), &Request::Proceed(how), &raw).map_err(|e| {
+            RuntimeError::Io {
+                context: format!("tell the {role} helper to proceed"),
+                source: e,
+            }
         })
     }
 

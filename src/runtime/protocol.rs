@@ -24,10 +24,20 @@ pub enum Request {
     Create(Box<CreateRequest>),
     Exec(Box<ExecRequest>),
     /// Sent after `Create`/`Exec` once the container's cgroup is ready: the
-    /// helper parses and joins namespaces meanwhile, and clones only after
-    /// this. On cgroup v1 the `tasks` files of the cgroup travel with it and
-    /// the helper moves itself in; on v2 the caller has moved it.
-    Proceed,
+    /// helper reads the request meanwhile, and clones only after this. The
+    /// fds that travel with it say how the clone gets into the cgroup.
+    Proceed(CgroupJoin),
+}
+
+/// How the helper gets what it clones into the container's cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CgroupJoin {
+    /// cgroup v1: the fds are the cgroup's `tasks` files; the helper moves
+    /// itself in before it clones.
+    Tasks,
+    /// cgroup v2: the one fd is the cgroup's directory; the helper clones
+    /// into it (`CLONE_INTO_CGROUP`).
+    CloneInto,
 }
 
 /// Set up a new container.

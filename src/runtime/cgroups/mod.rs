@@ -30,7 +30,7 @@ mod plan;
 mod stats;
 
 pub use error::CgroupError;
-pub use hierarchy::Hierarchy;
+pub use hierarchy::{CGROUP2_ROOT_ENV, Hierarchy};
 
 /// Result of cgroup operations.
 pub type Result<T> = std::result::Result<T, CgroupError>;
@@ -123,24 +123,28 @@ impl CgroupManager {
         Ok(())
     }
 
-    /// Gets the single-threaded helper `pid` into the cgroup, or hands back
-    /// what it needs to move itself.
+    /// What a single-threaded helper needs to put the process it clones in
+    /// this cgroup, without the kernel's global threadgroup lock.
     ///
-    /// On v1 a write of a pid to `cgroup.procs` takes the kernel's global
-    /// threadgroup lock, whose RCU grace period costs 10-15 ms here on every
-    /// container start; a thread that writes `0` to a `tasks` file moves only
-    /// itself and skips that lock (Linux 6.2+; older kernels just take it). So
-    /// on v1 this opens each controller's `tasks` file for the helper, which
-    /// passes them to [`join_self`] before it clones anything. On v2 (no
-    /// per-thread move into a domain cgroup) the caller moves the helper now
-    /// and the list is empty.
-    pub fn admit_helper(&self, pid: i32) -> Result<Vec<OwnedFd>> {
+    /// Moving a process by writing its pid to `cgroup.procs` takes that lock
+    /// for writing, and it waits for an RCU grace period: 10-15 ms here on
+    /// every container create and exec. Instead:
+    /// - v1: the `tasks` file of each controller, opened for writing: a
+    ///   thread that writes `0` to one moves only itself, which skips the
+    ///   lock (Linux 6.2+; older kernels just take it); the helper does this
+    ///   ([`join_self`]) before it clones.
+    /// - v2: the cgroup's directory, opened: the helper clones straight into
+    ///   it (`CLONE_INTO_CGROUP`) and never moves itself.
+    pub fn admit_helper(&self) -> Result<HelperJoin> {
+        let dirs = self.existing_dirs()?;
         if self.hierarchy.is_v2() {
-            self.add_process(pid)?;
-            return Ok(Vec::new());
+            let dir = &dirs[0].1;
+            let fd = std::fs::File::open(dir)
+                .map(OwnedFd::from)
+                .map_err(|e| fsio::io_err(dir, e))?;
+            return Ok(HelperJoin::CloneInto(fd));
         }
-        self.existing_dirs()?
-            .into_iter()
+        dirs.into_iter()
             .map(|(_, dir)| {
                 let path = dir.join("tasks");
                 std::fs::OpenOptions::new()
@@ -149,7 +153,8 @@ impl CgroupManager {
                     .map(OwnedFd::from)
                     .map_err(|e| fsio::io_err(&path, e))
             })
-            .collect()
+            .collect::<Result<_>>()
+            .map(HelperJoin::Tasks)
     }
 
     /// Moves the process `pid` (all its threads) into the cgroup.
@@ -347,6 +352,16 @@ fn enable_v2_controllers(parent: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// How a helper gets what it clones into a container's cgroup (from
+/// [`CgroupManager::admit_helper`]).
+#[derive(Debug)]
+pub enum HelperJoin {
+    /// v1: the `tasks` files to move itself in with ([`join_self`]).
+    Tasks(Vec<OwnedFd>),
+    /// v2: the cgroup directory to clone into.
+    CloneInto(OwnedFd),
 }
 
 /// Moves the calling thread into the cgroups whose `tasks` files

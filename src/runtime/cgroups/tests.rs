@@ -733,3 +733,38 @@ fn join_self_refuses_a_multi_threaded_process() {
     // Nothing to join (v2: the caller moved the helper) is fine anywhere.
     super::join_self(&[]).unwrap();
 }
+
+#[test]
+fn helpers_are_admitted_by_tasks_files_on_v1_and_by_directory_on_v2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let v1 = v1_tree(&tmp.path().join("v1"));
+    for (c, _) in V1_FILES {
+        fs::write(tmp.path().join("v1").join(c).join("ctr/tasks"), "").unwrap();
+    }
+    let link = |fd: &std::os::fd::OwnedFd| {
+        use std::os::fd::AsRawFd;
+        fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap()
+    };
+    match v1.admit_helper().unwrap() {
+        HelperJoin::Tasks(fds) => {
+            let mut got: Vec<_> = fds.iter().map(link).collect();
+            got.sort();
+            let mut want: Vec<_> = V1_FILES
+                .iter()
+                .map(|(c, _)| tmp.path().join("v1").join(c).join("ctr/tasks"))
+                .collect();
+            want.sort();
+            assert_eq!(got, want);
+        }
+        other => panic!("v1 gave {other:?}"),
+    }
+    let v2 = v2_tree(&tmp.path().join("v2"));
+    match v2.admit_helper().unwrap() {
+        HelperJoin::CloneInto(fd) => assert_eq!(link(&fd), tmp.path().join("v2/ctr")),
+        other => panic!("v2 gave {other:?}"),
+    }
+    // A cgroup that is not there is an error, not an empty admission.
+    let gone =
+        CgroupManager::with_hierarchy("/gone", Hierarchy::v2_at(&tmp.path().join("v2"))).unwrap();
+    assert!(matches!(gone.admit_helper(), Err(CgroupError::NotFound(_))));
+}
