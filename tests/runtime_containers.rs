@@ -840,6 +840,29 @@ fn security_symlink_mount_destination_stays_in_rootfs() -> Result<()> {
     Ok(())
 }
 
+/// Gives the container a user namespace of its own, its 65536 ids from
+/// `host_id` up.
+fn in_own_userns(spec: &mut Spec, host_id: u32) {
+    let mut linux = spec.linux().clone().unwrap();
+    let mut ns = linux.namespaces().clone().unwrap();
+    ns.push(
+        LinuxNamespaceBuilder::default()
+            .typ(LinuxNamespaceType::User)
+            .build()
+            .unwrap(),
+    );
+    linux.set_namespaces(Some(ns));
+    let shifted = LinuxIdMappingBuilder::default()
+        .container_id(0u32)
+        .host_id(host_id)
+        .size(65536u32)
+        .build()
+        .unwrap();
+    linux.set_uid_mappings(Some(vec![shifted]));
+    linux.set_gid_mappings(Some(vec![shifted]));
+    spec.set_linux(Some(linux));
+}
+
 fn user_namespace() -> Result<()> {
     let bundle = busybox_bundle()?;
     let id = unique_id("userns");
@@ -852,31 +875,7 @@ fn user_namespace() -> Result<()> {
             "id -u; cat /proc/self/uid_map; cat /proc/self/gid_map; echo x > /dev/null && echo devnull-ok; ls -n /bin/busybox | awk '{print $3}'",
         ],
     );
-    let mut linux = spec.linux().clone().unwrap();
-    let mut ns = linux.namespaces().clone().unwrap();
-    ns.push(
-        LinuxNamespaceBuilder::default()
-            .typ(LinuxNamespaceType::User)
-            .build()
-            .unwrap(),
-    );
-    linux.set_namespaces(Some(ns));
-    let map = LinuxIdMappingBuilder::default()
-        .container_id(0u32)
-        .host_id(0u32)
-        .size(65536u32)
-        .build()
-        .unwrap();
-    let shifted = LinuxIdMappingBuilder::default()
-        .container_id(0u32)
-        .host_id(200000u32)
-        .size(65536u32)
-        .build()
-        .unwrap();
-    let _ = map;
-    linux.set_uid_mappings(Some(vec![shifted]));
-    linux.set_gid_mappings(Some(vec![shifted]));
-    spec.set_linux(Some(linux));
+    in_own_userns(&mut spec, 200000);
     let c = {
         let (stdio, out_r, err_r) = piped()?;
         let mut c = create(&bundle, &id, &spec, stdio)?;
@@ -1041,24 +1040,7 @@ fn cgroup_v2_clone_into_inner() -> Result<()> {
     let id1 = unique_id("v2");
     let mut spec1 = spec(&bundle, &id1, &["sleep", "1000"]);
     no_cgroup_mount(&mut spec1);
-    let mut linux = spec1.linux().clone().unwrap();
-    let mut ns = linux.namespaces().clone().unwrap();
-    ns.push(
-        LinuxNamespaceBuilder::default()
-            .typ(LinuxNamespaceType::User)
-            .build()
-            .unwrap(),
-    );
-    linux.set_namespaces(Some(ns));
-    let shifted = LinuxIdMappingBuilder::default()
-        .container_id(0u32)
-        .host_id(200000u32)
-        .size(65536u32)
-        .build()
-        .unwrap();
-    linux.set_uid_mappings(Some(vec![shifted]));
-    linux.set_gid_mappings(Some(vec![shifted]));
-    spec1.set_linux(Some(linux));
+    in_own_userns(&mut spec1, 200000);
     let mut first = create(&bundle, &id1, &spec1, Stdio::default())?;
     first.container.start()?;
     let pid = first.container.pid;
