@@ -124,10 +124,43 @@ fn serve(mut shim: BerthShim, flags: &Flags) -> anyhow::Result<()> {
     tracing::info!(namespace = %flags.namespace, id = %flags.id, "shim serving");
     shim.wait();
     tracing::info!("shim exiting");
-    server.shutdown();
+    shutdown_server(server);
     let _ = std::fs::remove_file(flags.socket.trim_start_matches("unix://"));
     crate::attach::remove_socket();
     Ok(())
+}
+
+/// How long the ttrpc server gets to close its connections on exit.
+const SERVER_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Stops the ttrpc server, waiting at most [`SERVER_SHUTDOWN_GRACE`].
+///
+/// ttrpc's sync server can miss the wake-up of a connection whose reader
+/// thread sees the quit flag between two messages: that connection's
+/// handler then waits forever and `Server::shutdown` never returns. The shim
+/// would hang after Shutdown with containerd waiting for its connection to
+/// close, until ctr's timeout (seen once in a full test run).
+/// Every answer has been handed to the writer by then; exiting closes what
+/// is left.
+fn shutdown_server(server: Server) {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("ttrpc-shutdown".into())
+        .spawn(move || {
+            server.shutdown();
+            let _ = done_tx.send(());
+        });
+    match spawned {
+        Ok(_) => {
+            if done_rx.recv_timeout(SERVER_SHUTDOWN_GRACE).is_err() {
+                tracing::warn!(
+                    grace_ms = SERVER_SHUTDOWN_GRACE.as_millis() as u64,
+                    "ttrpc server did not shut down in time; exiting anyway"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "no thread to shut the ttrpc server down"),
+    }
 }
 
 /// Closes every fd above stderr except `keep`.
