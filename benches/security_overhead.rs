@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use common::cri_images::{busybox_image, pull, push};
-use common::cri_pods::{PodEnv, Runtime, container_config, create_container, run_pod, wait_exited};
+use common::cri_pods::{
+    PodEnv, Runtime, container_config, create_container, run_pod, stop_and_remove_pod, wait_exited,
+};
 use common::oci_image::Compression;
 use common::registry::Registry;
 use k8s_cri::v1 as cri;
@@ -88,18 +90,6 @@ async fn start_true(
     Ok(d)
 }
 
-async fn remove_pod(rt: &mut Runtime, id: &str) -> Result<()> {
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: id.into(),
-    })
-    .await?;
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: id.into(),
-    })
-    .await?;
-    Ok(())
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     use cri::security_profile::ProfileType;
@@ -141,7 +131,7 @@ async fn main() -> Result<()> {
         ProfileType::Unconfined,
     )
     .await?;
-    remove_pod(&mut rt, &warm).await?;
+    stop_and_remove_pod(&mut rt, &warm).await?;
 
     let (mut pod_plain, mut pod_userns) = (vec![], vec![]);
     let (mut unconfined, mut default, mut in_userns) = (vec![], vec![], vec![]);
@@ -208,8 +198,8 @@ async fn main() -> Result<()> {
             )
             .await?,
         );
-        remove_pod(&mut rt, &plain).await?;
-        remove_pod(&mut rt, &userns).await?;
+        stop_and_remove_pod(&mut rt, &plain).await?;
+        stop_and_remove_pod(&mut rt, &userns).await?;
     }
     let (pp, pu) = (median(&mut pod_plain), median(&mut pod_userns));
     let (cu, cd, cn) = (

@@ -122,16 +122,7 @@ impl Setup {
     }
 
     async fn finish(mut self) -> Result<()> {
-        self.rt
-            .stop_pod_sandbox(cri::StopPodSandboxRequest {
-                pod_sandbox_id: self.pod.clone(),
-            })
-            .await?;
-        self.rt
-            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-                pod_sandbox_id: self.pod.clone(),
-            })
-            .await?;
+        common::cri_pods::stop_and_remove_pod(&mut self.rt, &self.pod).await?;
         Ok(())
     }
 }

@@ -7,13 +7,12 @@
 
 mod common;
 
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use common::berthd::PATIENCE;
 use common::cri_images::{busybox_image, pull, push};
-use common::cri_pods::{PodEnv, Runtime, container_config, create_container, run_pod};
+use common::cri_pods::{PodEnv, Runtime, container_config, create_container, run_pod, wait_log};
 use common::oci_image::{Compression, Format, LayerBuilder, host_arch, image_with_config};
 use common::registry::Registry;
 use k8s_cri::v1 as cri;
@@ -69,20 +68,6 @@ fn kinds_of(seen: &[cri::ContainerEventResponse], id: &str) -> Vec<Ev> {
         .filter(|e| e.container_id == id)
         .map(|e| Ev::try_from(e.container_event_type).expect("a known event type"))
         .collect()
-}
-
-/// Waits until the CRI log at `path` holds `text`.
-async fn wait_log(path: &Path, text: &str) -> Result<()> {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if std::fs::read_to_string(path).is_ok_and(|t| t.contains(text)) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("{} never showed {text:?}", path.display());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// A script that exits `code` on `signal` and says "ready" once trapped.

@@ -16,25 +16,12 @@ use common::berthd::PATIENCE;
 use common::cri_images::{busybox_image, pull, push};
 use common::cri_pods::{
     PodEnv, Runtime, container_config, container_status, create_container, run_pod,
-    stop_and_remove_pod,
+    stop_and_remove_pod, wait_log,
 };
 use common::oci_image::Compression;
 use common::registry::Registry;
 use k8s_cri::v1 as cri;
 use nix::sys::signal::Signal;
-
-async fn wait_log(path: &Path, text: &str) -> Result<()> {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if std::fs::read_to_string(path).is_ok_and(|t| t.contains(text)) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("{} never showed {text:?}", path.display());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// Waits until the process `pid` is gone (reaped by its shim).
 async fn wait_gone(pid: i32) -> Result<()> {

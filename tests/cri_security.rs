@@ -15,7 +15,7 @@ use common::cri_pods::{
     PodEnv, Runtime, container_config, create_container, mounts_containing, processes_with,
     run_pod, wait_exited,
 };
-use common::oci_image::{Compression, Format, LayerBuilder, host_arch, image_with_config};
+use common::oci_image::LayerBuilder;
 use common::registry::Registry;
 use k8s_cri::v1 as cri;
 use nix::sys::signal::Signal;
@@ -70,15 +70,7 @@ fn security_image(probe: &[u8]) -> common::oci_image::Image {
         extra = extra.symlink(&format!("bin/{tool}"), "busybox");
     }
     let extra = extra.file("bin/probe", probe, 0o4755);
-    image_with_config(
-        vec![
-            LayerBuilder::new().busybox().finish(Compression::Gzip),
-            extra.finish(Compression::Gzip),
-        ],
-        Format::Oci,
-        host_arch(),
-        serde_json::json!({"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]}),
-    )
+    common::cri_images::busybox_with_layer(extra)
 }
 
 /// One berthd with the security image pulled and one running pod.
@@ -247,16 +239,7 @@ impl Setup {
     }
 
     async fn finish(mut self) -> Result<()> {
-        self.rt
-            .stop_pod_sandbox(cri::StopPodSandboxRequest {
-                pod_sandbox_id: self.pod.clone(),
-            })
-            .await?;
-        self.rt
-            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-                pod_sandbox_id: self.pod.clone(),
-            })
-            .await?;
+        common::cri_pods::stop_and_remove_pod(&mut self.rt, &self.pod).await?;
         assert!(mounts_containing(&self.pod).is_empty(), "no pod mount left");
         assert!(processes_with(&self.pod).is_empty(), "no shim left");
         assert!(self.env.remove_cgroup_parent().is_empty(), "no cgroup left");

@@ -19,7 +19,7 @@ use common::cri_pods::{
     PodEnv, Runtime, container_config, container_status, create_container, mounts_containing,
     processes_with, run_pod, wait_exited,
 };
-use common::oci_image::{Compression, Format, LayerBuilder, host_arch, image_with_config};
+use common::oci_image::LayerBuilder;
 use common::registry::Registry;
 use k8s_cri::v1 as cri;
 use nix::sys::signal::Signal;
@@ -30,15 +30,7 @@ fn userns_image() -> common::oci_image::Image {
         extra = extra.symlink(&format!("bin/{tool}"), "busybox");
     }
     let extra = extra.file("data/owned", b"image file\n", 0o644);
-    image_with_config(
-        vec![
-            LayerBuilder::new().busybox().finish(Compression::Gzip),
-            extra.finish(Compression::Gzip),
-        ],
-        Format::Oci,
-        host_arch(),
-        serde_json::json!({"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]}),
-    )
+    common::cri_images::busybox_with_layer(extra)
 }
 
 fn mapping(container_id: u32, host_id: u32, length: u32) -> cri::IdMapping {
@@ -177,16 +169,7 @@ impl Setup {
 
     async fn finish(mut self) -> Result<()> {
         for pod in std::mem::take(&mut self.pods) {
-            self.rt
-                .stop_pod_sandbox(cri::StopPodSandboxRequest {
-                    pod_sandbox_id: pod.clone(),
-                })
-                .await?;
-            self.rt
-                .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-                    pod_sandbox_id: pod.clone(),
-                })
-                .await?;
+            common::cri_pods::stop_and_remove_pod(&mut self.rt, &pod).await?;
             assert!(mounts_containing(&pod).is_empty(), "no pod mount left");
             assert!(
                 processes_with(&pod).is_empty(),

@@ -94,39 +94,43 @@ pub fn setattr_path(path: &Path, recursive: bool, attr: MountAttr) -> nix::Resul
     setattr(libc::AT_FDCWD, &p, flags, attr)
 }
 
-/// `move_mount(fd, "", target_fd, "", F_EMPTY_PATH | T_EMPTY_PATH)`:
-/// attaches the detached mount `fd` on the directory or file `target` is
-/// open on (an O_PATH fd resolved inside the container's root).
-pub fn attach_at(fd: BorrowedFd<'_>, target: BorrowedFd<'_>) -> nix::Result<()> {
-    let empty = CString::default();
-    // SAFETY: the empty string is NUL-terminated and lives across the call.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            fd.as_raw_fd(),
-            empty.as_ptr(),
-            target.as_raw_fd(),
-            empty.as_ptr(),
-            libc::MOVE_MOUNT_F_EMPTY_PATH | libc::MOVE_MOUNT_T_EMPTY_PATH,
-        )
-    };
-    Errno::result(ret).map(drop)
-}
-
 /// `move_mount(fd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH)`: attaches
 /// the detached mount `fd` at `target`.
 pub fn attach(fd: BorrowedFd<'_>, target: &Path) -> nix::Result<()> {
     let to = cstr(target)?;
+    move_mount(fd, libc::AT_FDCWD, &to, 0)
+}
+
+/// `move_mount(fd, "", target_fd, "", F_EMPTY_PATH | T_EMPTY_PATH)`:
+/// attaches the detached mount `fd` on the directory or file `target` is
+/// open on (an O_PATH fd resolved inside the container's root).
+pub fn attach_at(fd: BorrowedFd<'_>, target: BorrowedFd<'_>) -> nix::Result<()> {
+    move_mount(
+        fd,
+        target.as_raw_fd(),
+        &CString::default(),
+        libc::MOVE_MOUNT_T_EMPTY_PATH,
+    )
+}
+
+/// `move_mount(fd, "", to_dir, to_path, MOVE_MOUNT_F_EMPTY_PATH | flags)`.
+fn move_mount(
+    fd: BorrowedFd<'_>,
+    to_dir: RawFd,
+    to_path: &CString,
+    flags: libc::c_uint,
+) -> nix::Result<()> {
     let empty = CString::default();
-    // SAFETY: both strings are NUL-terminated and live across the call.
+    // SAFETY: both strings are NUL-terminated and live across the call; the
+    // fds are the caller's, valid for its duration.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_move_mount,
             fd.as_raw_fd(),
             empty.as_ptr(),
-            libc::AT_FDCWD,
-            to.as_ptr(),
-            libc::MOVE_MOUNT_F_EMPTY_PATH,
+            to_dir,
+            to_path.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH | flags,
         )
     };
     Errno::result(ret).map(drop)

@@ -114,6 +114,21 @@ pub fn busybox_image(
     )
 }
 
+/// busybox, then `extra` on top (applet links, files the test needs); PATH
+/// is /bin and the command /bin/sh.
+pub fn busybox_with_layer(extra: super::oci_image::LayerBuilder) -> super::oci_image::Image {
+    use super::oci_image::{Compression, Format, LayerBuilder, host_arch, image_with_config};
+    image_with_config(
+        vec![
+            LayerBuilder::new().busybox().finish(Compression::Gzip),
+            extra.finish(Compression::Gzip),
+        ],
+        Format::Oci,
+        host_arch(),
+        serde_json::json!({"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]}),
+    )
+}
+
 /// Pushes `image` as `repo:tag` and returns its reference
 /// (`127.0.0.1:<port>/<repo>:<tag>`).
 pub async fn push(

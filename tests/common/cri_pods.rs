@@ -372,3 +372,17 @@ fn remove_cgroup_tree(dir: &Path) {
     }
     let _ = std::fs::remove_dir(dir);
 }
+
+/// Waits until the CRI log at `path` holds `text`.
+pub async fn wait_log(path: &Path, text: &str) -> Result<()> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if std::fs::read_to_string(path).is_ok_and(|t| t.contains(text)) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{} never showed {text:?}", path.display());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
