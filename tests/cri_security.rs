@@ -12,8 +12,8 @@ use anyhow::{Context, Result, bail};
 use common::berthd::Berthd;
 use common::cri_images::pull;
 use common::cri_pods::{
-    PodEnv, Runtime, container_config, create_container, mounts_containing, processes_with,
-    run_pod, wait_exited,
+    PodEnv, Runtime, container_config, create_container, log_text, mounts_containing,
+    processes_with, run_pod, wait_exited,
 };
 use common::oci_image::LayerBuilder;
 use common::registry::Registry;
@@ -113,16 +113,6 @@ async fn setup(test: &str, idx: u32, privileged_pod: bool) -> Result<Setup> {
         pod_cfg,
         _registry: registry,
     })
-}
-
-/// The text of a CRI log file's records (both streams), one per line.
-fn log_text(path: &Path) -> String {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.splitn(4, ' ').nth(3))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// Whether this process (like berthd, started by it) holds capability `bit`.

@@ -16,8 +16,8 @@ use anyhow::{Context, Result, bail};
 use common::berthd::Berthd;
 use common::cri_images::pull;
 use common::cri_pods::{
-    PodEnv, Runtime, container_config, container_status, create_container, mounts_containing,
-    processes_with, run_pod, wait_exited,
+    PodEnv, Runtime, container_config, container_status, create_container, log_text,
+    mounts_containing, processes_with, run_pod, wait_exited,
 };
 use common::oci_image::LayerBuilder;
 use common::registry::Registry;
@@ -95,15 +95,6 @@ fn find_file(dir: &Path, suffix: &str) -> Option<PathBuf> {
         }
     }
     None
-}
-
-fn log_text(path: &Path) -> String {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.splitn(4, ' ').nth(3))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 struct Setup {

@@ -386,3 +386,13 @@ pub async fn wait_log(path: &Path, text: &str) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The text of a CRI log file's records (both streams), one per line.
+pub fn log_text(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.splitn(4, ' ').nth(3))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
