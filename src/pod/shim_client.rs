@@ -157,6 +157,12 @@ pub fn serve_events(state: &Path, oom: OomSet, exits: ExitSender) -> Result<Even
 /// Runs `containerd-shim-berth-v2 start` for `pod_id` in `dir` and returns
 /// the address of the shim that serves the pod.
 pub fn start_shim(pod_id: &str, dir: &Path, events_address: &str) -> Result<String> {
+    let result = run_shim_start(pod_id, dir, events_address);
+    crate::metrics::global().record_shim_start(result.is_ok());
+    result
+}
+
+fn run_shim_start(pod_id: &str, dir: &Path, events_address: &str) -> Result<String> {
     let bin = shim_binary()?;
     let out = Command::new(&bin)
         .args([
