@@ -1,7 +1,7 @@
 //! berthd's TOML configuration and its embedded defaults.
 //!
 //! The file holds a few top-level daemon keys and one table per subsystem
-//! (`[image]`, `[stream]`; `[network]` joins when that subsystem lands).
+//! (`[image]`, `[network]`, `[stream]`, `[metrics]`).
 //! Every key has a default (`berthd config default` prints them all, and
 //! `deploy/berthd.toml` is exactly that output); unknown keys are refused so
 //! that a typo never silently falls back to a default. Command-line flags
