@@ -325,7 +325,7 @@ pub fn set_winsize(fd: BorrowedFd<'_>, rows: u16, cols: u16) -> nix::Result<()> 
     Errno::result(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) }).map(drop)
 }
 
-/// A child process in a new user namespace, made by [`spawn_userns_child`].
+/// A child process in a new user namespace, made by `spawn_userns_child`.
 /// Dropping it ends the child (it holds nothing once its namespaces are
 /// pinned or opened).
 pub struct UsernsChild {

@@ -73,7 +73,7 @@ pub const ALL_CAPABILITIES: [Capability; 41] = [
     Capability::CheckpointRestore,
 ];
 
-/// The capabilities of a mask as /proc/<pid>/status shows it (`CapEff:`,
+/// The capabilities of a mask as `/proc/<pid>/status` shows it (`CapEff:`,
 /// bit n = capability n).
 pub fn capabilities_from_mask(mask: u64) -> HashSet<Capability> {
     ALL_CAPABILITIES

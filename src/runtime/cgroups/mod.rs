@@ -8,8 +8,8 @@
 //! detection); berth then writes the cgroup files itself, because cgroups-rs
 //! pins v2 to /sys/fs/cgroup (so the v2 logic could not be tested here, on a
 //! v1 machine), drops cpuset set-up errors, and has no fd-based OOM
-//! notifier. The translation of OCI resources into file writes ([`plan`])
-//! and the parsing of stat files ([`stats`]) are pure and unit-tested
+//! notifier. The translation of OCI resources into file writes (`plan`)
+//! and the parsing of stat files (`stats`) are pure and unit-tested
 //! against temp directories laid out like both hierarchies.
 
 use std::os::fd::OwnedFd;
