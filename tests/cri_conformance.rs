@@ -83,3 +83,94 @@ async fn pod_without_hostname_gets_the_nodes_even_with_a_long_name() -> Result<(
     assert!(status.message().contains("not_a_hostname"), "{status:?}");
     Ok(())
 }
+
+async fn stop_container(rt: &mut common::cri_pods::Runtime, id: &str) -> Result<(), tonic::Status> {
+    rt.stop_container(cri::StopContainerRequest {
+        container_id: id.into(),
+        timeout: 0,
+    })
+    .await
+    .map(|_| ())
+}
+
+async fn remove_container(
+    rt: &mut common::cri_pods::Runtime,
+    id: &str,
+) -> Result<(), tonic::Status> {
+    rt.remove_container(cri::RemoveContainerRequest {
+        container_id: id.into(),
+    })
+    .await
+    .map(|_| ())
+}
+
+async fn stop_pod(rt: &mut common::cri_pods::Runtime, id: &str) -> Result<(), tonic::Status> {
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await
+    .map(|_| ())
+}
+
+async fn remove_pod(rt: &mut common::cri_pods::Runtime, id: &str) -> Result<(), tonic::Status> {
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await
+    .map(|_| ())
+}
+
+/// api.proto: Stop and Remove "must not return an error" for a container
+/// or sandbox that is already stopped or removed; containerd answers
+/// success for an id it does not know.
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_and_remove_of_absent_ids_succeed() -> Result<()> {
+    let registry = Registry::start()?;
+    let image = busybox_image("0", "conf-idem", Compression::Gzip);
+    let reference = push(&registry, "berth-test/conf-idem", "v1", &image).await?;
+
+    let env = PodEnv::new("confidem", 21)?;
+    let berthd = env.start()?;
+    pull(&mut berthd.images().await?, &reference, None).await?;
+    let mut rt = berthd.runtime().await?;
+
+    // Never there.
+    let unknown = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    stop_container(&mut rt, unknown).await?;
+    remove_container(&mut rt, unknown).await?;
+    stop_pod(&mut rt, unknown).await?;
+    remove_pod(&mut rt, unknown).await?;
+
+    // No longer there.
+    let cfg = env.pod_config("idem", false);
+    let pod = run_pod(&mut rt, &cfg).await?;
+    let c = create_container(
+        &mut rt,
+        &pod,
+        &cfg,
+        container_config("sleeper", &reference, "sleep 600"),
+    )
+    .await?;
+    rt.start_container(cri::StartContainerRequest {
+        container_id: c.clone(),
+    })
+    .await?;
+    stop_container(&mut rt, &c).await?;
+    remove_container(&mut rt, &c).await?;
+    stop_container(&mut rt, &c).await?;
+    remove_container(&mut rt, &c).await?;
+    stop_pod(&mut rt, &pod).await?;
+    remove_pod(&mut rt, &pod).await?;
+    stop_pod(&mut rt, &pod).await?;
+    remove_pod(&mut rt, &pod).await?;
+    // Gone all the same.
+    let err = rt
+        .container_status(cri::ContainerStatusRequest {
+            container_id: c.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    Ok(())
+}
