@@ -174,3 +174,82 @@ async fn stop_and_remove_of_absent_ids_succeed() -> Result<()> {
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
     Ok(())
 }
+
+/// PullImage over a bare HTTP/2 stream with `grpc-timeout: {timeout}`:
+/// the server's own grpc-status. (tonic's client enforces the header
+/// itself and answers CANCELLED locally; grpc-go's, critest's, answers
+/// DEADLINE_EXCEEDED locally, unless the server's answer is there first.)
+async fn pull_status_with_timeout(
+    socket: &std::path::Path,
+    image: &str,
+    timeout: &str,
+) -> Result<String> {
+    use prost::Message;
+    use tonic::codegen::http;
+    let io = tokio::net::UnixStream::connect(socket).await?;
+    let (client, connection) = h2::client::handshake(io).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let message = cri::PullImageRequest {
+        image: common::cri_images::spec(image),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(&message);
+    let request = http::Request::post("http://localhost/runtime.v1.ImageService/PullImage")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", timeout)
+        .body(())?;
+    let mut client = client.ready().await?;
+    let (response, mut send) = client.send_request(request, false)?;
+    send.send_data(body.into(), true)?;
+    let (parts, mut body) = response.await?.into_parts();
+    if let Some(status) = parts.headers.get("grpc-status") {
+        return Ok(status.to_str()?.to_owned());
+    }
+    while let Some(data) = body.data().await {
+        let data = data?;
+        let _ = body.flow_control().release_capacity(data.len());
+    }
+    let trailers = body.trailers().await?.context("no trailers")?;
+    Ok(trailers
+        .get("grpc-status")
+        .context("no grpc-status")?
+        .to_str()?
+        .to_owned())
+}
+
+/// critest "public image should timeout if requested": a PullImage with a
+/// deadline it cannot meet answers DEADLINE_EXCEEDED (4), not CANCELLED
+/// (1). The registry sits behind a proxy that holds the blobs, so the pull
+/// certainly outlives the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_past_the_clients_deadline_is_deadline_exceeded() -> Result<()> {
+    let registry = Registry::start()?;
+    let image = busybox_image("0", "conf-deadline", Compression::Gzip);
+    push(&registry, "berth-test/conf-deadline", "v1", &image).await?;
+    let proxy = GateProxy::start(&registry.host)?;
+    let reference = format!("{}/berth-test/conf-deadline:v1", proxy.addr);
+
+    let dirs = common::berthd::BerthdDirs::new("conf-deadline")?;
+    let berthd = common::berthd::Berthd::start(&dirs)?;
+    for timeout in ["1m", "300m", "999999u"] {
+        let status = pull_status_with_timeout(&berthd.socket, &reference, timeout).await?;
+        assert_eq!(
+            status,
+            (Code::DeadlineExceeded as i32).to_string(),
+            "grpc-timeout {timeout}"
+        );
+    }
+    // The pull itself went on and finishes once the registry answers.
+    tokio::task::block_in_place(|| proxy.wait_blob_requested())?;
+    proxy.release();
+    let mut images = berthd.images().await?;
+    let id = pull(&mut images, &reference, None).await?;
+    assert_eq!(id, image.config_digest.as_str());
+    Ok(())
+}

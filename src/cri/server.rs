@@ -21,6 +21,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
 
 use crate::config::Config;
+use crate::cri::deadline::ClientDeadlineLayer;
 use crate::cri::socket::{self, BoundSocket, SocketError};
 use crate::cri::{CriImageService, CriRuntimeService};
 use crate::image::{ImageError, ImageStore};
@@ -139,6 +140,7 @@ impl CriServer {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = Server::builder()
             .trace_fn(rpc_span)
+            .layer(ClientDeadlineLayer)
             .add_service(RuntimeServiceServer::new(runtime))
             .add_service(ImageServiceServer::new(image))
             .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
