@@ -14,6 +14,7 @@ packages=(
   libseccomp-dev pkg-config       # build: the libseccomp crate links libseccomp (.a for the static shim)
   gcc libc6-dev                   # cri_security builds a static setuid probe
   openssl                         # cri_stream_tls makes a self-signed certificate
+  umoci skopeo                    # cri_image_umoci: an image a real builder made, pushed by skopeo
 )
 missing=()
 for p in "${packages[@]}"; do
