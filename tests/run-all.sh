@@ -15,6 +15,7 @@ packages=(
   gcc libc6-dev                   # cri_security builds a static setuid probe
   openssl                         # cri_stream_tls makes a self-signed certificate
   umoci skopeo                    # cri_image_umoci: an image a real builder made, pushed by skopeo
+  python3-venv python3-pip        # cri_grpcio: Python grpcio (PyPI) as a third-party CRI client
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -30,6 +31,9 @@ if [[ $(id -u) -ne 0 ]]; then
   echo "the test suite creates namespaces, mounts and cgroups: run it as root" >&2
   exit 1
 fi
+
+echo "== Python grpcio (PyPI) for cri_grpcio, in a venv under target/"
+tests/grpcio-venv.sh || echo "grpcio could not be installed: cri_grpcio will print skipped"
 
 echo "== build"
 cargo build --workspace --all-targets
