@@ -394,6 +394,8 @@ mod tests {
     use super::*;
 
     type Headers = Vec<(Vec<u8>, Vec<u8>)>;
+    /// A frame other than a header block: (type, flags, payload).
+    type Frame = (u8, u8, Vec<u8>);
 
     fn request(authority: &str, path: &str) -> Headers {
         [
@@ -460,7 +462,7 @@ mod tests {
 
     /// Parses what the server reads back into header lists and the other
     /// frames, decoding with a fresh HPACK context (as h2 does).
-    fn server_view(bytes: &[u8]) -> (Vec<Headers>, Vec<(u8, u8, Vec<u8>)>) {
+    fn server_view(bytes: &[u8]) -> (Vec<Headers>, Vec<Frame>) {
         assert!(bytes.starts_with(PREFACE));
         let mut rest = &bytes[PREFACE.len()..];
         let mut dec = loona_hpack::Decoder::new();
