@@ -18,6 +18,8 @@ packages=(
   debootstrap                     # fresh-debian.sh: a fresh Debian 12 tree for the README's command
   gcc libc6-dev                   # cri_security builds a static setuid probe
   openssl                         # cri_stream_tls makes a self-signed certificate
+  umoci skopeo                    # cri_image_umoci: an image a real builder made, pushed by skopeo
+  python3-venv python3-pip        # cri_grpcio: Python grpcio (PyPI) as a third-party CRI client
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -38,6 +40,9 @@ echo "== format, lints, docs"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 RUSTDOCFLAGS=-Dwarnings cargo doc --workspace --no-deps
+
+echo "== Python grpcio (PyPI) for cri_grpcio, in a venv under target/"
+tests/grpcio-venv.sh || echo "grpcio could not be installed: cri_grpcio will print skipped"
 
 echo "== build"
 cargo build --workspace --all-targets
