@@ -7,6 +7,7 @@
 
 pub mod attach_wire;
 pub mod runtime;
+pub mod systemd;
 
 #[cfg(feature = "daemon")]
 pub mod config;

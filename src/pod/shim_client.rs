@@ -192,7 +192,46 @@ pub fn start_shim(pod_id: &str, dir: &Path, events_address: &str) -> Result<Stri
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
+    if crate::systemd::booted() {
+        shim_scope(pod_id, dir);
+    }
     Ok(stdout)
+}
+
+/// The systemd scope a pod's shim runs in.
+pub fn shim_scope_name(pod_id: &str) -> String {
+    format!("berth-shim-{}.scope", crate::systemd::unit_name_part(pod_id))
+}
+
+/// Moves the shim daemon `start` spawned (its pid is in `<dir>/shim.pid`)
+/// into a transient scope of its own, so that it (and every container it
+/// holds) is not in berthd's service: `systemctl stop/restart berthd` then
+/// never touches a pod, whatever the service's KillMode. As CRI-O does for
+/// conmon. A failure is logged: the shim still serves, it only shares
+/// berthd's cgroup (deploy/berthd.service's `KillMode=process` keeps it).
+fn shim_scope(pod_id: &str, dir: &Path) {
+    let pid = match std::fs::read_to_string(dir.join("shim.pid")) {
+        Ok(s) => match s.trim().parse::<u32>() {
+            Ok(pid) => pid,
+            Err(_) => return,
+        },
+        Err(_) => return,
+    };
+    let name = shim_scope_name(pod_id);
+    let description = format!("berth shim of pod {pod_id}");
+    let r = crate::systemd::dbus::Systemd::connect().and_then(|systemd| {
+        let props = crate::systemd::dbus::scope_properties(&description, "system.slice", &[pid]);
+        systemd.start_transient_unit(&name, &props)
+    });
+    match r {
+        Ok(()) => tracing::debug!(pod = %pod_id, pid, scope = %name, "shim in its own scope"),
+        // The pod's shim was already running (and moved) before.
+        Err(e) if crate::systemd::dbus::is_unit_exists(&e) => {}
+        Err(e) => tracing::warn!(
+            pod = %pod_id, pid, scope = %name, error = %e,
+            "cannot move the shim into a scope of its own; it stays in berthd's cgroup"
+        ),
+    }
 }
 
 /// A connection to one pod's shim.
