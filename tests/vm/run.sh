@@ -3,21 +3,24 @@
 # as pid 1 and pure cgroup v2 (qemu, software emulation), and turns their
 # results into a pass/fail here, with the guest's output in the log.
 #
-#   tests/vm/run.sh [-t SECONDS] TEST[:ARGS...] ...
+#   tests/vm/run.sh [-t SECONDS] [-e NAME=VALUE]... TEST[:ARGS...] ...
 #
 # TEST is an integration test target (tests/TEST.rs); ARGS (comma-separated)
 # go to the test binary, e.g. `cri_pod_lifecycle:--exact,some_test` or
 # `runtime_containers:filter`. The host builds the binaries; the guest gets
 # this worktree read-only over virtio-9p at the same path, and a writable
-# results share. Exit: 0 all passed, 1 a test failed, 2 the lane failed
+# results share. -e sets an environment variable for the guest's tests
+# (e.g. the cgroup driver to run them with). Exit: 0 all passed, 1 a test failed, 2 the lane failed
 # (boot, timeout), 77 skipped (qemu cannot run here; says why).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 timeout_s=${BERTH_VM_TIMEOUT:-900}
-while getopts t: o; do
+guest_env=()
+while getopts t:e: o; do
   case $o in
     t) timeout_s=$OPTARG ;;
+    e) guest_env+=("$OPTARG") ;;
     *) exit 2 ;;
   esac
 done
@@ -46,6 +49,7 @@ json=$(cargo test -q --no-run --message-format=json "${targets[@]}")
 run=$(mktemp -d "$repo/target/vm/run.XXXXXX")
 {
   echo "REPO=$repo"
+  for kv in "${guest_env[@]}"; do printf 'export %q\n' "$kv"; done
 } >"$run/env"
 cp "$here/guest.sh" "$run/guest.sh"
 : >"$run/tests.list"
@@ -65,6 +69,8 @@ for line in sys.stdin:
   echo "$name $bin $args" >>"$run/tests.list"
 done
 
+kernel=$image/vmlinuz
+[[ -f $image/vmlinux ]] && kernel=$image/vmlinux
 log="$run/console.log"
 cmdline="console=ttyS0 root=/dev/vda rw quiet loglevel=4 panic=-1 systemd.unified_cgroup_hierarchy=1 cgroup_no_v1=all systemd.show_status=0 mitigations=off"
 echo "== vm lane: $(wc -l <"$run/tests.list") test binaries, timeout ${timeout_s}s, console log $log"
@@ -73,7 +79,7 @@ set +e
 timeout -k 10 "$timeout_s" "$qemu" \
   -accel tcg,thread=multi -smp 2 -cpu max -m 2048 \
   -nodefaults -no-reboot -display none -monitor none -serial "file:$log" \
-  -kernel "$image/vmlinuz" -initrd "$image/initramfs.gz" -append "$cmdline" \
+  -kernel "$kernel" -initrd "$image/initramfs.gz" -append "$cmdline" \
   -drive "file=$image/rootfs.img,format=raw,if=virtio,snapshot=on" \
   -fsdev "local,id=repo,path=$repo,security_model=none,readonly=on" \
   -device virtio-9p-pci,fsdev=repo,mount_tag=repo \
