@@ -7,7 +7,6 @@
 
 pub mod attach_wire;
 pub mod runtime;
-pub mod systemd;
 
 #[cfg(feature = "daemon")]
 pub mod config;
@@ -19,6 +18,8 @@ pub mod image;
 pub mod network;
 #[cfg(feature = "daemon")]
 pub mod pod;
+#[cfg(feature = "daemon")]
+pub mod sd_notify;
 #[cfg(feature = "daemon")]
 pub mod spec;
 #[cfg(feature = "daemon")]

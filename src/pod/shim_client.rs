@@ -192,7 +192,7 @@ pub fn start_shim(pod_id: &str, dir: &Path, events_address: &str) -> Result<Stri
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    if crate::systemd::booted() {
+    if crate::runtime::cgroups::systemd::booted() {
         shim_scope(pod_id, dir);
     }
     Ok(stdout)
@@ -200,7 +200,11 @@ pub fn start_shim(pod_id: &str, dir: &Path, events_address: &str) -> Result<Stri
 
 /// The systemd scope a pod's shim runs in.
 pub fn shim_scope_name(pod_id: &str) -> String {
-    format!("berth-shim-{}.scope", crate::systemd::unit_name_part(pod_id))
+    let id: String = pod_id
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .collect();
+    format!("berth-shim-{id}.scope")
 }
 
 /// Moves the shim daemon `start` spawned (its pid is in `<dir>/shim.pid`)
@@ -210,23 +214,37 @@ pub fn shim_scope_name(pod_id: &str) -> String {
 /// conmon. A failure is logged: the shim still serves, it only shares
 /// berthd's cgroup (deploy/berthd.service's `KillMode=process` keeps it).
 fn shim_scope(pod_id: &str, dir: &Path) {
-    let pid = match std::fs::read_to_string(dir.join("shim.pid")) {
-        Ok(s) => match s.trim().parse::<u32>() {
-            Ok(pid) => pid,
-            Err(_) => return,
-        },
-        Err(_) => return,
+    use crate::runtime::cgroups::systemd::{DEFAULT_SLICE, PropValue, with_bus};
+    let Some(pid) = std::fs::read_to_string(dir.join("shim.pid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+    else {
+        return;
     };
     let name = shim_scope_name(pod_id);
-    let description = format!("berth shim of pod {pod_id}");
-    let r = crate::systemd::dbus::Systemd::connect().and_then(|systemd| {
-        let props = crate::systemd::dbus::scope_properties(&description, "system.slice", &[pid]);
-        systemd.start_transient_unit(&name, &props)
+    let props = [
+        ("Description", PropValue::Str(format!("berth shim of pod {pod_id}"))),
+        ("Slice", PropValue::Str(DEFAULT_SLICE.to_owned())),
+        ("PIDs", PropValue::U32s(vec![pid])),
+        // The shim may manage cgroups below its own.
+        ("Delegate", PropValue::Bool(true)),
+        // Gone as soon as the shim is, also when it failed.
+        ("CollectMode", PropValue::Str("inactive-or-failed".to_owned())),
+    ];
+    let started = std::time::Instant::now();
+    let r = with_bus(|bus| {
+        // The pod's shim was already running (and moved) before.
+        if bus.unit_exists(&name)? && bus.active_state(&name)? == "active" {
+            return Ok(false);
+        }
+        bus.start_transient_unit(&name, &props).map(|()| true)
     });
     match r {
-        Ok(()) => tracing::debug!(pod = %pod_id, pid, scope = %name, "shim in its own scope"),
-        // The pod's shim was already running (and moved) before.
-        Err(e) if crate::systemd::dbus::is_unit_exists(&e) => {}
+        Ok(moved) => tracing::debug!(
+            pod = %pod_id, pid, scope = %name, moved,
+            scope_ms = started.elapsed().as_secs_f64() * 1e3,
+            "shim in its own scope"
+        ),
         Err(e) => tracing::warn!(
             pod = %pod_id, pid, scope = %name, error = %e,
             "cannot move the shim into a scope of its own; it stays in berthd's cgroup"

@@ -1,4 +1,5 @@
-//! The `sd_notify(3)` protocol: one datagram of `KEY=VALUE` lines to the
+//! The `sd_notify(3)` protocol berthd speaks as a `Type=notify` service
+//! (deploy/berthd.service): one datagram of `KEY=VALUE` lines to the
 //! unix socket named by `$NOTIFY_SOCKET` (a path, or `@name` for an
 //! abstract socket). Without `$NOTIFY_SOCKET` (not started by systemd as a
 //! `Type=notify` service) every call is a no-op.
@@ -6,7 +7,14 @@
 use std::os::linux::net::SocketAddrExt as _;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 
-use super::{Result, SystemdError};
+/// sd_notify could not reach the service manager.
+#[derive(Debug, thiserror::Error)]
+#[error("sd_notify to {socket}: {source}")]
+pub struct NotifyError {
+    socket: String,
+    #[source]
+    source: std::io::Error,
+}
 
 /// `READY=1`: start-up is complete (the CRI socket is listening).
 pub const READY: &str = "READY=1";
@@ -15,12 +23,12 @@ pub const STOPPING: &str = "STOPPING=1";
 
 /// Sends `state` to the service manager. Returns whether it was sent
 /// (`false` when `$NOTIFY_SOCKET` is unset).
-pub fn notify(state: &str) -> Result<bool> {
+pub fn notify(state: &str) -> Result<bool, NotifyError> {
     let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
         return Ok(false);
     };
     let socket = socket.to_string_lossy().into_owned();
-    send(&socket, state).map_err(|source| SystemdError::Notify { socket, source })?;
+    send(&socket, state).map_err(|source| NotifyError { socket, source })?;
     Ok(true)
 }
 
