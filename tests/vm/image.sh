@@ -19,6 +19,7 @@ suite=bookworm
 # the CRI tests containerd, a registry and the CNI plugins.
 packages=(
   systemd systemd-sysv dbus udev kmod iproute2 nftables iptables busybox-static
+  ca-certificates
   containerd runc docker-registry containernetworking-plugins
 )
 # Modules the initramfs loads, in order (each after its dependencies, which
@@ -187,4 +188,8 @@ rm -rf "$root/var/cache/apt/archives"/*.deb "$root/var/lib/apt/lists"/*
 mkfs.ext4 -q -F -L berth-vm -d "$root" "$out/rootfs.img" 3G >>"$log" 2>&1
 ensure_vmlinux
 date -u +%FT%TZ >"$out/ready"
+# Images of older versions of this script (3 GiB sparse files each).
+for old in "$repo"/target/vm/*; do
+  [[ $old != "$out" && $(basename "$old") =~ ^[0-9a-f]{16}$ ]] && rm -rf "$old"
+done
 echo "$out"

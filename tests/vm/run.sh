@@ -44,7 +44,7 @@ t_image=$(($(date +%s) - t0))
 # The test binaries, exactly (cargo's JSON names each executable).
 targets=()
 for spec in "$@"; do targets+=(--test "${spec%%:*}"); done
-cargo build -q --bins
+cargo build -q --workspace --bins
 json=$(cargo test -q --no-run --message-format=json "${targets[@]}")
 run=$(mktemp -d "$repo/target/vm/run.XXXXXX")
 {
