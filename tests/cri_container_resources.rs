@@ -117,7 +117,10 @@ async fn resources_update_nanocores_and_pod_overhead() -> Result<()> {
         .downcast_ref::<tonic::Status>()
         .context("a gRPC error")?;
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
-    assert!(!cgroupfs::exists(&bad_cgroup), "no cgroup of the refused pod");
+    assert!(
+        !cgroupfs::exists(&bad_cgroup),
+        "no cgroup of the refused pod"
+    );
     let mut bad_cfg = env.pod_config("badpod2", false);
     bad_cfg.linux.as_mut().unwrap().resources = Some(resources(0, 50_000, 5_000_000, 0));
     let err = run_pod(&mut rt, &bad_cfg).await.unwrap_err();

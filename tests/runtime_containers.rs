@@ -10,10 +10,10 @@
 #[path = "common/busybox_bundle.rs"]
 mod busybox_bundle;
 
-#[path = "common/harnessless.rs"]
-mod harnessless;
 #[path = "common/cgroupfs.rs"]
 mod cgroupfs;
+#[path = "common/harnessless.rs"]
+mod harnessless;
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
@@ -1061,7 +1061,12 @@ fn cgroup_v2_clone_into_inner() -> Result<()> {
         "init in {}",
         v2_cgroup_of(pid)?
     );
-    ensure!(Path::new(unified_root()).join(&id1).join("cgroup.procs").exists());
+    ensure!(
+        Path::new(unified_root())
+            .join(&id1)
+            .join("cgroup.procs")
+            .exists()
+    );
     // An exec'd process joins its namespaces: its helper moves itself.
     let mut p = spec1.process().clone().unwrap();
     p.set_args(Some(vec!["sleep".into(), "1000".into()]));
@@ -1188,15 +1193,7 @@ fn time_and_cgroup_namespaces() -> Result<()> {
         "readlink /proc/self/ns/time; readlink /proc/self/ns/cgroup; \
          cat /proc/self/cgroup | grep '{cgroup_line}'; echo $(cat {procs})"
     );
-    let mut spec = spec(
-        &bundle,
-        &id,
-        &[
-            "sh",
-            "-c",
-            &script,
-        ],
-    );
+    let mut spec = spec(&bundle, &id, &["sh", "-c", &script]);
     let mut linux = spec.linux().clone().unwrap();
     let mut ns = linux.namespaces().clone().unwrap();
     // The default spec already asks for a cgroup namespace.
@@ -1229,7 +1226,11 @@ fn time_and_cgroup_namespaces() -> Result<()> {
         "same cgroup namespace as the host"
     );
     // In its own cgroup namespace the container's cgroup is the root.
-    let root_line = if cgroupfs::unified() { "0::/" } else { ":pids:/" };
+    let root_line = if cgroupfs::unified() {
+        "0::/"
+    } else {
+        ":pids:/"
+    };
     ensure!(lines[2].ends_with(root_line), "cgroup line {:?}", lines[2]);
     // The cgroup mount shows the container's own cgroup: its init (pid 1
     // here) is listed; the caller's cgroup would list no pid of this

@@ -10,10 +10,10 @@
 #[path = "common/busybox_bundle.rs"]
 mod busybox_bundle;
 
-#[path = "common/harnessless.rs"]
-mod harnessless;
 #[path = "common/cgroupfs.rs"]
 mod cgroupfs;
+#[path = "common/harnessless.rs"]
+mod harnessless;
 
 use std::collections::HashSet;
 

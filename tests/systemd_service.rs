@@ -120,8 +120,10 @@ async fn pods_survive_restart_and_stop_of_the_service() -> Result<()> {
     let tmp = env.dirs.tmp.path().display().to_string();
 
     // deploy/berthd.service, started the way an operator would.
-    let shipped =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/berthd.service"))?;
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/berthd.service"
+    ))?;
     for line in ["Type=notify", "Delegate=yes", "KillMode=process"] {
         ensure!(shipped.lines().any(|l| l == line), "the unit lacks {line}");
     }
@@ -133,7 +135,13 @@ async fn pods_survive_restart_and_stop_of_the_service() -> Result<()> {
     );
     let text: String = shipped
         .lines()
-        .map(|l| if l.starts_with("ExecStart=") { exec.as_str() } else { l })
+        .map(|l| {
+            if l.starts_with("ExecStart=") {
+                exec.as_str()
+            } else {
+                l
+            }
+        })
         .map(|l| format!("{l}\n"))
         .collect();
     let name = format!("berthd-test-{}.service", std::process::id());
@@ -188,7 +196,10 @@ async fn pods_survive_restart_and_stop_of_the_service() -> Result<()> {
     // --- restart: a new berthd, the pod untouched and manageable.
     systemctl(&["restart", &name])?;
     let second = main_pid(&name)?;
-    ensure!(second > 0 && second != first, "berthd restarted ({first} → {second})");
+    ensure!(
+        second > 0 && second != first,
+        "berthd restarted ({first} → {second})"
+    );
     ensure!(alive(shim), "the shim survived the restart");
     let mut rt = runtime(&env.dirs.socket).await?;
     ensure!(running(&mut rt, &ctr).await?, "running after the restart");

@@ -202,7 +202,13 @@ pub fn start_shim(pod_id: &str, dir: &Path, events_address: &str) -> Result<Stri
 pub fn shim_scope_name(pod_id: &str) -> String {
     let id: String = pod_id
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     format!("berth-shim-{id}.scope")
 }
@@ -223,13 +229,19 @@ fn shim_scope(pod_id: &str, dir: &Path) {
     };
     let name = shim_scope_name(pod_id);
     let props = [
-        ("Description", PropValue::Str(format!("berth shim of pod {pod_id}"))),
+        (
+            "Description",
+            PropValue::Str(format!("berth shim of pod {pod_id}")),
+        ),
         ("Slice", PropValue::Str(DEFAULT_SLICE.to_owned())),
         ("PIDs", PropValue::U32s(vec![pid])),
         // The shim may manage cgroups below its own.
         ("Delegate", PropValue::Bool(true)),
         // Gone as soon as the shim is, also when it failed.
-        ("CollectMode", PropValue::Str("inactive-or-failed".to_owned())),
+        (
+            "CollectMode",
+            PropValue::Str("inactive-or-failed".to_owned()),
+        ),
     ];
     let started = std::time::Instant::now();
     let r = with_bus(|bus| {

@@ -24,8 +24,8 @@ pub fn unified() -> bool {
 /// cgroup.controllers). Panics if there is none.
 pub fn root(controller: &str) -> PathBuf {
     if unified() {
-        let list = std::fs::read_to_string(Path::new(ROOT).join("cgroup.controllers"))
-            .unwrap_or_default();
+        let list =
+            std::fs::read_to_string(Path::new(ROOT).join("cgroup.controllers")).unwrap_or_default();
         assert!(
             list.split_whitespace().any(|c| c == controller),
             "the cgroup2 root has no {controller} controller ({list:?})"
@@ -33,7 +33,11 @@ pub fn root(controller: &str) -> PathBuf {
         PathBuf::from(ROOT)
     } else {
         let p = Path::new(ROOT).join(controller);
-        assert!(p.is_dir(), "no v1 {controller} hierarchy at {}", p.display());
+        assert!(
+            p.is_dir(),
+            "no v1 {controller} hierarchy at {}",
+            p.display()
+        );
         p
     }
 }
@@ -123,7 +127,11 @@ pub fn cpu_max(path: &str) -> (i64, i64) {
     if unified() {
         let v = read(&dir("cpu", path).join("cpu.max"));
         let (q, p) = v.split_once(' ').expect("cpu.max");
-        let q = if q == "max" { -1 } else { q.parse().expect("quota") };
+        let q = if q == "max" {
+            -1
+        } else {
+            q.parse().expect("quota")
+        };
         (q, p.parse().expect("period"))
     } else {
         let q = read(&dir("cpu", path).join("cpu.cfs_quota_us"));
