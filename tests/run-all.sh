@@ -49,7 +49,7 @@ tests/vm/setup.sh
 lane_start=$(date +%s)
 lane_rc=0
 mapfile -t lane_tests < <(grep -v '^#' tests/vm/lane.txt | grep .)
-tests/vm/run.sh -t "${BERTH_VM_TIMEOUT:-1500}" "${lane_tests[@]}" || lane_rc=$?
+tests/vm/run.sh -t "${BERTH_VM_TIMEOUT:-2400}" "${lane_tests[@]}" || lane_rc=$?
 echo "== the VM lane took $(($(date +%s) - lane_start)) s (exit $lane_rc)"
 case $lane_rc in
   0) ;;
