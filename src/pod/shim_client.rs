@@ -211,7 +211,9 @@ pub async fn start_shim(pod_id: &str, dir: &Path, events_address: &str) -> Resul
         )));
     }
     if crate::runtime::cgroups::systemd::booted() {
-        shim_scope(pod_id, dir);
+        // Blocking D-Bus calls (a few ms): off the async workers.
+        let (pod_id, dir) = (pod_id.to_owned(), dir.to_owned());
+        let _ = tokio::task::spawn_blocking(move || shim_scope(&pod_id, &dir)).await;
     }
     Ok(stdout)
 }
