@@ -118,6 +118,7 @@ impl CriRuntimeService {
         let daemon = serde_json::json!({
             "name": RUNTIME_NAME,
             "version": crate::VERSION,
+            "commit": crate::GIT_COMMIT,
             "pid": std::process::id(),
         });
         HashMap::from([
