@@ -17,10 +17,13 @@ use k8s_cri::v1::image_service_server::ImageServiceServer;
 use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
 use nix::fcntl::{Flock, FlockArg};
 use tokio::net::UnixListener;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
 
 use crate::config::Config;
+use crate::cri::authority::AnyAuthority;
+use crate::cri::deadline::ClientDeadlineLayer;
 use crate::cri::socket::{self, BoundSocket, SocketError};
 use crate::cri::{CriImageService, CriRuntimeService};
 use crate::image::{ImageError, ImageStore};
@@ -247,11 +250,16 @@ impl CriServer {
         let server = Server::builder()
             .layer(RpcMetricsLayer)
             .trace_fn(rpc_span)
+            .layer(ClientDeadlineLayer)
             .add_service(RuntimeServiceServer::new(runtime))
             .add_service(ImageServiceServer::new(image))
-            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
-                let _ = stop_rx.await;
-            });
+            .serve_with_incoming_shutdown(
+                // Any `:authority` the client sends (see `authority`).
+                UnixListenerStream::new(listener).map(|conn| conn.map(AnyAuthority::new)),
+                async {
+                    let _ = stop_rx.await;
+                },
+            );
         tokio::pin!(server);
         tokio::select! {
             result = &mut server => {
