@@ -738,11 +738,14 @@ fn containers_survive_a_containerd_restart() {
     wait_status(&c, &id, "RUNNING");
     let (pid, _) = task_state(&c, &id).unwrap();
     let shims = c.shim_pids();
-    c.restart().unwrap();
-    // The ctr client lost its containerd; the task and its shim did not.
+    // The ctr client goes first: ctr 2.x reconnects to the restarted
+    // containerd, finds its Wait broken and, with --rm, kills and deletes
+    // the task itself. Without a reader the output still flows (into the fifo).
     let mut child = child;
     let _ = child.kill();
     let _ = child.wait();
+    c.restart().unwrap();
+    // containerd restarted; the task and its shim did not.
     assert_eq!(task_state(&c, &id), Some((pid, "RUNNING".to_string())));
     assert_eq!(c.shim_pids(), shims);
     // The shim still answers and still reports events after the restart.
