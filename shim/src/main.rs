@@ -15,6 +15,7 @@ mod service;
 mod shim;
 mod start_params;
 mod stdio;
+mod sync;
 
 fn main() {
     // Must come first: this binary is also the runtime's init helper.
