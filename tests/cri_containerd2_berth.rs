@@ -74,19 +74,24 @@ async fn start(rt: &mut common::cri_pods::Runtime, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// One connection to `addr`: what the server says first (it may keep the
+/// connection open).
+fn read_once(addr: &str) -> std::io::Result<String> {
+    let addr = addr
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut buf = [0u8; 256];
+    let n = s.read(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
 /// Reads what the server at `addr` says, retrying until it listens.
 fn read_from(addr: &str) -> Result<String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let attempt = (|| -> std::io::Result<String> {
-            let mut s = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2))?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            // The server may keep the connection open: read what it says.
-            let mut buf = [0u8; 256];
-            let n = s.read(&mut buf)?;
-            Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
-        })();
-        match attempt {
+        match read_once(addr) {
             Ok(out) if !out.is_empty() => return Ok(out),
             other if Instant::now() > deadline => bail!("nothing from {addr}: {other:?}"),
             _ => std::thread::sleep(Duration::from_millis(100)),
