@@ -36,6 +36,10 @@ if [[ $(id -u) -ne 0 ]]; then
   exit 1
 fi
 
+echo "== containerd 2.x for the shim tests (Debian unstable, pinned low, extracted)"
+containerd2_bin=$(tests/setup-containerd2.sh)
+export BERTH_CONTAINERD2_BIN_DIR="$containerd2_bin"
+
 echo "== format, lints, docs"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
@@ -54,6 +58,10 @@ cargo test --workspace -- --test-threads="${BERTH_TEST_THREADS:-2}"
 
 echo "== the shim as installed (static release build) under containerd"
 BERTH_SHIM_BIN=$(deploy/build-shim.sh) \
+  cargo test --test shim_containerd -- --test-threads="${BERTH_TEST_THREADS:-2}"
+
+echo "== the shim under containerd 2.x ($containerd2_bin)"
+BERTH_CONTAINERD_BIN_DIR="$containerd2_bin" \
   cargo test --test shim_containerd -- --test-threads="${BERTH_TEST_THREADS:-2}"
 
 echo "== the README's set-up command in a fresh Debian 12 (debootstrap)"

@@ -57,6 +57,14 @@ const TESTS: &[Test] = &[
         capabilities_visible_in_status,
     ),
     (
+        "capabilities_without_bounding_drop_all",
+        capabilities_without_bounding_drop_all,
+    ),
+    (
+        "bidirectional_mount_with_shared_rootfs_parent",
+        bidirectional_mount_with_shared_rootfs_parent,
+    ),
+    (
         "seccomp_profile_for_init_and_exec",
         seccomp_profile_for_init_and_exec,
     ),
@@ -350,6 +358,184 @@ fn capabilities_visible_in_status() -> Result<()> {
     ensure!(f("CapBnd") == "0000000000000021", "{}", out.stdout);
     ensure!(f("CapEff") == "0000000000000021", "{}", out.stdout);
     ensure!(f("NoNewPrivs") == "0", "{}", out.stdout);
+    Ok(())
+}
+
+/// containerd's CRI "drop ALL" (Go's `omitempty` drops the empty lists):
+/// `capabilities` without a bounding key. runc drops the whole bounding set.
+fn capabilities_without_bounding_drop_all() -> Result<()> {
+    use oci_spec::runtime::LinuxCapabilities;
+    let bundle = busybox_bundle()?;
+    let id = unique_id("caps-none");
+    let mut spec = spec(
+        &bundle,
+        &id,
+        &["sh", "-c", "grep -E '^Cap' /proc/self/status"],
+    );
+    let caps: LinuxCapabilities = serde_json::from_str("{}")?;
+    ensure!(
+        caps.bounding().is_none(),
+        "the test needs an absent bounding set"
+    );
+    set_process(&mut spec, |p| {
+        p.set_capabilities(Some(caps));
+    });
+    let out = run(&bundle, &id, &spec)?;
+    ensure!(out.code == 0, "exit {} stderr {}", out.code, out.stderr);
+    for field in ["CapBnd", "CapEff", "CapPrm", "CapInh", "CapAmb"] {
+        ensure!(
+            status_field(&out.stdout, field).as_deref() == Some("0000000000000000"),
+            "{field} is not empty:\n{}",
+            out.stdout
+        );
+    }
+    Ok(())
+}
+
+/// A mount of the test's own, undone on drop (lazily, submounts too).
+struct TestMount(std::path::PathBuf);
+
+impl TestMount {
+    fn bind_shared(dir: &Path) -> Result<TestMount> {
+        use nix::mount::{MsFlags, mount};
+        mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .with_context(|| format!("bind {} on itself", dir.display()))?;
+        let m = TestMount(dir.to_path_buf());
+        mount(
+            None::<&str>,
+            dir,
+            None::<&str>,
+            MsFlags::MS_SHARED,
+            None::<&str>,
+        )
+        .with_context(|| format!("make {} shared", dir.display()))?;
+        Ok(m)
+    }
+
+    fn tmpfs(dir: &Path) -> Result<TestMount> {
+        nix::mount::mount(
+            Some("tmpfs"),
+            dir,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=1m"),
+        )
+        .with_context(|| format!("mount tmpfs on {}", dir.display()))?;
+        Ok(TestMount(dir.to_path_buf()))
+    }
+}
+
+impl Drop for TestMount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// issue 14 cause 6: a Bidirectional mount (CRI: `rshared` on the mount and
+/// as rootfsPropagation) with the bundle on a shared mount, as on every
+/// systemd host, and the rootfs a mount point of its own (the shim's
+/// overlay). pivot_root used to fail with EINVAL (the rootfs's parent mount
+/// was shared). Propagation must work both ways: a mount the host makes in
+/// the volume shows in the container, one the container makes shows on the host.
+fn bidirectional_mount_with_shared_rootfs_parent() -> Result<()> {
+    use oci_spec::runtime::{Capability as C, LinuxCapabilitiesBuilder};
+    let bundle = busybox_bundle()?;
+    // Innermost last: dropped (unmounted) first.
+    let _bundle_mount = TestMount::bind_shared(bundle.path())?;
+    let _rootfs_mount = TestMount::bind_shared(&bundle.rootfs)?;
+    let volume = tempfile::Builder::new()
+        .prefix(&format!("berth-runtime-vol-{}-", std::process::id()))
+        .tempdir()?;
+    let _volume_mount = TestMount::bind_shared(volume.path())?;
+    std::fs::create_dir(volume.path().join("from-ctr"))?;
+    std::fs::create_dir(volume.path().join("from-host"))?;
+    let shared = |p: &Path| -> Result<bool> {
+        let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+        let p = p.display().to_string();
+        Ok(info.lines().any(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            f.get(4) == Some(&p.as_str())
+                && f[6..]
+                    .iter()
+                    .take_while(|x| **x != "-")
+                    .any(|x| x.starts_with("shared:"))
+        }))
+    };
+    ensure!(
+        shared(&bundle.rootfs)?,
+        "the rootfs mount is not shared: the test sets up nothing"
+    );
+
+    let id = unique_id("rshared");
+    let mut spec = spec(
+        &bundle,
+        &id,
+        &[
+            "sh",
+            "-c",
+            "mount -t tmpfs ctr /vol/from-ctr && echo c > /vol/from-ctr/f && \
+             i=0; while [ ! -e /vol/from-host/h ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; \
+             cat /vol/from-host/h",
+        ],
+    );
+    let mut mounts = spec.mounts().clone().unwrap();
+    mounts.push(
+        MountBuilder::default()
+            .destination("/vol")
+            .typ("bind")
+            .source(volume.path())
+            .options(vec!["rbind".to_string(), "rshared".to_string()])
+            .build()?,
+    );
+    spec.set_mounts(Some(mounts));
+    let mut linux = spec.linux().clone().unwrap();
+    linux.set_rootfs_propagation(Some("rshared".into()));
+    spec.set_linux(Some(linux));
+    let all: std::collections::HashSet<C> = [C::SysAdmin, C::Chown, C::DacOverride].into();
+    set_process(&mut spec, |p| {
+        p.set_capabilities(Some(
+            LinuxCapabilitiesBuilder::default()
+                .bounding(all.clone())
+                .permitted(all.clone())
+                .effective(all.clone())
+                .inheritable(std::collections::HashSet::<C>::new())
+                .ambient(std::collections::HashSet::<C>::new())
+                .build()
+                .unwrap(),
+        ));
+    });
+
+    let (stdio, out_r, err_r) = piped()?;
+    let mut c = create(&bundle, &id, &spec, stdio).context("create (pivot_root)")?;
+    let out = drain(out_r);
+    let err = drain(err_r);
+    c.container.start()?;
+    // Container → host: its tmpfs shows in the host's volume.
+    let from_ctr = volume.path().join("from-ctr/f");
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !from_ctr.exists() && std::time::Instant::now() < end {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let ctr_to_host = std::fs::read_to_string(&from_ctr).unwrap_or_default();
+    // Host → container: a tmpfs the host mounts shows in the container.
+    let host_mount = TestMount::tmpfs(&volume.path().join("from-host"))?;
+    std::fs::write(volume.path().join("from-host/h"), "h\n")?;
+    let code = c.wait()?;
+    drop(c);
+    let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
+    drop(host_mount);
+    let _ = nix::mount::umount2(
+        &volume.path().join("from-ctr"),
+        nix::mount::MntFlags::MNT_DETACH,
+    );
+    ensure!(
+        ctr_to_host == "c\n",
+        "the container's mount did not propagate to the host ({ctr_to_host:?}); stdout {stdout:?} stderr {stderr:?}"
+    );
+    ensure!(
+        code == 0 && stdout == "h\n",
+        "the host's mount did not propagate into the container: exit {code} stdout {stdout:?} stderr {stderr:?}"
+    );
     Ok(())
 }
 

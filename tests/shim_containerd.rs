@@ -738,11 +738,14 @@ fn containers_survive_a_containerd_restart() {
     wait_status(&c, &id, "RUNNING");
     let (pid, _) = task_state(&c, &id).unwrap();
     let shims = c.shim_pids();
-    c.restart().unwrap();
-    // The ctr client lost its containerd; the task and its shim did not.
+    // The ctr client goes first: ctr 2.x reconnects to the restarted
+    // containerd, finds its Wait broken and, with --rm, kills and deletes
+    // the task itself. Without a reader the output still flows (into the fifo).
     let mut child = child;
     let _ = child.kill();
     let _ = child.wait();
+    c.restart().unwrap();
+    // containerd restarted; the task and its shim did not.
     assert_eq!(task_state(&c, &id), Some((pid, "RUNNING".to_string())));
     assert_eq!(c.shim_pids(), shims);
     // The shim still answers and still reports events after the restart.
@@ -807,4 +810,206 @@ fn a_dead_shim_is_cleaned_up_by_the_delete_command() {
     assert!(dead, "container process {pid} survived its shim");
     c.ctr_ok(&["containers", "rm", &id]).unwrap();
     c.assert_no_leftovers(&[&id]);
+}
+
+/// `containerd-shim-berth-v2 -info` answers as containerd's runc shim
+/// does (containerd 2.x reads runtime features from it): a protobuf
+/// `RuntimeInfo` on stdout, the runtime options from stdin echoed back, and
+/// the OCI features JSON under containerd's typeurl.
+#[test]
+fn info_prints_runtime_info_with_oci_features() {
+    use containerd_shim_protos::protobuf::Message;
+    use containerd_shim_protos::protobuf::well_known_types::any::Any;
+    use containerd_shim_protos::types::introspection::RuntimeInfo;
+
+    let info = |bin: &std::path::Path, stdin: &[u8]| -> RuntimeInfo {
+        let mut child = std::process::Command::new(bin)
+            .arg("-info")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{} -info: {}",
+            bin.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        RuntimeInfo::parse_from_bytes(&out.stdout).expect("stdout is a RuntimeInfo")
+    };
+    let shim = containerd::shim_binary();
+    let ours = info(&shim, &[]);
+    assert_eq!(ours.name, BERTH_RUNTIME);
+    assert!(!ours.version.version.is_empty());
+    assert!(ours.options.is_none());
+    let features: oci_spec::runtime::Features =
+        serde_json::from_slice(&ours.features.value).expect("features JSON");
+    let linux = features.linux().as_ref().unwrap();
+    let idmap = linux
+        .mount_extensions()
+        .as_ref()
+        .and_then(|m| m.idmap().as_ref())
+        .and_then(|i| *i.enabled());
+    assert_eq!(idmap, Some(true), "idmapped mounts (user namespaces)");
+    assert!(
+        linux
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .contains(&oci_spec::runtime::LinuxNamespaceType::User)
+    );
+    assert!(
+        features
+            .mount_options()
+            .as_ref()
+            .unwrap()
+            .contains(&"rro".to_string()),
+        "recursive read-only mounts"
+    );
+
+    // Runtime options come back as they went in.
+    let options = Any {
+        type_url: "containerd.runc.v1.Options".into(),
+        value: vec![0x0a, 0x01, b'x'],
+        ..Default::default()
+    };
+    let echoed = info(&shim, &options.write_to_bytes().unwrap());
+    assert_eq!(echoed.options.type_url, options.type_url);
+    assert_eq!(echoed.options.value, options.value);
+
+    // Side by side with containerd 2.x's runc shim: the same type URL.
+    match containerd::containerd2_bin_dir() {
+        Some(dir) if std::path::Path::new("/usr/sbin/runc").exists() => {
+            let runc = info(&dir.join("containerd-shim-runc-v2"), &[]);
+            assert_eq!(runc.features.type_url, ours.features.type_url);
+            let theirs: serde_json::Value = serde_json::from_slice(&runc.features.value).unwrap();
+            let mine: serde_json::Value = serde_json::from_slice(&ours.features.value).unwrap();
+            for key in ["ociVersionMin", "ociVersionMax", "mountOptions", "linux"] {
+                assert!(
+                    theirs.get(key).is_some() && mine.get(key).is_some(),
+                    "{key}"
+                );
+            }
+        }
+        _ => eprintln!(
+            "skipped: the comparison with containerd 2.x's runc shim (run tests/setup-containerd2.sh)"
+        ),
+    }
+}
+
+/// containerd 2.3's bootstrap protocol, played by the test: `start` gets
+/// `BootstrapParams` on stdin (besides the usual flags, no TTRPC_ADDRESS in
+/// the environment) and answers a `BootstrapResult`; the shim it started
+/// serves the Task API at that address, in the socket dir containerd asked
+/// for. Without params on stdin, `start` still answers the bare address.
+#[test]
+fn start_takes_bootstrap_params_on_stdin() {
+    use containerd_shim_protos::bootstrap_api::{BootstrapParams, BootstrapResult};
+    use containerd_shim_protos::protobuf::Message;
+    use containerd_shim_protos::shim::shim::{ConnectRequest, ShutdownRequest};
+    use containerd_shim_protos::ttrpc::context;
+
+    let shim = containerd::shim_binary();
+    let name = unique("boot");
+    let dir = std::env::temp_dir().join(&name);
+    let bundle = dir.join("bundle");
+    let sockets = dir.join("s");
+    std::fs::create_dir_all(&bundle).unwrap();
+    let grpc = dir.join("containerd.sock").display().to_string();
+    let ttrpc = format!("{grpc}.ttrpc");
+
+    let start = |stdin: Vec<u8>, env_ttrpc: bool| -> Vec<u8> {
+        let mut cmd = std::process::Command::new(&shim);
+        cmd.args(["-namespace", &name, "-id", "c1", "-address", &grpc])
+            .args(["-publish-binary", "/usr/bin/containerd", "start"])
+            .current_dir(&bundle)
+            .env_remove("TTRPC_ADDRESS")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if env_ttrpc {
+            cmd.env("TTRPC_ADDRESS", &ttrpc);
+        }
+        let mut child = cmd.spawn().unwrap();
+        child.stdin.take().unwrap().write_all(&stdin).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let serve_and_stop = |address: &str| {
+        let client = containerd_shim_protos::ttrpc::Client::connect(address).unwrap();
+        let task = containerd_shim_protos::TaskClient::new(client);
+        let reply = task
+            .connect(
+                context::with_timeout(10_000_000_000),
+                &ConnectRequest {
+                    id: "c1".into(),
+                    ..Default::default()
+                },
+            )
+            .expect("the shim serves the Task API");
+        let pid = reply.shim_pid as i32;
+        assert!(pid > 0);
+        let _ = task.shutdown(
+            context::with_timeout(10_000_000_000),
+            &ShutdownRequest {
+                id: "c1".into(),
+                now: true,
+                ..Default::default()
+            },
+        );
+        let gone = wait_until(LONG, || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| s.split_whitespace().nth(2) == Some("Z"))
+                .unwrap_or(true)
+        });
+        assert!(gone, "shim {pid} did not exit after Shutdown");
+        let path = address.trim_start_matches("unix://");
+        assert!(
+            wait_until(LONG, || !std::path::Path::new(path).exists()),
+            "socket {path} left"
+        );
+    };
+
+    // containerd 2.3: params on stdin, a versioned reply.
+    let params = BootstrapParams {
+        instance_id: "c1".into(),
+        namespace: name.clone(),
+        containerd_version: "v2.3.0".into(),
+        containerd_ttrpc_address: ttrpc.clone(),
+        containerd_grpc_address: grpc.clone(),
+        containerd_binary: "/usr/bin/containerd".into(),
+        socket_dir: Some(sockets.display().to_string()),
+        ..Default::default()
+    };
+    let out = start(params.write_to_bytes().unwrap(), false);
+    let result = BootstrapResult::parse_from_bytes(&out).expect("stdout is a BootstrapResult");
+    assert_eq!(result.version, 3);
+    assert_eq!(result.protocol, "ttrpc");
+    let prefix = format!("unix://{}/", sockets.display());
+    assert!(
+        result.address.starts_with(&prefix),
+        "{} not in the requested socket dir",
+        result.address
+    );
+    assert_eq!(
+        std::fs::read_to_string(bundle.join("address"))
+            .unwrap()
+            .trim(),
+        result.address
+    );
+    serve_and_stop(&result.address);
+
+    // containerd 1.6 to 2.2: flags and TTRPC_ADDRESS, the bare address back.
+    let out = String::from_utf8(start(Vec::new(), true)).unwrap();
+    assert!(out.starts_with("unix:///run/containerd/s/"), "{out:?}");
+    serve_and_stop(&out);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -3,7 +3,9 @@
 //! This follows `containerd_shim::run` but speaks what containerd 1.6 expects,
 //! which the crate's `run` (written for containerd 2.x) does not:
 //! - `start` prints the bare socket address (1.6 reads stdout+stderr as the
-//!   address; the crate prints a JSON reply);
+//!   address; the crate prints a JSON reply), or, to containerd 2.3's
+//!   bootstrap params on stdin, a `BootstrapResult` (`start_params.rs`);
+//! - `-info` prints containerd's `RuntimeInfo` with the OCI features (`info.rs`);
 //! - the service answers as `containerd.task.v2.Task` (what 1.6 calls) as
 //!   well as `containerd.task.v3.Task` (2.x), same messages.
 
@@ -16,10 +18,11 @@ use anyhow::{Context as _, bail};
 use containerd_shim::protos::protobuf::Message;
 use containerd_shim::protos::shim::shim_ttrpc::create_task;
 use containerd_shim::protos::ttrpc::Server;
-use containerd_shim::{Config, Flags, Shim, StartOpts, Task};
+use containerd_shim::{Config, Flags, Shim, Task};
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 
-use crate::shim::{BerthShim, LISTENER_FD_ENV, drain_stdin};
+use crate::shim::{BerthShim, LISTENER_FD_ENV};
+use crate::start_params;
 
 /// The runtime name containerd knows this shim by.
 pub const RUNTIME_ID: &str = "io.containerd.berth.v2";
@@ -38,6 +41,15 @@ pub fn main() -> i32 {
         println!("containerd-shim-berth-v2 {}", berth::VERSION);
         return 0;
     }
+    if flags.info {
+        return match print_info() {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("{RUNTIME_ID}: {e:#}");
+                1
+            }
+        };
+    }
     match run(flags) {
         Ok(()) => 0,
         Err(e) => {
@@ -55,19 +67,12 @@ fn run(flags: Flags) -> anyhow::Result<()> {
     let mut shim = BerthShim::new(RUNTIME_ID, &flags, &mut config);
     match flags.action.as_str() {
         "start" => {
-            drain_stdin();
-            let opts = StartOpts {
-                id: flags.id.clone(),
-                publish_binary: flags.publish_binary.clone(),
-                address: flags.address.clone(),
-                ttrpc_address: std::env::var("TTRPC_ADDRESS").unwrap_or_default(),
-                namespace: flags.namespace.clone(),
-                debug: flags.debug,
-                ..Default::default()
-            };
+            let input = start_params::read_stdin().context("read stdin")?;
+            let (opts, protocol) =
+                start_params::parse(&input, &flags, std::env::var("TTRPC_ADDRESS").ok())?;
             let address = shim.start_shim(opts)?;
             let mut out = std::io::stdout().lock();
-            out.write_all(address.as_bytes())?;
+            out.write_all(&start_params::reply(&address, protocol)?)?;
             out.flush()?;
             Ok(())
         }
@@ -81,6 +86,16 @@ fn run(flags: Flags) -> anyhow::Result<()> {
         "" => serve(shim, &flags),
         other => bail!("unknown action {other:?}"),
     }
+}
+
+/// `-info`: the runtime's `RuntimeInfo` on stdout.
+fn print_info() -> anyhow::Result<()> {
+    let input = start_params::read_stdin().context("read stdin")?;
+    let info = crate::info::runtime_info(RUNTIME_ID, &input)?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(&info)?;
+    out.flush()?;
+    Ok(())
 }
 
 /// The daemon: serves the Task API until Shutdown leaves no container.

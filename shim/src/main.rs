@@ -6,12 +6,14 @@ mod bootstrap;
 mod cri_log;
 mod error;
 mod events;
+mod info;
 mod metrics;
 mod process;
 mod reaper;
 mod rootfs;
 mod service;
 mod shim;
+mod start_params;
 mod stdio;
 mod sync;
 

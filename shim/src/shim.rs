@@ -1,7 +1,6 @@
 //! The `Shim` side: starting (or reusing) the shim process of a pod, and
 //! cleaning up after a shim that is gone.
 
-use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
@@ -175,15 +174,6 @@ fn other(context: &'static str) -> impl Fn(std::io::Error) -> containerd_shim::E
     move |err| containerd_shim::Error::IoError {
         context: context.to_string(),
         err,
-    }
-}
-
-/// Drains whatever containerd piped to `start` (runtime options we do not use).
-pub fn drain_stdin() {
-    use std::io::IsTerminal;
-    let stdin = std::io::stdin();
-    if !stdin.is_terminal() {
-        let _ = stdin.lock().take(1 << 20).read_to_end(&mut Vec::new());
     }
 }
 

@@ -365,18 +365,21 @@ fn setup_process(
     let caps = process.capabilities().as_ref();
     if let Some(c) = caps {
         // The bounding set first: dropping needs CAP_SETPCAP, still held here.
-        if let Some(b) = c.bounding() {
-            let keep = process_spec::to_caps(b)?;
-            for cap in caps::all() {
-                if !keep.contains(&cap) {
-                    match caps::drop(None, caps::CapSet::Bounding, cap) {
-                        Ok(()) => {}
-                        // A capability this kernel does not have.
-                        Err(_)
-                            if !caps::has_cap(None, caps::CapSet::Bounding, cap)
-                                .unwrap_or(false) => {}
-                        Err(e) => return Err(format!("drop {cap} from the bounding set: {e}")),
-                    }
+        // An absent bounding list is an empty one, as in runc: Go's
+        // `omitempty` drops `[]`, so "drop ALL" (containerd's CRI) arrives
+        // as capabilities without a bounding key.
+        let keep = match c.bounding() {
+            Some(b) => process_spec::to_caps(b)?,
+            None => caps::CapsHashSet::new(),
+        };
+        for cap in caps::all() {
+            if !keep.contains(&cap) {
+                match caps::drop(None, caps::CapSet::Bounding, cap) {
+                    Ok(()) => {}
+                    // A capability this kernel does not have.
+                    Err(_)
+                        if !caps::has_cap(None, caps::CapSet::Bounding, cap).unwrap_or(false) => {}
+                    Err(e) => return Err(format!("drop {cap} from the bounding set: {e}")),
                 }
             }
         }

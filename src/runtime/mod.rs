@@ -65,6 +65,7 @@ mod create;
 mod delete;
 mod error;
 mod exec;
+pub mod features;
 mod helper;
 pub mod idmap;
 mod init;

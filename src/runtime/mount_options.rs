@@ -90,6 +90,46 @@ pub fn parse(options: &[String]) -> MountOptions {
     out
 }
 
+/// Every option [`parse`] understands (the rest is filesystem data): the
+/// `mountOptions` of the runtime's features document.
+pub const KNOWN: &[&str] = &[
+    "defaults",
+    "ro",
+    "rw",
+    "suid",
+    "nosuid",
+    "dev",
+    "nodev",
+    "exec",
+    "noexec",
+    "sync",
+    "async",
+    "dirsync",
+    "remount",
+    "mand",
+    "nomand",
+    "atime",
+    "noatime",
+    "diratime",
+    "nodiratime",
+    "relatime",
+    "norelatime",
+    "strictatime",
+    "nostrictatime",
+    "bind",
+    "rbind",
+    "rro",
+    "rrw",
+    "private",
+    "rprivate",
+    "shared",
+    "rshared",
+    "slave",
+    "rslave",
+    "unbindable",
+    "runbindable",
+];
+
 /// A propagation option name → its flags.
 pub fn propagation(name: &str) -> Option<MsFlags> {
     let rec = MsFlags::MS_REC;
@@ -112,6 +152,14 @@ mod tests {
 
     fn opts(o: &[&str]) -> MountOptions {
         parse(&o.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn known_options_are_understood() {
+        for o in KNOWN {
+            assert_eq!(opts(&[o]).data, "", "{o} is passed on as filesystem data");
+        }
+        assert_eq!(opts(&["size=1k"]).data, "size=1k");
     }
 
     #[test]

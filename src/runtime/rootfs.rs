@@ -63,10 +63,12 @@ pub fn prepare(ctx: &RootfsContext<'_>) -> SetupResult<()> {
     sys(do_mount(None, Path::new("/"), None, prop, None), || {
         "set propagation of /".into()
     })?;
-    if prop.contains(MsFlags::MS_SHARED) {
-        // pivot_root refuses a shared parent mount.
-        make_parent_private(ctx.rootfs)?;
-    }
+    // As runc's prepareRoot: the rootfs's own mount (or, when the rootfs is
+    // no mount point, the mount it sits on) becomes private, whatever the
+    // root propagation. pivot_root refuses a new root whose parent mount is
+    // shared, and with rshared (a Bidirectional mount) every mount here is;
+    // private also keeps the bind below from propagating to the host.
+    make_rootfs_mount_private(ctx.rootfs)?;
     let root_str = ctx.rootfs.to_string_lossy();
     sys(
         do_mount(
@@ -99,20 +101,25 @@ pub fn prepare(ctx: &RootfsContext<'_>) -> SetupResult<()> {
     Ok(())
 }
 
-fn make_parent_private(rootfs: &Path) -> SetupResult<()> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| format!("read /proc/self/mountinfo: {e}"))?;
-    let parent = rootfs.parent().unwrap_or(Path::new("/"));
-    let mp = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(unescape_mountinfo)
-        .filter(|mp| parent.starts_with(mp))
-        .max_by_key(|mp| mp.as_os_str().len())
-        .unwrap_or_else(|| PathBuf::from("/"));
-    sys(do_mount(None, &mp, None, MsFlags::MS_PRIVATE, None), || {
-        format!("make {} private", mp.display())
-    })
+/// runc's rootfsParentMountPrivate: MS_PRIVATE on `rootfs`, else on the
+/// nearest mount point above it (EINVAL: not a mount point, go up).
+fn make_rootfs_mount_private(rootfs: &Path) -> SetupResult<()> {
+    let mut path = rootfs;
+    loop {
+        match do_mount(None, path, None, MsFlags::MS_PRIVATE, None) {
+            Ok(()) => return Ok(()),
+            Err(Errno::EINVAL) if path != Path::new("/") => {
+                path = path.parent().unwrap_or(Path::new("/"));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "make the mount of rootfs {} private (at {}): {e}",
+                    rootfs.display(),
+                    path.display()
+                ));
+            }
+        }
+    }
 }
 
 fn unescape_mountinfo(s: &str) -> PathBuf {

@@ -1,7 +1,12 @@
 #![allow(dead_code)]
-//! A real containerd 1.6 (Debian's), started by the test in a temp dir with
-//! its own root, state, sockets and namespace, our shim on its PATH, and
-//! driven with `ctr`. Torn down (by pid) in Drop.
+//! A real containerd, started by the test in a temp dir with its own root,
+//! state, sockets and namespace, our shim on its PATH, and driven with
+//! `ctr`. Torn down (by pid) in Drop.
+//!
+//! Which containerd: Debian 12's 1.6 in /usr/bin, or the one in the
+//! directory `BERTH_CONTAINERD_BIN_DIR` names (containerd and ctr there):
+//! tests/run-all.sh runs the shim tests again with containerd 2.x from
+//! Debian's unstable archive (tests/setup-containerd2.sh).
 
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
@@ -14,6 +19,8 @@ use sha2::{Digest, Sha256};
 
 pub const CONTAINERD: &str = "/usr/bin/containerd";
 pub const CTR: &str = "/usr/bin/ctr";
+/// Where tests/setup-containerd2.sh puts containerd 2.x's binaries.
+pub const CONTAINERD2_BIN_DIR: &str = "/opt/berth-test/containerd2/usr/bin";
 pub const BERTH_RUNTIME: &str = "io.containerd.berth.v2";
 pub const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
 pub const SHIM_NAME: &str = "containerd-shim-berth-v2";
@@ -50,6 +57,42 @@ pub fn shim_binary() -> PathBuf {
     bin
 }
 
+/// The containerd and ctr binaries the tests drive (see the module doc).
+pub fn binaries() -> (PathBuf, PathBuf) {
+    match std::env::var_os("BERTH_CONTAINERD_BIN_DIR") {
+        Some(dir) => {
+            let dir = PathBuf::from(dir);
+            (dir.join("containerd"), dir.join("ctr"))
+        }
+        None => (PathBuf::from(CONTAINERD), PathBuf::from(CTR)),
+    }
+}
+
+/// containerd 2.x's directory, if tests/setup-containerd2.sh made it
+/// (`BERTH_CONTAINERD2_BIN_DIR` overrides where it is looked for).
+pub fn containerd2_bin_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("BERTH_CONTAINERD2_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(CONTAINERD2_BIN_DIR));
+    dir.join("containerd").exists().then_some(dir)
+}
+
+/// The major version of the containerd binary at `containerd` (1 or 2).
+pub fn major_version(containerd: &Path) -> Result<u32> {
+    let out = Command::new(containerd).arg("--version").output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "containerd github.com/containerd/containerd[/v2] 2.1.9+unknown ..."
+    let v = text
+        .split_whitespace()
+        .nth(2)
+        .with_context(|| format!("containerd --version said {text:?}"))?;
+    v.trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .with_context(|| format!("containerd version {v:?}"))
+}
+
 /// Short, unique name: helper area, test pid, a counter.
 pub fn unique(what: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -75,6 +118,10 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 }
 
 pub struct Containerd {
+    pub containerd: PathBuf,
+    pub ctr_bin: PathBuf,
+    /// 1 or 2.
+    pub major: u32,
     pub dir: PathBuf,
     pub address: PathBuf,
     pub namespace: String,
@@ -85,11 +132,17 @@ impl Containerd {
     /// Starts containerd with our shim on its PATH and waits until it answers.
     pub fn start() -> Result<Containerd> {
         let shim = shim_binary();
-        for tool in [CONTAINERD, CTR] {
-            if !Path::new(tool).exists() {
-                bail!("{tool} is missing: install Debian's containerd (tests/run-all.sh does)");
+        let (containerd, ctr_bin) = binaries();
+        for tool in [&containerd, &ctr_bin] {
+            if !tool.exists() {
+                bail!(
+                    "{} is missing: install Debian's containerd, or run \
+                     tests/setup-containerd2.sh for 2.x (tests/run-all.sh does both)",
+                    tool.display()
+                );
             }
         }
+        let major = major_version(&containerd)?;
         let name = unique("ctd");
         let dir = std::env::temp_dir().join(&name);
         std::fs::create_dir_all(dir.join("bin"))?;
@@ -124,6 +177,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         );
         std::fs::write(dir.join("config.toml"), config)?;
         let mut c = Containerd {
+            containerd,
+            ctr_bin,
+            major,
             dir,
             address,
             namespace: name,
@@ -144,7 +200,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             self.dir.join("bin").display(),
             std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
         );
-        let child = Command::new(CONTAINERD)
+        let child = Command::new(&self.containerd)
             .arg("--config")
             .arg(self.dir.join("config.toml"))
             .env("PATH", path)
@@ -193,7 +249,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
     /// A `ctr` command for this containerd and namespace.
     pub fn ctr_cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(CTR);
+        let mut cmd = Command::new(&self.ctr_bin);
         let (global, args): (Vec<&str>, &[&str]) = match args {
             ["--timeout", t, rest @ ..] => (vec!["--timeout", t], rest),
             _ => (vec![], args),

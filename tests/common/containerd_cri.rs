@@ -13,6 +13,11 @@
 //!   [`cni_conflist`]; netns mounts under the instance's state dir;
 //! - streaming server on 127.0.0.1, a free port, no TLS.
 //!
+//! [`ContainerdCri::start_with`] runs another containerd build instead
+//! (containerd 2.x from tests/setup-containerd2.sh) and can add berth's shim
+//! as the RuntimeClass handler `berth` (`io.containerd.berth.v2`, found on
+//! containerd's PATH).
+//!
 //! Drop tears everything down, also after a failure: container processes
 //! (by cgroup), shims and containerd (by pid), mounts under the temp dir,
 //! cgroups, the bridge and the iptables rules the bridge plugin left.
@@ -36,6 +41,9 @@ use super::registry::Registry;
 pub const CONTAINERD: &str = "/usr/bin/containerd";
 pub const RUNC: &str = "/usr/sbin/runc";
 pub const RUNC_SHIM: &str = "containerd-shim-runc-v2";
+pub const BERTH_SHIM: &str = "containerd-shim-berth-v2";
+/// The RuntimeClass handler name berth's shim gets in [`CriOptions::berth_shim`].
+pub const BERTH_HANDLER: &str = "berth";
 pub const CNI_BIN_DIR: &str = "/usr/lib/cni";
 /// containerd 1.6 puts shim sockets here whatever its own state dir.
 const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
@@ -115,6 +123,21 @@ pub fn cni_conflist(
     })
 }
 
+/// What [`ContainerdCri::start_with`] runs.
+#[derive(Default)]
+pub struct CriOptions {
+    /// The directory holding containerd (default: Debian's 1.6 in /usr/bin).
+    pub bin_dir: Option<PathBuf>,
+    /// berth's shim, registered as handler [`BERTH_HANDLER`].
+    pub berth_shim: Option<PathBuf>,
+}
+
+/// Shims serve this containerd: runc's, or berth's.
+fn is_shim(args: &[String]) -> bool {
+    args.first()
+        .is_some_and(|a| a.contains(RUNC_SHIM) || a.contains(BERTH_SHIM))
+}
+
 /// A running containerd with the CRI plugin.
 pub struct ContainerdCri {
     pub dir: tempfile::TempDir,
@@ -132,11 +155,32 @@ impl ContainerdCri {
     /// (bridge name, subnets, cgroup parent). `sandbox_image` must be in
     /// `registry_host`'s registry.
     pub fn start(idx: u32, registry_host: &str, sandbox_image: &str) -> Result<Self> {
-        for tool in [CONTAINERD, RUNC, CNI_BIN_DIR] {
-            if !Path::new(tool).exists() {
+        Self::start_with(idx, registry_host, sandbox_image, CriOptions::default())
+    }
+
+    /// [`ContainerdCri::start`] with another containerd and/or berth's shim.
+    pub fn start_with(
+        idx: u32,
+        registry_host: &str,
+        sandbox_image: &str,
+        opts: CriOptions,
+    ) -> Result<Self> {
+        let containerd = opts
+            .bin_dir
+            .as_ref()
+            .map(|d| d.join("containerd"))
+            .unwrap_or_else(|| PathBuf::from(CONTAINERD));
+        for tool in [
+            containerd.as_path(),
+            Path::new(RUNC),
+            Path::new(CNI_BIN_DIR),
+        ] {
+            if !tool.exists() {
                 bail!(
-                    "{tool} is missing: install Debian's containerd, runc and \
-                     containernetworking-plugins (tests/run-all.sh does)"
+                    "{} is missing: install Debian's containerd, runc and \
+                     containernetworking-plugins (tests/run-all.sh does; \
+                     tests/setup-containerd2.sh for containerd 2.x)",
+                    tool.display()
                 );
             }
         }
@@ -175,6 +219,19 @@ impl ContainerdCri {
             ),
         )?;
         let socket = d.join("containerd.sock");
+        // berth's shim on containerd's PATH, as the handler `berth`.
+        let bin = d.join("bin");
+        std::fs::create_dir_all(&bin)?;
+        let mut berth_runtime = String::new();
+        if let Some(shim) = &opts.berth_shim {
+            std::os::unix::fs::symlink(shim, bin.join(BERTH_SHIM))?;
+            berth_runtime = format!(
+                r#"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{BERTH_HANDLER}]
+      runtime_type = "io.containerd.berth.v2"
+"#
+            );
+        }
         let config = format!(
             r#"version = 2
 root = "{root}"
@@ -211,6 +268,7 @@ oom_score = 0
         BinaryName = "{runc}"
         Root = "{dir}/runc"
         SystemdCgroup = false
+{berth_runtime}
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{cni_bin}"
     conf_dir = "{conf_dir}"
@@ -228,9 +286,15 @@ oom_score = 0
         );
         std::fs::write(d.join("config.toml"), config)?;
         let log = std::fs::File::create(d.join("containerd.log"))?;
-        let child = Command::new(CONTAINERD)
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
+        );
+        let child = Command::new(&containerd)
             .arg("--config")
             .arg(d.join("config.toml"))
+            .env("PATH", path)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -323,12 +387,11 @@ oom_score = 0
         pod_sandbox_config(name, host_network, &self.log_dir, &self.cgroup_parent)
     }
 
-    /// Pids of the runc shims serving this containerd.
+    /// Pids of the shims (runc's or berth's) serving this containerd.
     pub fn shim_pids(&self) -> Vec<i32> {
         let addr = self.socket.display().to_string();
         processes(|args| {
-            args.first().is_some_and(|a| a.contains(RUNC_SHIM))
-                && args.windows(2).any(|w| w[0] == "-address" && w[1] == addr)
+            is_shim(args) && args.windows(2).any(|w| w[0] == "-address" && w[1] == addr)
         })
         .into_iter()
         .map(|(pid, _)| pid)
@@ -383,8 +446,7 @@ impl Drop for ContainerdCri {
         // 2. Shims, and the sockets a killed shim leaves behind.
         let addr = self.socket.display().to_string();
         for (pid, args) in processes(|args| {
-            args.first().is_some_and(|a| a.contains(RUNC_SHIM))
-                && args.windows(2).any(|w| w[0] == "-address" && w[1] == addr)
+            is_shim(args) && args.windows(2).any(|w| w[0] == "-address" && w[1] == addr)
         }) {
             kill(pid, libc::SIGKILL);
             if let Some(w) = args.windows(2).find(|w| w[0] == "-id") {
