@@ -173,6 +173,12 @@ pub async fn serve_events(state: &Path, oom: OomSet, exits: ExitSender) -> Resul
 /// Runs `containerd-shim-berth-v2 start` for `pod_id` in `dir` and returns
 /// the address of the shim that serves the pod.
 pub async fn start_shim(pod_id: &str, dir: &Path, events_address: &str) -> Result<String> {
+    let result = run_shim_start(pod_id, dir, events_address).await;
+    crate::metrics::global().record_shim_start(result.is_ok());
+    result
+}
+
+async fn run_shim_start(pod_id: &str, dir: &Path, events_address: &str) -> Result<String> {
     let bin = shim_binary()?;
     let out = tokio::process::Command::new(&bin)
         .args([
@@ -210,7 +216,78 @@ pub async fn start_shim(pod_id: &str, dir: &Path, events_address: &str) -> Resul
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
+    if crate::runtime::cgroups::systemd::booted() {
+        // Blocking D-Bus calls (a few ms): off the async workers.
+        let (pod_id, dir) = (pod_id.to_owned(), dir.to_owned());
+        let _ = tokio::task::spawn_blocking(move || shim_scope(&pod_id, &dir)).await;
+    }
     Ok(stdout)
+}
+
+/// The systemd scope a pod's shim runs in.
+pub fn shim_scope_name(pod_id: &str) -> String {
+    let id: String = pod_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("berth-shim-{id}.scope")
+}
+
+/// Moves the shim daemon `start` spawned (its pid is in `<dir>/shim.pid`)
+/// into a transient scope of its own, so that it (and every container it
+/// holds) is not in berthd's service: `systemctl stop/restart berthd` then
+/// never touches a pod, whatever the service's KillMode. As CRI-O does for
+/// conmon. A failure is logged: the shim still serves, it only shares
+/// berthd's cgroup (deploy/berthd.service's `KillMode=process` keeps it).
+fn shim_scope(pod_id: &str, dir: &Path) {
+    use crate::runtime::cgroups::systemd::{DEFAULT_SLICE, PropValue, with_bus};
+    let Some(pid) = std::fs::read_to_string(dir.join("shim.pid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+    else {
+        return;
+    };
+    let name = shim_scope_name(pod_id);
+    let props = [
+        (
+            "Description",
+            PropValue::Str(format!("berth shim of pod {pod_id}")),
+        ),
+        ("Slice", PropValue::Str(DEFAULT_SLICE.to_owned())),
+        ("PIDs", PropValue::U32s(vec![pid])),
+        // The shim may manage cgroups below its own.
+        ("Delegate", PropValue::Bool(true)),
+        // Gone as soon as the shim is, also when it failed.
+        (
+            "CollectMode",
+            PropValue::Str("inactive-or-failed".to_owned()),
+        ),
+    ];
+    let started = std::time::Instant::now();
+    let r = with_bus(|bus| {
+        // The pod's shim was already running (and moved) before.
+        if bus.unit_exists(&name)? && bus.active_state(&name)? == "active" {
+            return Ok(false);
+        }
+        bus.start_transient_unit(&name, &props).map(|()| true)
+    });
+    match r {
+        Ok(moved) => tracing::debug!(
+            pod = %pod_id, pid, scope = %name, moved,
+            scope_ms = started.elapsed().as_secs_f64() * 1e3,
+            "shim in its own scope"
+        ),
+        Err(e) => tracing::warn!(
+            pod = %pod_id, pid, scope = %name, error = %e,
+            "cannot move the shim into a scope of its own; it stays in berthd's cgroup"
+        ),
+    }
 }
 
 /// A connection to one pod's shim.
