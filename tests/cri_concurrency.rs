@@ -97,7 +97,10 @@ async fn a_stop_grace_period_delays_no_other_operation() -> Result<()> {
     let (other_pod, other, took) =
         start_pod(&mut rt, &env, "during-grace", &image, "exit 7").await?;
     let s = wait_exited(&mut rt, &other).await?;
-    assert_eq!(s.exit_code, 7, "an exit during the grace period is recorded");
+    assert_eq!(
+        s.exit_code, 7,
+        "an exit during the grace period is recorded"
+    );
     let s = container_status(&mut rt, &stubborn).await?;
     assert_eq!(
         s.state,
@@ -191,7 +194,9 @@ async fn a_hung_cni_plugin_delays_only_its_pod() -> Result<()> {
     let slow_cfg = env.pod_config("slow", false);
     let slow = tokio::spawn(async move {
         let t = Instant::now();
-        run_pod(&mut rt2, &slow_cfg).await.map(|id| (id, t.elapsed()))
+        run_pod(&mut rt2, &slow_cfg)
+            .await
+            .map(|id| (id, t.elapsed()))
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut fast = Vec::new();
@@ -202,7 +207,11 @@ async fn a_hung_cni_plugin_delays_only_its_pod() -> Result<()> {
         let s = pod_status(&mut rt, &id).await?;
         assert_eq!(s.state, cri::PodSandboxState::SandboxReady as i32);
         assert!(
-            !s.network.as_ref().map(|n| n.ip.as_str()).unwrap_or("").is_empty(),
+            !s.network
+                .as_ref()
+                .map(|n| n.ip.as_str())
+                .unwrap_or("")
+                .is_empty(),
             "the fast pod has its IP"
         );
         eprintln!("fast pod {i} ready in {took:?} while another pod's CNI ADD hangs");
@@ -346,9 +355,15 @@ async fn a_dead_shim_is_noticed_and_its_pod_cleaned_up() -> Result<()> {
     let (other_pod, other, _) = start_pod(&mut rt, &env, "bystander", &image, "sleep 1000").await?;
 
     let (shim_pid, address) = shim_of(&pod)?;
-    let socket = address.strip_prefix("unix://").unwrap_or(&address).to_owned();
+    let socket = address
+        .strip_prefix("unix://")
+        .unwrap_or(&address)
+        .to_owned();
     let attach = format!("{socket}.attach");
-    assert!(Path::new(&attach).exists(), "the shim serves attach at {attach}");
+    assert!(
+        Path::new(&attach).exists(),
+        "the shim serves attach at {attach}"
+    );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(shim_pid),
         nix::sys::signal::Signal::SIGKILL,
@@ -365,12 +380,21 @@ async fn a_dead_shim_is_noticed_and_its_pod_cleaned_up() -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !sleepers().is_empty() {
         if Instant::now() > deadline {
-            bail!("container processes outlived their dead shim: {:?}", sleepers());
+            bail!(
+                "container processes outlived their dead shim: {:?}",
+                sleepers()
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(!Path::new(&socket).exists(), "the dead shim's socket is removed");
-    assert!(!Path::new(&attach).exists(), "the dead shim's attach socket is removed");
+    assert!(
+        !Path::new(&socket).exists(),
+        "the dead shim's socket is removed"
+    );
+    assert!(
+        !Path::new(&attach).exists(),
+        "the dead shim's attach socket is removed"
+    );
     // Exec and CreateContainer fail with a clear error, not a socket error.
     let e = rt
         .exec_sync(cri::ExecSyncRequest {
