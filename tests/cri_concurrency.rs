@@ -375,8 +375,14 @@ async fn a_dead_shim_is_noticed_and_its_pod_cleaned_up() -> Result<()> {
         assert_eq!(s.reason, "Error");
         assert!(s.message.contains("shim"), "{s:?}");
     }
-    let s = pod_status(&mut rt, &pod).await?;
-    assert_eq!(s.state, cri::PodSandboxState::SandboxNotready as i32);
+    // The pod is marked after its containers.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pod_status(&mut rt, &pod).await?.state != cri::PodSandboxState::SandboxNotready as i32 {
+        if Instant::now() > deadline {
+            bail!("the pod of a dead shim stays READY");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let deadline = Instant::now() + Duration::from_secs(10);
     while !sleepers().is_empty() {
         if Instant::now() > deadline {
