@@ -92,10 +92,23 @@ impl Berthd {
         socket: &Path,
         level: &str,
     ) -> Result<Self> {
+        Self::start_logged_env(dirs, args, socket, level, &[])
+    }
+
+    /// As [`Berthd::start_logged`], with extra environment variables (berthd
+    /// passes its environment on to the shims it starts).
+    pub fn start_logged_env(
+        dirs: &BerthdDirs,
+        args: Vec<String>,
+        socket: &Path,
+        level: &str,
+        envs: &[(&str, &str)],
+    ) -> Result<Self> {
         let log = next_log_path(dirs.tmp.path());
         let stderr = File::create(&log)?;
         let child = Command::new(berthd_bin())
             .args(&args)
+            .envs(envs.iter().copied())
             .arg("--log-level")
             .arg(level)
             .stdin(Stdio::null())

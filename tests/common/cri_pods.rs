@@ -58,10 +58,15 @@ impl PodEnv {
 
     /// Starts berthd logging at `level`.
     pub fn start_logged(&self, level: &str) -> Result<Berthd> {
+        self.start_env(level, &[])
+    }
+
+    /// Starts berthd logging at `level` with extra environment variables.
+    pub fn start_env(&self, level: &str, envs: &[(&str, &str)]) -> Result<Berthd> {
         let mut args = self.dirs.args();
         args.push("--config".into());
         args.push(self.config.display().to_string());
-        Berthd::start_logged(&self.dirs, args, &self.dirs.socket, level)
+        Berthd::start_logged_env(&self.dirs, args, &self.dirs.socket, level, envs)
     }
 
     /// A pod config; `host_network` puts it in the host's network namespace.
