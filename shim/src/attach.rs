@@ -297,12 +297,7 @@ pub fn remove_socket() {
 }
 
 fn find(id: &str) -> Option<Arc<AttachHub>> {
-    REGISTRY
-        .get()?
-        .hubs
-        .locked()
-        .get(id)?
-        .upgrade()
+    REGISTRY.get()?.hubs.locked().get(id)?.upgrade()
 }
 
 fn listen(path: &std::path::Path) -> std::io::Result<()> {

@@ -164,11 +164,7 @@ impl Inner {
         if req.id.is_empty() {
             return Err(ShimError::InvalidArgument("container id is empty".into()));
         }
-        if self
-            .containers
-            .locked()
-            .contains_key(&req.id)
-        {
+        if self.containers.locked().contains_key(&req.id) {
             return Err(ShimError::AlreadyExists(format!("container {}", req.id)));
         }
         if !req.checkpoint.is_empty() {
@@ -472,9 +468,7 @@ impl Inner {
             rootfs::detach_all(t);
         }
         let _ = std::fs::remove_file(c.bundle.join(STATE_FILE));
-        self.containers
-            .locked()
-            .remove(&c.id);
+        self.containers.locked().remove(&c.id);
         tracing::info!(container = %c.id, status = exit.status, "deleted");
         self.events.send(TaskDelete {
             container_id: c.id.clone(),

@@ -244,8 +244,7 @@ impl ProcessIo {
                     .try_clone()
                     .map_err(ShimError::io("dup pty master"))?,
             );
-            *self.output.locked() =
-                Some(spawn_copy("stdout-copy", master_r, stdout, cancel_r)?);
+            *self.output.locked() = Some(spawn_copy("stdout-copy", master_r, stdout, cancel_r)?);
         }
         Ok(())
     }

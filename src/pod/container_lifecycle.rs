@@ -418,14 +418,13 @@ pub(crate) fn remove_dead_shim_sockets(address: &str) {
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
         return;
     }
-    for p in [
-        path.to_path_buf(),
-        crate::attach_wire::socket_path(address),
-    ] {
+    for p in [path.to_path_buf(), crate::attach_wire::socket_path(address)] {
         match std::fs::remove_file(&p) {
             Ok(()) => tracing::debug!(socket = %p.display(), "removed a dead shim's socket"),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(socket = %p.display(), error = %e, "remove a dead shim's socket"),
+            Err(e) => {
+                tracing::warn!(socket = %p.display(), error = %e, "remove a dead shim's socket")
+            }
         }
     }
 }

@@ -106,8 +106,7 @@ impl PodManager {
         let store = MetadataStore::open(&config.root.join("metadata").join("pods.redb"))?;
         let oom = shim_client::OomSet::default();
         let (exits_tx, exits_rx) = tokio::sync::mpsc::unbounded_channel();
-        let events_socket =
-            shim_client::serve_events(&config.state, oom.clone(), exits_tx).await?;
+        let events_socket = shim_client::serve_events(&config.state, oom.clone(), exits_tx).await?;
         let events_address = events_socket.address.clone();
         let manager = Arc::new_cyclic(|me| Self {
             config,

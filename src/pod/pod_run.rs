@@ -143,7 +143,7 @@ impl PodManager {
         std::fs::create_dir_all(&dir)
             .map_err(|e| PodError::io(format!("create {}", dir.display()), e))?;
         let host_network = is_node(ns.network);
-        let hostname = files::pod_hostname(config, host_network);
+        let hostname = files::pod_hostname(config);
         if !host_network {
             crate::spec::validate_hostname(&hostname)?;
         }

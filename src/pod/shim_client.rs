@@ -173,6 +173,12 @@ pub async fn serve_events(state: &Path, oom: OomSet, exits: ExitSender) -> Resul
 /// Runs `containerd-shim-berth-v2 start` for `pod_id` in `dir` and returns
 /// the address of the shim that serves the pod.
 pub async fn start_shim(pod_id: &str, dir: &Path, events_address: &str) -> Result<String> {
+    let result = run_shim_start(pod_id, dir, events_address).await;
+    crate::metrics::global().record_shim_start(result.is_ok());
+    result
+}
+
+async fn run_shim_start(pod_id: &str, dir: &Path, events_address: &str) -> Result<String> {
     let bin = shim_binary()?;
     let out = tokio::process::Command::new(&bin)
         .args([
