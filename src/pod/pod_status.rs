@@ -61,7 +61,7 @@ impl PodManager {
             }),
             labels: pod.labels.clone(),
             annotations: pod.annotations.clone(),
-            runtime_handler: String::new(),
+            runtime_handler: pod.runtime_handler.clone(),
         };
         let mut info = HashMap::new();
         if verbose {
@@ -110,7 +110,7 @@ impl PodManager {
                 created_at: p.created_at,
                 labels: p.labels.clone(),
                 annotations: p.annotations.clone(),
-                runtime_handler: String::new(),
+                runtime_handler: p.runtime_handler.clone(),
             });
         }
         out.sort_by_key(|p| p.created_at);

@@ -45,7 +45,8 @@ pub use pod_files::{pod_hostname_file, pod_hosts_file, pod_resolv_conf, validate
 pub use process::{DEFAULT_PATH_ENV, process_args, process_cwd, process_env};
 pub use resources::{oci_resources, oom_score_adj};
 pub use seccomp::{
-    SeccompSelection, default_seccomp_profile, parse_seccomp_profile, seccomp_selection,
+    SeccompSelection, default_seccomp_profile, parse_seccomp_profile, seccomp_is_set,
+    seccomp_selection,
 };
 pub use sysctls::{SysctlNamespace, normalize_sysctl_name, sysctl_namespace};
 pub use user::{
