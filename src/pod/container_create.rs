@@ -309,6 +309,7 @@ impl PodManager {
             hostname: files::host_hostname(),
             recursive_read_only: features.recursive_read_only,
             capabilities,
+            apparmor: super::apparmor::host_enabled(),
             devices: if needs_host_devices(config) {
                 super::host_devices::host_devices()
             } else {
@@ -328,6 +329,7 @@ impl PodManager {
         let options = spec::RuntimeOptions {
             oom_score_adj_min,
             seccomp_default_when_unset: handler.default_seccomp,
+            apparmor_default_profile: Some(super::apparmor::DEFAULT_PROFILE.to_owned()),
             ..Default::default()
         };
         let target_pid_ns = self.target_pid_namespace(config, &pod.id)?;
@@ -355,6 +357,9 @@ impl PodManager {
             host: &host,
             options: &options,
         })?;
+        if host.apparmor {
+            super::apparmor::check_spec_profile(&oci)?;
+        }
         let config_path = bundle.join("config.json");
         let json = serde_json::to_vec_pretty(&oci)
             .map_err(|e| PodError::Shim(format!("encode config.json: {e}")))?;

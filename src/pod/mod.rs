@@ -11,6 +11,7 @@
 //! One file per operation: `pod_run.rs`, `pod_stop.rs`, `pod_remove.rs`,
 //! `pod_status.rs`, `container_*.rs`.
 
+mod apparmor;
 mod container_attach;
 mod container_create;
 mod container_exec;
