@@ -280,8 +280,9 @@ async fn oom_score_adj_and_missing_host_path() -> Result<()> {
         .trim()
         .parse()?;
 
+    let image = s.image.clone();
     let with_adj = |name: &str, adj: i64| {
-        let mut c = container_config(name, &s.image, "cat /proc/self/oom_score_adj");
+        let mut c = container_config(name, &image, "cat /proc/self/oom_score_adj");
         c.linux = Some(cri::LinuxContainerConfig {
             resources: Some(cri::LinuxContainerResources {
                 oom_score_adj: adj,
@@ -323,5 +324,82 @@ async fn oom_score_adj_and_missing_host_path() -> Result<()> {
     assert!(missing.is_dir(), "the host path was made a directory");
     assert!(missing.join("written").is_file(), "the container wrote into it");
 
+    s.finish(&[&pod.0]).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cdi_devices_from_the_configured_spec_dirs() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let spec_dir = tmp.path().join("cdi");
+    let lib_dir = tmp.path().join("vendor-lib");
+    std::fs::create_dir_all(&spec_dir)?;
+    std::fs::create_dir_all(&lib_dir)?;
+    std::fs::write(lib_dir.join("marker"), "vendor-lib\n")?;
+    // A null-like character device (1:3) the spec points at.
+    let node = tmp.path().join("berth-null");
+    nix::sys::stat::mknod(
+        &node,
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+        nix::sys::stat::makedev(1, 3),
+    )?;
+    std::fs::write(
+        spec_dir.join("berth-test.json"),
+        serde_json::json!({
+            "cdiVersion": "0.6.0",
+            "kind": "test.berth.dev/null",
+            "containerEdits": {"env": ["BERTH_CDI_VENDOR=1"]},
+            "devices": [{
+                "name": "n0",
+                "containerEdits": {
+                    "env": ["BERTH_CDI=n0"],
+                    "deviceNodes": [{"path": "/dev/berth-null", "hostPath": node.display().to_string()}],
+                    "mounts": [{
+                        "hostPath": lib_dir.display().to_string(),
+                        "containerPath": "/opt/vendor",
+                        "options": ["ro", "rbind"]
+                    }]
+                }
+            }]
+        })
+        .to_string(),
+    )?;
+    let mut s = setup(
+        "gapscdi",
+        3,
+        &format!("\n[cdi]\nspec_dirs = [\"{}\"]\n", spec_dir.display()),
+    )
+    .await?;
+    let pod = s.run_pod("gapscdi", "").await?;
+    let script = "test -c /dev/berth-null && echo dev-ok; echo x > /dev/berth-null && echo write-ok; \
+                  echo env=$BERTH_CDI,$BERTH_CDI_VENDOR; cat /opt/vendor/marker; \
+                  touch /opt/vendor/w 2>/dev/null || echo ro-ok";
+    let mut c = container_config("cdi", &s.image, script);
+    c.cdi_devices = vec![cri::CdiDevice {
+        name: "test.berth.dev/null=n0".into(),
+    }];
+    let (_, code, log) = s.run(&pod, c).await?;
+    assert_eq!(code, 0, "{log}");
+    for want in ["dev-ok", "write-ok", "env=n0,1", "vendor-lib", "ro-ok"] {
+        assert!(log.lines().any(|l| l == want), "{want} missing: {log}");
+    }
+    // Without the device, none of it.
+    let (_, _, log) = s
+        .run(&pod, container_config("nocdi", &s.image, script))
+        .await?;
+    assert!(!log.contains("dev-ok") && log.contains("env=,"), "{log}");
+
+    // An unknown device is the request's error, and nothing is created.
+    let mut c = container_config("unknown", &s.image, "true");
+    c.cdi_devices = vec![cri::CdiDevice {
+        name: "test.berth.dev/null=n9".into(),
+    }];
+    let err = status_code(
+        create_container(&mut s.rt, &pod.0, &pod.1, c)
+            .await
+            .unwrap_err(),
+    )?;
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("test.berth.dev/null=n9"), "{err:?}");
     s.finish(&[&pod.0]).await
 }

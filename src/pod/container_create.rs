@@ -336,7 +336,21 @@ impl PodManager {
         super::host_paths::create_missing_host_paths(&config.mounts)?;
         let seccomp_profile = localhost_seccomp_profile(config)?;
         let rootfs_path = bundle.join("rootfs");
-        let oci = spec::container_spec(&spec::ContainerSpecInput {
+        let cdi_names = crate::cdi::requested_devices(
+            &config
+                .cdi_devices
+                .iter()
+                .map(|d| d.name.clone())
+                .collect::<Vec<_>>(),
+            &config.annotations,
+        );
+        let cdi_edits = if cdi_names.is_empty() {
+            None
+        } else {
+            let registry = crate::cdi::CdiRegistry::load(&self.config.cdi.spec_dirs);
+            Some(registry.resolve(&cdi_names)?)
+        };
+        let mut oci = spec::container_spec(&spec::ContainerSpecInput {
             container_id: &id,
             sandbox_id: &pod.id,
             config,
@@ -357,6 +371,10 @@ impl PodManager {
             host: &host,
             options: &options,
         })?;
+        if let Some(edits) = &cdi_edits {
+            spec::apply_cdi_edits(&mut oci, edits)?;
+            tracing::info!(container = %id, devices = ?cdi_names, "CDI devices applied");
+        }
         if host.apparmor {
             super::apparmor::check_spec_profile(&oci)?;
         }

@@ -8,6 +8,7 @@
 //! berth differs, the function's documentation says so and why.
 
 mod annotations;
+mod cdi;
 mod capabilities;
 mod container;
 mod devices;
@@ -32,6 +33,7 @@ pub use capabilities::{
     ALL_CAPABILITIES, DEFAULT_CAPABILITIES, capabilities_from_mask, capability_set, is_all,
     parse_capability, process_capabilities,
 };
+pub use cdi::{CdiDeviceNode, CdiEdits, CdiMount, apply_cdi_edits};
 pub use container::{OCI_VERSION, container_cgroups_path, container_spec};
 pub use devices::default_device_rules;
 pub use error::SpecError;
