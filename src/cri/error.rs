@@ -94,6 +94,8 @@ impl From<crate::pod::PodError> for Status {
             E::Cdi(crate::cdi::CdiError::DeviceNode { .. }) => Code::FailedPrecondition,
             E::Cdi(_) => Code::InvalidArgument,
             E::Network(crate::network::NetworkError::InvalidRequest(_)) => Code::InvalidArgument,
+            // No CNI config yet: the node is not ready for pod networks.
+            E::Network(crate::network::NetworkError::NotReady(_)) => Code::FailedPrecondition,
             E::Namespace(_)
             | E::Cgroup(_)
             | E::Io { .. }
