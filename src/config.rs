@@ -623,7 +623,10 @@ mod tests {
         let (name, h) = config.runtime_handler("fast").unwrap();
         assert_eq!(name, "fast");
         assert_eq!(h, &RuntimeHandlerConfig::default());
-        assert!(config.runtime_handler("berth").is_none(), "the default table is replaced");
+        assert!(
+            config.runtime_handler("berth").is_none(),
+            "the default table is replaced"
+        );
         assert!(config.runtime_handler("runc").is_none());
         // The default configuration has one handler, berth, the default.
         let d = Config::default();

@@ -13,8 +13,7 @@ use anyhow::{Context, Result};
 use common::berthd::Berthd;
 use common::cri_images::pull;
 use common::cri_pods::{
-    PodEnv, Runtime, container_config, create_container, log_text, stop_and_remove_pod,
-    wait_exited,
+    PodEnv, Runtime, container_config, create_container, log_text, stop_and_remove_pod, wait_exited,
 };
 use common::oci_image::LayerBuilder;
 use common::registry::Registry;
@@ -60,7 +59,11 @@ async fn setup(test: &str, idx: u32, extra_config: &str) -> Result<Setup> {
 }
 
 impl Setup {
-    async fn run_pod(&mut self, name: &str, handler: &str) -> Result<(String, cri::PodSandboxConfig)> {
+    async fn run_pod(
+        &mut self,
+        name: &str,
+        handler: &str,
+    ) -> Result<(String, cri::PodSandboxConfig)> {
         let cfg = self.env.pod_config(name, false);
         let id = self
             .rt
@@ -111,16 +114,26 @@ async fn runtime_handlers_status_features_and_container_user() -> Result<()> {
     let mut s = setup("gapsrt", 1, "").await?;
 
     // Status: every handler, the default also as "", and the features.
-    let st = s
-        .rt
-        .status(cri::StatusRequest { verbose: false })
-        .await?
-        .into_inner();
-    let names: Vec<_> = st.runtime_handlers.iter().map(|h| h.name.as_str()).collect();
+    let st =
+        s.rt.status(cri::StatusRequest { verbose: false })
+            .await?
+            .into_inner();
+    let names: Vec<_> = st
+        .runtime_handlers
+        .iter()
+        .map(|h| h.name.as_str())
+        .collect();
     assert_eq!(names, ["", "berth", "secure"], "{st:?}");
     let features = |i: usize| st.runtime_handlers[i].features.unwrap();
-    assert_eq!(features(0), features(1), "\"\" is the default handler, berth");
-    assert!(!features(2).user_namespaces, "secure allows no user namespaces");
+    assert_eq!(
+        features(0),
+        features(1),
+        "\"\" is the default handler, berth"
+    );
+    assert!(
+        !features(2).user_namespaces,
+        "secure allows no user namespaces"
+    );
     assert!(
         st.features.is_some_and(|f| f.supplemental_groups_policy),
         "supplemental_groups_policy is advertised: {st:?}"
@@ -130,12 +143,11 @@ async fn runtime_handlers_status_features_and_container_user() -> Result<()> {
     let err = status_code(s.run_pod("gapsbad", "kata").await.unwrap_err())?;
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("kata"), "{err:?}");
-    let pods = s
-        .rt
-        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
-        .await?
-        .into_inner()
-        .items;
+    let pods =
+        s.rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+            .await?
+            .into_inner()
+            .items;
     assert!(pods.is_empty(), "a refused pod is not listed: {pods:?}");
 
     // A user-namespaced pod is refused by a handler that does not allow it.
@@ -159,9 +171,8 @@ async fn runtime_handlers_status_features_and_container_user() -> Result<()> {
             length: 65536,
         }],
     });
-    let err = s
-        .rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
+    let err =
+        s.rt.run_pod_sandbox(cri::RunPodSandboxRequest {
             config: Some(userns_cfg),
             runtime_handler: "secure".into(),
         })
@@ -177,12 +188,11 @@ async fn runtime_handlers_status_features_and_container_user() -> Result<()> {
         let st = common::cri_pods::pod_status(&mut s.rt, id).await?;
         assert_eq!(st.runtime_handler, handler);
     }
-    let listed = s
-        .rt
-        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
-        .await?
-        .into_inner()
-        .items;
+    let listed =
+        s.rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+            .await?
+            .into_inner()
+            .items;
     let handler_of = |id: &str| {
         listed
             .iter()
@@ -215,7 +225,11 @@ async fn runtime_handlers_status_features_and_container_user() -> Result<()> {
         ..Default::default()
     });
     let (_, _, log) = s.run(&secure, unconfined).await?;
-    assert_eq!(log.trim(), "Seccomp:\t0", "an explicit Unconfined stays: {log}");
+    assert_eq!(
+        log.trim(),
+        "Seccomp:\t0",
+        "an explicit Unconfined stays: {log}"
+    );
 
     // ContainerStatus.user: the identity the process was given, Strict
     // groups (no image groups merged).
@@ -233,9 +247,8 @@ async fn runtime_handlers_status_features_and_container_user() -> Result<()> {
     let (id, code, log) = s.run(&plain, user).await?;
     assert_eq!(code, 0, "{log}");
     assert!(log.contains("uid=1234 gid=2345"), "{log}");
-    let resp = s
-        .rt
-        .container_status(cri::ContainerStatusRequest {
+    let resp =
+        s.rt.container_status(cri::ContainerStatusRequest {
             container_id: id.clone(),
             verbose: true,
         })
@@ -250,11 +263,13 @@ async fn runtime_handlers_status_features_and_container_user() -> Result<()> {
     assert_eq!((linux.uid, linux.gid), (1234, 2345));
     assert_eq!(linux.supplemental_groups, [2345, 3456, 4567]);
     // Verbose: containerd's info, with the runtime spec crictl shows.
-    let info: serde_json::Value =
-        serde_json::from_str(resp.info.get("info").context("info key")?)?;
+    let info: serde_json::Value = serde_json::from_str(resp.info.get("info").context("info key")?)?;
     assert_eq!(info["sandboxID"], plain.0.as_str());
     assert_eq!(info["runtimeSpec"]["process"]["args"][2], "id", "{info}");
-    assert_eq!(info["runtimeSpec"]["process"]["user"]["uid"], 1234, "{info}");
+    assert_eq!(
+        info["runtimeSpec"]["process"]["user"]["uid"], 1234,
+        "{info}"
+    );
 
     s.finish(&[&plain.0, &secure.0]).await
 }
@@ -276,9 +291,10 @@ fn have_cap_sys_resource() -> bool {
 async fn oom_score_adj_and_missing_host_path() -> Result<()> {
     let mut s = setup("gapsoom", 2, "").await?;
     let pod = s.run_pod("gapsoom", "").await?;
-    let berthd_adj: i32 = std::fs::read_to_string(format!("/proc/{}/oom_score_adj", s.berthd.pid()))?
-        .trim()
-        .parse()?;
+    let berthd_adj: i32 =
+        std::fs::read_to_string(format!("/proc/{}/oom_score_adj", s.berthd.pid()))?
+            .trim()
+            .parse()?;
 
     let image = s.image.clone();
     let with_adj = |name: &str, adj: i64| {
@@ -293,14 +309,26 @@ async fn oom_score_adj_and_missing_host_path() -> Result<()> {
         c
     };
     let (_, code, log) = s.run(&pod, with_adj("high", 873)).await?;
-    assert_eq!((code, log.trim()), (0, "873"), "a higher score is always kept");
+    assert_eq!(
+        (code, log.trim()),
+        (0, "873"),
+        "a higher score is always kept"
+    );
     let (_, code, log) = s.run(&pod, with_adj("low", -997)).await?;
     assert_eq!(code, 0, "{log}");
     if have_cap_sys_resource() {
-        assert_eq!(log.trim(), "-997", "with CAP_SYS_RESOURCE the request is kept");
+        assert_eq!(
+            log.trim(),
+            "-997",
+            "with CAP_SYS_RESOURCE the request is kept"
+        );
     } else {
         println!("note: no CAP_SYS_RESOURCE here: -997 is clamped to berthd's {berthd_adj}");
-        assert_eq!(log.trim(), berthd_adj.to_string(), "clamped to berthd's own value");
+        assert_eq!(
+            log.trim(),
+            berthd_adj.to_string(),
+            "clamped to berthd's own value"
+        );
         assert!(
             s.berthd
                 .log_text()
@@ -322,7 +350,10 @@ async fn oom_score_adj_and_missing_host_path() -> Result<()> {
     let (_, code, log) = s.run(&pod, c).await?;
     assert_eq!((code, log.trim()), (0, "ok"), "{log}");
     assert!(missing.is_dir(), "the host path was made a directory");
-    assert!(missing.join("written").is_file(), "the container wrote into it");
+    assert!(
+        missing.join("written").is_file(),
+        "the container wrote into it"
+    );
 
     s.finish(&[&pod.0]).await
 }
@@ -401,5 +432,79 @@ async fn cdi_devices_from_the_configured_spec_dirs() -> Result<()> {
     )?;
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("test.berth.dev/null=n9"), "{err:?}");
+    s.finish(&[&pod.0]).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pod_status_rechecks_the_namespaces_and_lists_containers() -> Result<()> {
+    let mut s = setup("gapsreal", 4, "").await?;
+    let pod = s.run_pod("gapsreal", "").await?;
+    let id = create_container(
+        &mut s.rt,
+        &pod.0,
+        &pod.1,
+        container_config("sleeper", &s.image, "sleep 300"),
+    )
+    .await?;
+    s.rt.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await?;
+    let resp =
+        s.rt.pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.0.clone(),
+            verbose: true,
+        })
+        .await?
+        .into_inner();
+    assert!(resp.timestamp > 0);
+    let listed: Vec<_> = resp
+        .containers_statuses
+        .iter()
+        .map(|c| c.id.as_str())
+        .collect();
+    assert_eq!(
+        listed,
+        [id.as_str()],
+        "containers_statuses holds the pod's container"
+    );
+    assert_eq!(
+        resp.containers_statuses[0].state,
+        cri::ContainerState::ContainerRunning as i32
+    );
+    let st = resp.status.context("status")?;
+    assert_eq!(st.state, cri::PodSandboxState::SandboxReady as i32);
+
+    // What a reboot leaves: the pod's pins are no namespaces any more.
+    let info: serde_json::Value = serde_json::from_str(&resp.info["info"])?;
+    let uts = info["utsns"].as_str().context("utsns pin")?.to_owned();
+    nix::mount::umount2(uts.as_str(), nix::mount::MntFlags::MNT_DETACH)?;
+    let st = common::cri_pods::pod_status(&mut s.rt, &pod.0).await?;
+    assert_eq!(
+        st.state,
+        cri::PodSandboxState::SandboxNotready as i32,
+        "a pod whose namespace is gone is NOTREADY"
+    );
+    let listed =
+        s.rt.list_pod_sandbox(cri::ListPodSandboxRequest {
+            filter: Some(cri::PodSandboxFilter {
+                state: Some(cri::PodSandboxStateValue {
+                    state: cri::PodSandboxState::SandboxNotready as i32,
+                }),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner()
+        .items;
+    assert!(
+        listed.iter().any(|p| p.id == pod.0),
+        "listed NOTREADY: {listed:?}"
+    );
+    assert!(
+        s.berthd.log_text().contains("uts namespace pin"),
+        "the reason is logged"
+    );
+    // kubelet then stops and removes it: that must still work.
     s.finish(&[&pod.0]).await
 }

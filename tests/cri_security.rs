@@ -502,11 +502,17 @@ async fn capabilities_no_new_privs_and_apparmor() -> Result<()> {
     let apparmor_on = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
         .is_ok_and(|v| v.starts_with('Y'));
     if apparmor_on {
-        println!("skipped: AppArmor is enabled here; the AppArmor-off cases need a host without it");
+        println!(
+            "skipped: AppArmor is enabled here; the AppArmor-off cases need a host without it"
+        );
     } else {
         let script = "cat /proc/self/attr/current 2>/dev/null; echo ran";
         let (code, log) = s
-            .run("aa-default", script, apparmor(ProfileType::RuntimeDefault, ""))
+            .run(
+                "aa-default",
+                script,
+                apparmor(ProfileType::RuntimeDefault, ""),
+            )
             .await?;
         assert_eq!(code, 0, "{log}");
         assert!(log.contains("ran"), "RuntimeDefault runs unconfined: {log}");

@@ -248,10 +248,7 @@ impl CdiRegistry {
                     .collect::<Vec<_>>()
                     .join(", ");
                 if let Some((path, reason)) = self.broken.first() {
-                    dirs.push_str(&format!(
-                        " (unusable spec {}: {reason})",
-                        path.display()
-                    ));
+                    dirs.push_str(&format!(" (unusable spec {}: {reason})", path.display()));
                 }
                 return Err(CdiError::Unknown {
                     name: name.clone(),
@@ -303,10 +300,13 @@ fn add_edits(out: &mut CdiEdits, name: &str, e: &EditsFile) -> Result<(), CdiErr
         ));
     }
     if e.intel_rdt.is_some() {
-        return Err(unsupported("its spec sets intelRdt, which berth does not apply"));
+        return Err(unsupported(
+            "its spec sets intelRdt, which berth does not apply",
+        ));
     }
     out.env.extend(e.env.iter().cloned());
-    out.additional_gids.extend(e.additional_gids.iter().copied());
+    out.additional_gids
+        .extend(e.additional_gids.iter().copied());
     for n in &e.device_nodes {
         out.device_nodes.push(device_node(name, n)?);
     }

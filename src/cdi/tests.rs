@@ -34,7 +34,11 @@ fn json_and_yaml_specs_resolve_in_order() {
     let reg = CdiRegistry::load(&[etc, dir.path().join("missing")]);
     assert_eq!(
         reg.device_names(),
-        ["vendor.example/gpu=gpu0", "vendor.example/gpu=gpu1", "vendor.example/nic=nic0"]
+        [
+            "vendor.example/gpu=gpu0",
+            "vendor.example/gpu=gpu1",
+            "vendor.example/nic=nic0"
+        ]
     );
     let e = reg
         .resolve(&[
@@ -44,7 +48,10 @@ fn json_and_yaml_specs_resolve_in_order() {
         ])
         .unwrap();
     // The spec-wide env once, then each device's.
-    assert_eq!(e.env, ["VENDOR_DRIVER=1", "GPU=0", "VENDOR_DRIVER=2", "NIC=0"]);
+    assert_eq!(
+        e.env,
+        ["VENDOR_DRIVER=1", "GPU=0", "VENDOR_DRIVER=2", "NIC=0"]
+    );
     assert_eq!(e.additional_gids, [44]);
     assert_eq!(e.device_nodes.len(), 2);
     assert_eq!(
@@ -96,9 +103,13 @@ fn unknown_bad_conflicting_and_hooked_devices_are_errors() {
     );
     write(&a, "broken.json", "{ not json");
     let reg = CdiRegistry::load(&[a.clone()]);
-    let err = reg.resolve(&["vendor.example/gpu=gpu0".into()]).unwrap_err();
+    let err = reg
+        .resolve(&["vendor.example/gpu=gpu0".into()])
+        .unwrap_err();
     assert!(matches!(err, CdiError::Conflict { .. }), "{err}");
-    let err = reg.resolve(&["vendor.example/gpu=gpu9".into()]).unwrap_err();
+    let err = reg
+        .resolve(&["vendor.example/gpu=gpu9".into()])
+        .unwrap_err();
     assert!(matches!(err, CdiError::Unknown { .. }), "{err}");
     assert!(err.to_string().contains("broken.json"), "{err}");
     let err = reg.resolve(&["gpu0".into()]).unwrap_err();
@@ -107,7 +118,11 @@ fn unknown_bad_conflicting_and_hooked_devices_are_errors() {
     assert!(err.to_string().contains("hooks"), "{err}");
 
     // A later directory overrides both conflicting definitions.
-    write(&b, "gpu.json", &VENDOR_JSON.replace("GPU=0", "GPU=override"));
+    write(
+        &b,
+        "gpu.json",
+        &VENDOR_JSON.replace("GPU=0", "GPU=override"),
+    );
     let reg = CdiRegistry::load(&[a, b]);
     let e = reg.resolve(&["vendor.example/gpu=gpu0".into()]).unwrap();
     assert!(e.env.contains(&"GPU=override".to_string()), "{e:?}");

@@ -249,7 +249,8 @@ impl RuntimeService for CriRuntimeService {
         let req = request.into_inner();
         need("pod_sandbox_id", &req.pod_sandbox_id)?;
         let (status, info) = self.pods.pod_status(&req.pod_sandbox_id, req.verbose)?;
-        let containers_statuses = Vec::new();
+        // Kubelet's evented PLEG reads the pod's containers from here.
+        let containers_statuses = self.pods.pod_container_statuses(&status.id)?;
         Ok(Response::new(cri::PodSandboxStatusResponse {
             status: Some(status),
             info,
@@ -621,7 +622,11 @@ mod tests {
             .await
             .unwrap()
             .into_inner();
-        let names: Vec<_> = st.runtime_handlers.iter().map(|h| h.name.as_str()).collect();
+        let names: Vec<_> = st
+            .runtime_handlers
+            .iter()
+            .map(|h| h.name.as_str())
+            .collect();
         assert_eq!(names, ["", "berth", "nouserns"]);
         let probed = s.pods.host_features().user_namespaces;
         let userns = |i: usize| st.runtime_handlers[i].features.unwrap().user_namespaces;

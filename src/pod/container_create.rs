@@ -308,8 +308,10 @@ impl PodManager {
         };
         let features = self.host_features();
         let capabilities = own_capabilities();
-        let oom_score_adj_min =
-            super::oom_floor::oom_score_adj_floor(super::oom_floor::own_oom_score_adj(), capabilities.as_ref());
+        let oom_score_adj_min = super::oom_floor::oom_score_adj_floor(
+            super::oom_floor::own_oom_score_adj(),
+            capabilities.as_ref(),
+        );
         let host = spec::HostFacts {
             hostname: files::host_hostname(),
             recursive_read_only: features.recursive_read_only,

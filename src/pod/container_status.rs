@@ -100,6 +100,18 @@ impl PodManager {
         Ok((status, info))
     }
 
+    /// The statuses of every container of pod `pod_id` (PodSandboxStatus's
+    /// `containers_statuses`).
+    pub fn pod_container_statuses(&self, pod_id: &str) -> Result<Vec<cri::ContainerStatus>> {
+        let mut out = Vec::new();
+        for c in self.containers_matching("", pod_id, None, &HashMap::new())? {
+            if c.pod_id == pod_id {
+                out.push(self.container_status(&c.id, false)?.0);
+            }
+        }
+        Ok(out)
+    }
+
     fn containers_matching(
         &self,
         id: &str,

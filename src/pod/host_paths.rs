@@ -79,7 +79,10 @@ mod tests {
         assert!(m.is_dir());
         assert_eq!(m.permissions().mode() & 0o777 & !umask(), 0o755 & !umask());
         assert!(std::fs::metadata(&file).unwrap().is_file());
-        assert!(!dir.path().join("nowhere").exists(), "a symlink is not followed");
+        assert!(
+            !dir.path().join("nowhere").exists(),
+            "a symlink is not followed"
+        );
         assert!(!Path::new("relative").exists());
     }
 

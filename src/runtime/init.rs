@@ -324,7 +324,11 @@ fn setup_process(
 ) -> SetupResult<ExecTarget> {
     // While the set-up may still write to /proc (as runc, before the
     // capabilities go); it takes effect at the exec.
-    if let Some(profile) = process.apparmor_profile().as_deref().filter(|p| !p.is_empty()) {
+    if let Some(profile) = process
+        .apparmor_profile()
+        .as_deref()
+        .filter(|p| !p.is_empty())
+    {
         super::apparmor::change_on_exec(profile)?;
     }
     let mut programs = seccomp_program.cloned();

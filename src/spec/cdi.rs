@@ -116,7 +116,10 @@ pub fn apply_cdi_edits(spec: &mut Spec, edits: &CdiEdits) -> Result<(), SpecErro
     }
     let mut linux = spec.linux().clone().unwrap_or_default();
     let mut devices = linux.devices().clone().unwrap_or_default();
-    let mut resources = linux.resources().clone().unwrap_or_else(LinuxResources::default);
+    let mut resources = linux
+        .resources()
+        .clone()
+        .unwrap_or_else(LinuxResources::default);
     let mut rules = resources.devices().clone().unwrap_or_default();
     for n in &edits.device_nodes {
         if !n.path.starts_with('/') {
@@ -151,7 +154,9 @@ pub fn apply_cdi_edits(spec: &mut Spec, edits: &CdiEdits) -> Result<(), SpecErro
         }
     }
     resources.set_devices(Some(rules));
-    linux.set_devices(Some(devices)).set_resources(Some(resources));
+    linux
+        .set_devices(Some(devices))
+        .set_resources(Some(resources));
     spec.set_linux(Some(linux));
     Ok(())
 }

@@ -8,8 +8,8 @@
 //! berth differs, the function's documentation says so and why.
 
 mod annotations;
-mod cdi;
 mod capabilities;
+mod cdi;
 mod container;
 mod devices;
 mod error;

@@ -49,11 +49,18 @@ fn edits_add_env_devices_rules_mounts_and_groups() {
     let process = spec.process().as_ref().unwrap();
     let env = process.env().as_ref().unwrap();
     assert!(env.contains(&"IMG=from-cdi".to_string()), "{env:?}");
-    assert!(!env.contains(&"IMG=1".to_string()), "a CDI value replaces the image's");
+    assert!(
+        !env.contains(&"IMG=1".to_string()),
+        "a CDI value replaces the image's"
+    );
     assert!(env.contains(&"GPU=0".to_string()));
     let gids = process.user().additional_gids().as_ref().unwrap();
     assert!(gids.contains(&44), "{gids:?}");
-    assert_eq!(gids.iter().filter(|g| **g == 0).count(), 1, "no duplicate: {gids:?}");
+    assert_eq!(
+        gids.iter().filter(|g| **g == 0).count(),
+        1,
+        "no duplicate: {gids:?}"
+    );
 
     let linux = spec.linux().as_ref().unwrap();
     let devices = linux.devices().as_ref().unwrap();
@@ -61,9 +68,18 @@ fn edits_add_env_devices_rules_mounts_and_groups() {
         .iter()
         .find(|d| d.path().to_str() == Some("/dev/vgpu0"))
         .unwrap();
-    assert_eq!((gpu.typ(), gpu.major(), gpu.minor()), (LinuxDeviceType::C, 195, 0));
+    assert_eq!(
+        (gpu.typ(), gpu.major(), gpu.minor()),
+        (LinuxDeviceType::C, 195, 0)
+    );
     assert_eq!(gpu.file_mode(), Some(0o666));
-    let rules = linux.resources().as_ref().unwrap().devices().as_ref().unwrap();
+    let rules = linux
+        .resources()
+        .as_ref()
+        .unwrap()
+        .devices()
+        .as_ref()
+        .unwrap();
     assert_eq!(rules.len(), rules_before + 1, "a FIFO needs no device rule");
     let last = rules.last().unwrap();
     assert!(last.allow());

@@ -176,7 +176,10 @@ fn seccomp_in_spec() {
             name: "no profile, handler default_seccomp: the default profile",
             setup: |f| f.options.seccomp_default_when_unset = true,
             expect: Expect::Spec(|s| {
-                assert_eq!(seccomp(s).default_action(), LinuxSeccompAction::ScmpActErrno)
+                assert_eq!(
+                    seccomp(s).default_action(),
+                    LinuxSeccompAction::ScmpActErrno
+                )
             }),
         },
         Case {
