@@ -493,21 +493,27 @@ impl RuntimeService for CriRuntimeService {
         &self,
         _request: Request<cri::CheckpointContainerRequest>,
     ) -> Result<Response<cri::CheckpointContainerResponse>, Status> {
-        Err(unimplemented("CheckpointContainer"))
+        Err(Status::unimplemented(
+            "berth: CheckpointContainer is not built yet (no CRIU checkpoint/restore in berth's runtime)",
+        ))
     }
 
     async fn list_metric_descriptors(
         &self,
         _request: Request<cri::ListMetricDescriptorsRequest>,
     ) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
-        Err(unimplemented("ListMetricDescriptors"))
+        Err(Status::unimplemented(
+            "berth: ListMetricDescriptors is not built yet; kubelet's cAdvisor-stats mode serves these metrics",
+        ))
     }
 
     async fn list_pod_sandbox_metrics(
         &self,
         _request: Request<cri::ListPodSandboxMetricsRequest>,
     ) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
-        Err(unimplemented("ListPodSandboxMetrics"))
+        Err(Status::unimplemented(
+            "berth: ListPodSandboxMetrics is not built yet; kubelet's cAdvisor-stats mode serves these metrics",
+        ))
     }
 
     async fn runtime_config(
