@@ -102,7 +102,7 @@ fn unknown_bad_conflicting_and_hooked_devices_are_errors() {
         r#"{"cdiVersion":"0.6.0","kind":"hook.example/x","devices":[{"name":"h","containerEdits":{"hooks":[{"hookName":"createContainer","path":"/bin/true"}]}}]}"#,
     );
     write(&a, "broken.json", "{ not json");
-    let reg = CdiRegistry::load(&[a.clone()]);
+    let reg = CdiRegistry::load(std::slice::from_ref(&a));
     let err = reg
         .resolve(&["vendor.example/gpu=gpu0".into()])
         .unwrap_err();
