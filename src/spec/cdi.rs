@@ -116,10 +116,7 @@ pub fn apply_cdi_edits(spec: &mut Spec, edits: &CdiEdits) -> Result<(), SpecErro
     }
     let mut linux = spec.linux().clone().unwrap_or_default();
     let mut devices = linux.devices().clone().unwrap_or_default();
-    let mut resources = linux
-        .resources()
-        .clone()
-        .unwrap_or_else(LinuxResources::default);
+    let mut resources: LinuxResources = linux.resources().clone().unwrap_or_default();
     let mut rules = resources.devices().clone().unwrap_or_default();
     for n in &edits.device_nodes {
         if !n.path.starts_with('/') {
