@@ -168,7 +168,7 @@ pub fn parse(text: &str, openmetrics: bool) -> Result<Exposition> {
             }
             continue;
         }
-        let name_end = line.find(|c: char| c == '{' || c == ' ').with_context(at)?;
+        let name_end = line.find(['{', ' ']).with_context(at)?;
         let name = &line[..name_end];
         ensure!(valid_metric_name(name), "{}: bad metric name", at());
         let (labels, rest) = if line[name_end..].starts_with('{') {
@@ -226,6 +226,7 @@ fn check_histograms(exp: &Exposition) -> Result<()> {
         let bucket = format!("{family}_bucket");
         let count = format!("{family}_count");
         // Series: the labels without `le`.
+        #[allow(clippy::type_complexity)]
         let mut series: BTreeMap<Vec<(String, String)>, Vec<(f64, f64)>> = BTreeMap::new();
         for s in exp.samples.iter().filter(|s| s.name == bucket) {
             let mut key: Vec<(String, String)> = s.labels.clone().into_iter().collect();
