@@ -217,6 +217,9 @@ pub fn parse(text: &str, openmetrics: bool) -> Result<Exposition> {
     Ok(exp)
 }
 
+/// A histogram series' buckets: (upper bound, cumulative count).
+type Buckets = Vec<(f64, f64)>;
+
 /// Buckets cumulative, ascending `le`, `+Inf` present and equal to `_count`.
 fn check_histograms(exp: &Exposition) -> Result<()> {
     for (family, ty) in &exp.types {
@@ -226,8 +229,7 @@ fn check_histograms(exp: &Exposition) -> Result<()> {
         let bucket = format!("{family}_bucket");
         let count = format!("{family}_count");
         // Series: the labels without `le`.
-        #[allow(clippy::type_complexity)]
-        let mut series: BTreeMap<Vec<(String, String)>, Vec<(f64, f64)>> = BTreeMap::new();
+        let mut series: BTreeMap<Vec<(String, String)>, Buckets> = BTreeMap::new();
         for s in exp.samples.iter().filter(|s| s.name == bucket) {
             let mut key: Vec<(String, String)> = s.labels.clone().into_iter().collect();
             key.retain(|(k, _)| k != "le");
