@@ -7,6 +7,7 @@
 //! that a typo never silently falls back to a default. Command-line flags
 //! override the file (see [`Overrides`]).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -60,6 +61,30 @@ const KEY_DOCS: &[(&str, &str, &str)] = &[
         "address",
         "ip:port of the Prometheus endpoint (GET /metrics, OpenMetrics text);\n\
          empty: off. Keep it on loopback or a node-internal address.",
+    ),
+    (
+        "",
+        "default_runtime",
+        "The runtime handler of pods whose RuntimeClass names none (runtime_handler \"\");\n\
+         one of the [runtimes.<name>] tables.",
+    ),
+    (
+        "runtimes.berth",
+        "user_namespaces",
+        "Pods of this handler may have user namespaces (hostUsers: false); Status\n\
+         reports the feature only where the kernel probe passes too.",
+    ),
+    (
+        "runtimes.berth",
+        "default_seccomp",
+        "Containers whose security context selects no seccomp profile get\n\
+         RuntimeDefault instead of none (containerd's unset_seccomp_profile).",
+    ),
+    (
+        "cdi",
+        "spec_dirs",
+        "Where CDI device specs (*.json, *.yaml) are read from, in order; a later\n\
+         directory's device of the same name wins.",
     ),
     (
         "image",
@@ -161,8 +186,70 @@ pub struct Config {
     pub network: crate::network::NetworkConfig,
     /// The exec/attach/port-forward streaming server.
     pub stream: StreamConfig,
+    /// The handler of pods that name none: a key of `runtimes`.
+    pub default_runtime: String,
+    /// The runtime handlers (`[runtimes.<name>]`, what a Kubernetes
+    /// RuntimeClass's `handler` names), by name.
+    pub runtimes: BTreeMap<String, RuntimeHandlerConfig>,
+    /// Container Device Interface specs (`[cdi]`).
+    pub cdi: CdiConfig,
     /// The Prometheus endpoint (`[metrics]`).
     pub metrics: crate::metrics::MetricsConfig,
+}
+
+/// The name of the runtime handler in the default configuration.
+pub const DEFAULT_RUNTIME: &str = "berth";
+
+/// One runtime handler (`[runtimes.<name>]`): every handler runs containers
+/// with berth's own runtime, under its own policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeHandlerConfig {
+    /// Pods of this handler may have user namespaces.
+    pub user_namespaces: bool,
+    /// RuntimeDefault seccomp for containers that select no profile.
+    pub default_seccomp: bool,
+}
+
+impl Default for RuntimeHandlerConfig {
+    fn default() -> Self {
+        Self {
+            user_namespaces: true,
+            default_seccomp: false,
+        }
+    }
+}
+
+/// Where Container Device Interface specs are read from (`[cdi]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CdiConfig {
+    /// Spec directories in increasing priority (containerd's `cdi_spec_dirs`).
+    pub spec_dirs: Vec<PathBuf>,
+}
+
+impl Default for CdiConfig {
+    fn default() -> Self {
+        Self {
+            spec_dirs: vec![PathBuf::from("/etc/cdi"), PathBuf::from("/var/run/cdi")],
+        }
+    }
+}
+
+impl Config {
+    /// The handler a pod's `runtime_handler` names ("" is the default
+    /// handler), with its resolved name; None for a handler that is not
+    /// configured.
+    pub fn runtime_handler(&self, name: &str) -> Option<(&str, &RuntimeHandlerConfig)> {
+        let name = if name.is_empty() {
+            self.default_runtime.as_str()
+        } else {
+            name
+        };
+        self.runtimes
+            .get_key_value(name)
+            .map(|(k, v)| (k.as_str(), v))
+    }
 }
 
 /// `log_format`: how berthd writes its log lines.
@@ -188,6 +275,12 @@ impl Default for Config {
             image: ImageConfig::default(),
             network: crate::network::NetworkConfig::default(),
             stream: StreamConfig::default(),
+            default_runtime: DEFAULT_RUNTIME.to_owned(),
+            runtimes: BTreeMap::from([(
+                DEFAULT_RUNTIME.to_owned(),
+                RuntimeHandlerConfig::default(),
+            )]),
+            cdi: CdiConfig::default(),
             metrics: crate::metrics::MetricsConfig::default(),
         }
     }
@@ -333,6 +426,35 @@ impl Config {
                 message: e.to_string(),
             });
         }
+        for name in self.runtimes.keys() {
+            if !is_dns_label(name) {
+                return Err(ConfigError::Invalid {
+                    key: "runtimes",
+                    message: format!(
+                        "{name:?} is not a RuntimeClass handler name (a DNS label: a-z, 0-9 and '-', at most 63)"
+                    ),
+                });
+            }
+        }
+        if !self.runtimes.contains_key(&self.default_runtime) {
+            return Err(ConfigError::Invalid {
+                key: "default_runtime",
+                message: format!(
+                    "{:?} has no [runtimes.{}] table (configured: {:?})",
+                    self.default_runtime,
+                    self.default_runtime,
+                    self.runtimes.keys().collect::<Vec<_>>()
+                ),
+            });
+        }
+        for dir in &self.cdi.spec_dirs {
+            if !dir.is_absolute() {
+                return Err(ConfigError::Invalid {
+                    key: "cdi.spec_dirs",
+                    message: format!("{} must be an absolute path", dir.display()),
+                });
+            }
+        }
         if let Err(e) = self.metrics.socket_addr() {
             return Err(ConfigError::Invalid {
                 key: "metrics.address",
@@ -347,6 +469,17 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A DNS-1123 label, as Kubernetes requires of a RuntimeClass handler.
+fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
 }
 
 #[cfg(test)]
@@ -475,6 +608,39 @@ mod tests {
         assert_eq!(config.root, PathBuf::from("/tmp/file-root"));
         assert_eq!(config.state, PathBuf::from("/tmp/flag-state"));
         assert_eq!(config.log_level, "debug");
+    }
+
+    #[test]
+    fn runtime_handlers_resolve_and_validate() {
+        let config = Config::from_toml(
+            "default_runtime = \"secure\"\n[runtimes.secure]\nuser_namespaces = false\ndefault_seccomp = true\n[runtimes.fast]\n",
+            origin(),
+        )
+        .unwrap();
+        let (name, h) = config.runtime_handler("").unwrap();
+        assert_eq!(name, "secure");
+        assert!(!h.user_namespaces && h.default_seccomp);
+        let (name, h) = config.runtime_handler("fast").unwrap();
+        assert_eq!(name, "fast");
+        assert_eq!(h, &RuntimeHandlerConfig::default());
+        assert!(
+            config.runtime_handler("berth").is_none(),
+            "the default table is replaced"
+        );
+        assert!(config.runtime_handler("runc").is_none());
+        // The default configuration has one handler, berth, the default.
+        let d = Config::default();
+        assert_eq!(d.runtime_handler("").unwrap().0, "berth");
+        assert_eq!(d.runtime_handler("berth").unwrap().0, "berth");
+
+        let err = Config::from_toml("default_runtime = \"kata\"\n", origin()).unwrap_err();
+        assert!(err.to_string().contains("kata"), "{err}");
+        let err = Config::from_toml("[runtimes.Bad_Name]\n", origin()).unwrap_err();
+        assert!(err.to_string().contains("Bad_Name"), "{err}");
+        let err = Config::from_toml("[runtimes.berth]\nuserns = true\n", origin()).unwrap_err();
+        assert!(err.to_string().contains("userns"), "{err}");
+        let err = Config::from_toml("[cdi]\nspec_dirs = [\"cdi\"]\n", origin()).unwrap_err();
+        assert!(err.to_string().contains("cdi.spec_dirs"), "{err}");
     }
 
     #[test]

@@ -9,6 +9,8 @@ pub mod attach_wire;
 pub mod runtime;
 
 #[cfg(feature = "daemon")]
+pub mod cdi;
+#[cfg(feature = "daemon")]
 pub mod config;
 #[cfg(feature = "daemon")]
 pub mod cri;

@@ -91,6 +91,8 @@ impl From<crate::pod::PodError> for Status {
             E::Unimplemented(_) => Code::Unimplemented,
             E::Timeout(_) => Code::DeadlineExceeded,
             E::Image(e) => image_error_code(e),
+            E::Cdi(crate::cdi::CdiError::DeviceNode { .. }) => Code::FailedPrecondition,
+            E::Cdi(_) => Code::InvalidArgument,
             E::Network(crate::network::NetworkError::InvalidRequest(_)) => Code::InvalidArgument,
             // No CNI config yet: the node is not ready for pod networks.
             E::Network(crate::network::NetworkError::NotReady(_)) => Code::FailedPrecondition,

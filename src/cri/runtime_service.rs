@@ -53,17 +53,34 @@ pub struct CriRuntimeService {
 }
 
 impl CriRuntimeService {
-    /// The runtime handlers and their features, from the kernel probes
-    /// (berth has one handler, the default, named "").
+    /// The runtime handlers of berthd's config (`[runtimes.<name>]`), each
+    /// with its features: the kernel probes, narrowed by the handler's
+    /// policy. The default handler is listed twice, as containerd does:
+    /// under its name and under "" (what kubelet sends for pods without a
+    /// RuntimeClass).
     fn runtime_handlers(&self) -> Vec<cri::RuntimeHandler> {
         let f = self.pods.host_features();
-        vec![cri::RuntimeHandler {
-            name: String::new(),
-            features: Some(cri::RuntimeHandlerFeatures {
-                recursive_read_only_mounts: f.recursive_read_only,
-                user_namespaces: f.user_namespaces,
-            }),
-        }]
+        let mut out = Vec::new();
+        for (name, h) in &self.config.runtimes {
+            let handler = cri::RuntimeHandler {
+                name: name.clone(),
+                features: Some(cri::RuntimeHandlerFeatures {
+                    recursive_read_only_mounts: f.recursive_read_only,
+                    user_namespaces: f.user_namespaces && h.user_namespaces,
+                }),
+            };
+            if *name == self.config.default_runtime {
+                out.insert(
+                    0,
+                    cri::RuntimeHandler {
+                        name: String::new(),
+                        features: handler.features,
+                    },
+                );
+            }
+            out.push(handler);
+        }
+        out
     }
 
     pub fn new(config: Arc<Config>, pods: Arc<PodManager>) -> Self {
@@ -161,7 +178,11 @@ impl RuntimeService for CriRuntimeService {
             }),
             info,
             runtime_handlers: self.runtime_handlers(),
-            features: None,
+            // spec/user.rs implements Merge and Strict, and ContainerStatus
+            // reports the process's identity: kubelet admits Strict pods.
+            features: Some(cri::RuntimeFeatures {
+                supplemental_groups_policy: true,
+            }),
         }))
     }
 
@@ -192,10 +213,7 @@ impl RuntimeService for CriRuntimeService {
         let config = req
             .config
             .ok_or_else(|| invalid_argument("RunPodSandbox: config is required"))?;
-        if !req.runtime_handler.is_empty() {
-            tracing::debug!(handler = %req.runtime_handler, "runtime handler ignored");
-        }
-        let id = self.pods.run_pod(config).await?;
+        let id = self.pods.run_pod(config, &req.runtime_handler).await?;
         tracing::Span::current().record("pod", id.as_str());
         Ok(Response::new(cri::RunPodSandboxResponse {
             pod_sandbox_id: id,
@@ -231,7 +249,8 @@ impl RuntimeService for CriRuntimeService {
         let req = request.into_inner();
         need("pod_sandbox_id", &req.pod_sandbox_id)?;
         let (status, info) = self.pods.pod_status(&req.pod_sandbox_id, req.verbose)?;
-        let containers_statuses = Vec::new();
+        // Kubelet's evented PLEG reads the pod's containers from here.
+        let containers_statuses = self.pods.pod_container_statuses(&status.id)?;
         Ok(Response::new(cri::PodSandboxStatusResponse {
             status: Some(status),
             info,
@@ -474,21 +493,27 @@ impl RuntimeService for CriRuntimeService {
         &self,
         _request: Request<cri::CheckpointContainerRequest>,
     ) -> Result<Response<cri::CheckpointContainerResponse>, Status> {
-        Err(unimplemented("CheckpointContainer"))
+        Err(Status::unimplemented(
+            "berth: CheckpointContainer is not built yet (no CRIU checkpoint/restore in berth's runtime)",
+        ))
     }
 
     async fn list_metric_descriptors(
         &self,
         _request: Request<cri::ListMetricDescriptorsRequest>,
     ) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
-        Err(unimplemented("ListMetricDescriptors"))
+        Err(Status::unimplemented(
+            "berth: ListMetricDescriptors is not built yet; kubelet's cAdvisor-stats mode serves these metrics",
+        ))
     }
 
     async fn list_pod_sandbox_metrics(
         &self,
         _request: Request<cri::ListPodSandboxMetricsRequest>,
     ) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
-        Err(unimplemented("ListPodSandboxMetrics"))
+        Err(Status::unimplemented(
+            "berth: ListPodSandboxMetrics is not built yet; kubelet's cAdvisor-stats mode serves these metrics",
+        ))
     }
 
     async fn runtime_config(
@@ -583,6 +608,57 @@ mod tests {
             config["root"],
             dir.path().join("root").display().to_string()
         );
+    }
+
+    #[tokio::test]
+    async fn status_lists_each_handler_and_the_default_as_empty_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = service_in(dir.path()).await;
+        let mut config = (*s.config).clone();
+        config.runtimes.insert(
+            "nouserns".to_owned(),
+            crate::config::RuntimeHandlerConfig {
+                user_namespaces: false,
+                default_seccomp: true,
+            },
+        );
+        s.config = Arc::new(config);
+        let st = s
+            .status(Request::new(cri::StatusRequest { verbose: false }))
+            .await
+            .unwrap()
+            .into_inner();
+        let names: Vec<_> = st
+            .runtime_handlers
+            .iter()
+            .map(|h| h.name.as_str())
+            .collect();
+        assert_eq!(names, ["", "berth", "nouserns"]);
+        let probed = s.pods.host_features().user_namespaces;
+        let userns = |i: usize| st.runtime_handlers[i].features.unwrap().user_namespaces;
+        assert_eq!((userns(0), userns(1), userns(2)), (probed, probed, false));
+        assert!(st.features.unwrap().supplemental_groups_policy);
+    }
+
+    #[tokio::test]
+    async fn unknown_runtime_handler_is_invalid_argument() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = service_in(dir.path()).await;
+        let err = s
+            .run_pod_sandbox(Request::new(cri::RunPodSandboxRequest {
+                config: Some(cri::PodSandboxConfig {
+                    metadata: Some(cri::PodSandboxMetadata {
+                        name: "p".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                runtime_handler: "kata".into(),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains("kata"), "{err:?}");
     }
 
     #[tokio::test]

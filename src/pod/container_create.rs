@@ -307,10 +307,16 @@ impl PodManager {
             shm: pod.ipcns.as_ref().map(|_| pod.dir.join("shm")),
         };
         let features = self.host_features();
+        let capabilities = own_capabilities();
+        let oom_score_adj_min = super::oom_floor::oom_score_adj_floor(
+            super::oom_floor::own_oom_score_adj(),
+            capabilities.as_ref(),
+        );
         let host = spec::HostFacts {
             hostname: files::host_hostname(),
             recursive_read_only: features.recursive_read_only,
-            capabilities: own_capabilities(),
+            capabilities,
+            apparmor: super::apparmor::host_enabled(),
             devices: if needs_host_devices(config) {
                 super::host_devices::host_devices()
             } else {
@@ -318,14 +324,40 @@ impl PodManager {
             },
             ..Default::default()
         };
+        let (_, handler) = self
+            .config
+            .runtime_handler(&pod.runtime_handler)
+            .ok_or_else(|| {
+                PodError::FailedPrecondition(format!(
+                    "pod {} was run with runtime handler {:?}, which berthd's config no longer has",
+                    pod.id, pod.runtime_handler
+                ))
+            })?;
         let options = spec::RuntimeOptions {
-            oom_score_adj_min: own_oom_score_adj(),
+            oom_score_adj_min,
+            seccomp_default_when_unset: handler.default_seccomp,
+            apparmor_default_profile: Some(super::apparmor::DEFAULT_PROFILE.to_owned()),
             ..Default::default()
         };
         let target_pid_ns = self.target_pid_namespace(config, &pod.id)?;
+        super::host_paths::create_missing_host_paths(&config.mounts)?;
         let seccomp_profile = localhost_seccomp_profile(config)?;
         let rootfs_path = bundle.join("rootfs");
-        let oci = spec::container_spec(&spec::ContainerSpecInput {
+        let cdi_names = crate::cdi::requested_devices(
+            &config
+                .cdi_devices
+                .iter()
+                .map(|d| d.name.clone())
+                .collect::<Vec<_>>(),
+            &config.annotations,
+        );
+        let cdi_edits = if cdi_names.is_empty() {
+            None
+        } else {
+            let registry = crate::cdi::CdiRegistry::load(&self.config.cdi.spec_dirs);
+            Some(registry.resolve(&cdi_names)?)
+        };
+        let mut oci = spec::container_spec(&spec::ContainerSpecInput {
             container_id: &id,
             sandbox_id: &pod.id,
             config,
@@ -346,6 +378,13 @@ impl PodManager {
             host: &host,
             options: &options,
         })?;
+        if let Some(edits) = &cdi_edits {
+            spec::apply_cdi_edits(&mut oci, edits)?;
+            tracing::info!(container = %id, devices = ?cdi_names, "CDI devices applied");
+        }
+        if host.apparmor {
+            super::apparmor::check_spec_profile(&oci)?;
+        }
         let config_path = bundle.join("config.json");
         let json = serde_json::to_vec_pretty(&oci)
             .map_err(|e| PodError::Shim(format!("encode config.json: {e}")))?;
@@ -426,7 +465,6 @@ impl PodManager {
     }
 }
 
-/// berthd's own oom_score_adj: containers may not go below it.
 /// Whether the spec needs the host's device list: a privileged container
 /// gets every device, CRI `devices` name some.
 fn needs_host_devices(config: &cri::ContainerConfig) -> bool {
@@ -444,10 +482,4 @@ fn own_capabilities() -> Option<std::collections::HashSet<oci_spec::runtime::Cap
     let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
     let mask = u64::from_str_radix(hex.trim(), 16).ok()?;
     Some(spec::capabilities_from_mask(mask))
-}
-
-fn own_oom_score_adj() -> Option<i32> {
-    std::fs::read_to_string("/proc/self/oom_score_adj")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
 }

@@ -11,6 +11,9 @@ use super::pod_status::labels_match;
 use super::{PodError, PodManager, Result, now_ns};
 use crate::store::{ContainerRecord, ContainerState};
 
+/// The shim's runtime type (containerd's name for it), in verbose status.
+const RUNTIME_TYPE: &str = "io.containerd.berth.v2";
+
 fn state(s: ContainerState) -> i32 {
     (match s {
         ContainerState::Created => cri::ContainerState::ContainerCreated,
@@ -45,6 +48,9 @@ impl PodManager {
             .resolve_container(id)?
             .ok_or_else(|| PodError::NotFound(format!("container {id}")))?;
         let config = cri::ContainerConfig::decode(c.config.as_slice()).unwrap_or_default();
+        // The runtime spec the container was created with: its process's
+        // identity is ContainerStatus.user, as containerd reports it.
+        let runtime_spec = read_runtime_spec(&c.bundle);
         let status = cri::ContainerStatus {
             id: c.id.clone(),
             metadata: Some(metadata(&c)),
@@ -70,19 +76,40 @@ impl PodManager {
                     windows: None,
                 }),
             image_id: c.image_id.clone(),
-            user: None,
+            user: runtime_spec
+                .as_ref()
+                .and_then(crate::spec::linux_container_user)
+                .map(|linux| cri::ContainerUser { linux: Some(linux) }),
         };
         let mut info = HashMap::new();
         if verbose {
+            // containerd's ContainerInfo keys (what `crictl inspect` shows).
             let v = serde_json::json!({
                 "id": c.id,
                 "sandboxID": c.pod_id,
                 "pid": c.pid,
+                "removing": false,
+                "snapshotKey": c.id,
+                "snapshotter": "overlayfs",
+                "runtimeType": RUNTIME_TYPE,
                 "bundle": c.bundle,
+                "runtimeSpec": runtime_spec,
             });
             info.insert("info".to_owned(), v.to_string());
         }
         Ok((status, info))
+    }
+
+    /// The statuses of every container of pod `pod_id` (PodSandboxStatus's
+    /// `containers_statuses`).
+    pub fn pod_container_statuses(&self, pod_id: &str) -> Result<Vec<cri::ContainerStatus>> {
+        let mut out = Vec::new();
+        for c in self.containers_matching("", pod_id, None, &HashMap::new())? {
+            if c.pod_id == pod_id {
+                out.push(self.container_status(&c.id, false)?.0);
+            }
+        }
+        Ok(out)
     }
 
     fn containers_matching(
@@ -220,6 +247,18 @@ impl PodManager {
             inodes_used: Some(cri::UInt64Value { value: inodes }),
         });
         Ok(stats)
+    }
+}
+
+/// The OCI spec in a container's bundle (None when it is gone or unreadable).
+fn read_runtime_spec(bundle: &std::path::Path) -> Option<oci_spec::runtime::Spec> {
+    let bytes = std::fs::read(bundle.join("config.json")).ok()?;
+    match serde_json::from_slice(&bytes) {
+        Ok(spec) => Some(spec),
+        Err(e) => {
+            tracing::warn!(bundle = %bundle.display(), error = %e, "unreadable config.json");
+            None
+        }
     }
 }
 

@@ -36,6 +36,8 @@ pub enum PodError {
     Spec(#[from] SpecError),
     #[error(transparent)]
     Image(#[from] ImageError),
+    #[error(transparent)]
+    Cdi(#[from] crate::cdi::CdiError),
     #[error("shim: {0}")]
     Shim(String),
     #[error("timed out: {0}")]

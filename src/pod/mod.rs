@@ -11,6 +11,7 @@
 //! One file per operation: `pod_run.rs`, `pod_stop.rs`, `pod_remove.rs`,
 //! `pod_status.rs`, `container_*.rs`.
 
+mod apparmor;
 mod container_attach;
 mod container_create;
 mod container_exec;
@@ -22,9 +23,12 @@ mod error;
 mod files;
 mod host_devices;
 mod host_features;
+mod host_paths;
 mod locks;
 pub mod namespaces;
+mod oom_floor;
 pub mod pod_init;
+mod pod_reality;
 mod pod_remove;
 mod pod_resources;
 mod pod_run;

@@ -119,6 +119,15 @@ pub fn spawn(pod_id: &str, userns: Option<&Path>) -> Result<i32> {
     }
 }
 
+/// Whether `pid` is still the running init of pod `pod_id` (not a
+/// zombie, nor a reused pid).
+pub fn is_alive(pid: i32, pod_id: &str) -> bool {
+    let cmdline =
+        std::fs::read(Path::new("/proc").join(pid.to_string()).join("cmdline")).unwrap_or_default();
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    cmdline.contains(POD_INIT_ARG) && cmdline.contains(pod_id) && !crate::runtime::has_exited(pid)
+}
+
 /// Kills the init `pid` of pod `pod_id` (and so every process of the pod's
 /// pid namespace) if it is still that init. Idempotent.
 pub fn kill(pid: i32, pod_id: &str) {

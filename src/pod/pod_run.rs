@@ -25,8 +25,22 @@ fn is_node(mode: i32) -> bool {
 }
 
 impl PodManager {
-    /// Creates a pod; returns its id. On any failure nothing is left.
-    pub async fn run_pod(&self, config: cri::PodSandboxConfig) -> Result<String> {
+    /// Creates a pod with the runtime handler `runtime_handler` ("" for the
+    /// default one); returns its id. On any failure nothing is left.
+    pub async fn run_pod(
+        &self,
+        config: cri::PodSandboxConfig,
+        runtime_handler: &str,
+    ) -> Result<String> {
+        let (handler_name, handler) =
+            self.config
+                .runtime_handler(runtime_handler)
+                .ok_or_else(|| {
+                    PodError::InvalidArgument(format!(
+                        "no runtime handler {runtime_handler:?} is configured (berthd has {:?}: [runtimes.<name>] in its config)",
+                        self.config.runtimes.keys().collect::<Vec<_>>()
+                    ))
+                })?;
         let meta = config
             .metadata
             .clone()
@@ -44,6 +58,11 @@ impl PodManager {
         }
         // Checked before anything is made: bad mappings leave nothing behind.
         let userns = super::pod_userns::pod_id_mappings(&ns)?;
+        if userns.is_some() && !handler.user_namespaces {
+            return Err(PodError::FailedPrecondition(format!(
+                "runtime handler {handler_name:?} does not allow user-namespaced pods (user_namespaces = false in [runtimes.{handler_name}])"
+            )));
+        }
         if userns.is_some() && !self.host_features().user_namespaces {
             return Err(PodError::FailedPrecondition(
                 "this host cannot run user-namespaced pods (the user namespace and idmapped mount probe failed; see berthd's log)".into(),
@@ -97,6 +116,7 @@ impl PodManager {
             config: config.encode_to_vec(),
             dir: dir.clone(),
             setting_up: true,
+            runtime_handler: runtime_handler.to_owned(),
             ..Default::default()
         };
         drop(_enter);

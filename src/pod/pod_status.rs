@@ -53,7 +53,7 @@ impl PodManager {
         let status = cri::PodSandboxStatus {
             id: pod.id.clone(),
             metadata: Some(metadata(&pod)),
-            state: pod_state(pod.state),
+            state: pod_state(super::pod_reality::checked_state(&pod)),
             created_at: pod.created_at,
             network: Some(network),
             linux: Some(cri::LinuxPodSandboxStatus {
@@ -61,7 +61,7 @@ impl PodManager {
             }),
             labels: pod.labels.clone(),
             annotations: pod.annotations.clone(),
-            runtime_handler: String::new(),
+            runtime_handler: pod.runtime_handler.clone(),
         };
         let mut info = HashMap::new();
         if verbose {
@@ -90,12 +90,13 @@ impl PodManager {
     ) -> Result<Vec<cri::PodSandbox>> {
         let mut out = Vec::new();
         for p in self.store.pods()? {
+            let state = super::pod_reality::checked_state(&p);
             if let Some(f) = filter {
                 if !f.id.is_empty() && !p.id.starts_with(&f.id) {
                     continue;
                 }
                 if let Some(s) = &f.state
-                    && s.state != pod_state(p.state)
+                    && s.state != pod_state(state)
                 {
                     continue;
                 }
@@ -106,11 +107,11 @@ impl PodManager {
             out.push(cri::PodSandbox {
                 id: p.id.clone(),
                 metadata: Some(metadata(&p)),
-                state: pod_state(p.state),
+                state: pod_state(state),
                 created_at: p.created_at,
                 labels: p.labels.clone(),
                 annotations: p.annotations.clone(),
-                runtime_handler: String::new(),
+                runtime_handler: p.runtime_handler.clone(),
             });
         }
         out.sort_by_key(|p| p.created_at);

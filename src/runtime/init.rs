@@ -322,6 +322,15 @@ fn setup_process(
     process: &Process,
     seccomp_program: Option<&SeccompProgram>,
 ) -> SetupResult<ExecTarget> {
+    // While the set-up may still write to /proc (as runc, before the
+    // capabilities go); it takes effect at the exec.
+    if let Some(profile) = process
+        .apparmor_profile()
+        .as_deref()
+        .filter(|p| !p.is_empty())
+    {
+        super::apparmor::change_on_exec(profile)?;
+    }
     let mut programs = seccomp_program.cloned();
     let nnp = process.no_new_privileges().unwrap_or(false);
     if !nnp && let Some(p) = programs.take() {

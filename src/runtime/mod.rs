@@ -60,6 +60,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::{LinuxResources, Process, Spec};
 use serde::{Deserialize, Serialize};
 
+mod apparmor;
 pub mod cgroups;
 mod create;
 mod delete;

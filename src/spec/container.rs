@@ -15,7 +15,7 @@ use super::namespaces::container_namespaces;
 use super::pod_files::validate_hostname;
 use super::process::{process_args, process_cwd, process_env};
 use super::resources::{apply_resources, oom_score_adj};
-use super::seccomp::{container_seccomp, seccomp_selection};
+use super::seccomp::{container_seccomp, seccomp_is_set, seccomp_selection};
 use super::security::{apparmor_profile, check_selinux};
 use super::sysctls::container_sysctls;
 use super::user::resolve_user;
@@ -190,8 +190,11 @@ pub fn container_spec(input: &ContainerSpecInput<'_>) -> Result<Spec, SpecError>
         _ => (Vec::new(), Vec::new()),
     };
 
-    // seccomp.
-    let selection = seccomp_selection(sc)?;
+    // seccomp (a privileged container never gets a filter).
+    let mut selection = seccomp_selection(sc)?;
+    if input.options.seccomp_default_when_unset && !privileged && !seccomp_is_set(sc) {
+        selection = super::seccomp::SeccompSelection::RuntimeDefault;
+    }
     let seccomp = container_seccomp(
         &selection,
         input.seccomp_localhost_profile,

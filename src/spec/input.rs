@@ -143,15 +143,20 @@ impl Default for HostFacts {
 /// Runtime policy knobs (from berthd's config).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RuntimeOptions {
-    /// The lowest oom_score_adj a container may get (containerd's
-    /// `restrict_oom_score_adj`: the daemon's own value). Lower requests are
-    /// raised to it, with a log line.
+    /// The lowest oom_score_adj a container may get: None where the runtime
+    /// holds CAP_SYS_RESOURCE, else its own value (containerd's
+    /// `restrict_oom_score_adj`). Lower requests are raised to it, with a
+    /// log line.
     pub oom_score_adj_min: Option<i32>,
     /// Give CRI devices the uid/gid of the container's run_as_user/run_as_group
     /// (containerd's `device_ownership_from_security_context`).
     pub device_ownership_from_security_context: bool,
     /// The AppArmor profile name used for RuntimeDefault when AppArmor is enabled.
     pub apparmor_default_profile: Option<String>,
+    /// RuntimeDefault seccomp for a container whose security context selects
+    /// no profile (the runtime handler's `default_seccomp`; containerd's
+    /// `unset_seccomp_profile`). An explicit Unconfined stays unconfined.
+    pub seccomp_default_when_unset: bool,
 }
 
 /// The image side of the container.

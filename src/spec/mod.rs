@@ -9,6 +9,7 @@
 
 mod annotations;
 mod capabilities;
+mod cdi;
 mod container;
 mod devices;
 mod error;
@@ -32,6 +33,7 @@ pub use capabilities::{
     ALL_CAPABILITIES, DEFAULT_CAPABILITIES, capabilities_from_mask, capability_set, is_all,
     parse_capability, process_capabilities,
 };
+pub use cdi::{CdiDeviceNode, CdiEdits, CdiMount, apply_cdi_edits};
 pub use container::{OCI_VERSION, container_cgroups_path, container_spec};
 pub use devices::default_device_rules;
 pub use error::SpecError;
@@ -45,7 +47,8 @@ pub use pod_files::{pod_hostname_file, pod_hosts_file, pod_resolv_conf, validate
 pub use process::{DEFAULT_PATH_ENV, process_args, process_cwd, process_env};
 pub use resources::{oci_resources, oom_score_adj};
 pub use seccomp::{
-    SeccompSelection, default_seccomp_profile, parse_seccomp_profile, seccomp_selection,
+    SeccompSelection, default_seccomp_profile, parse_seccomp_profile, seccomp_is_set,
+    seccomp_selection,
 };
 pub use sysctls::{SysctlNamespace, normalize_sysctl_name, sysctl_namespace};
 pub use user::{

@@ -179,7 +179,8 @@ pub(crate) fn apply_resources(
 }
 
 /// The container's oom_score_adj: the CRI value, raised to `min` when it is
-/// lower (a process without CAP_SYS_RESOURCE cannot lower its score).
+/// lower (the caller sets `min` only where the runtime lacks CAP_SYS_RESOURCE
+/// and so cannot lower a score below its own).
 pub fn oom_score_adj(requested: i64, min: Option<i32>) -> Result<i32, SpecError> {
     if !(-1000..=1000).contains(&requested) {
         return Err(SpecError::field(
@@ -193,7 +194,7 @@ pub fn oom_score_adj(requested: i64, min: Option<i32>) -> Result<i32, SpecError>
             tracing::info!(
                 requested = adj,
                 applied = min,
-                "oom_score_adj raised to the runtime's own value (restrict_oom_score_adj)"
+                "oom_score_adj raised to berthd's own value: berthd lacks CAP_SYS_RESOURCE, so a lower score cannot be set"
             );
             Ok(min)
         }

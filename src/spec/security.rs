@@ -1,22 +1,36 @@
-//! AppArmor and SELinux: berth's hosts have neither, so a container that
-//! requires a profile is refused instead of silently running unconfined.
+//! AppArmor and SELinux. AppArmor profiles are applied where the host has
+//! AppArmor (the runtime writes the spec's `process.apparmorProfile` to
+//! `/proc/thread-self/attr/apparmor/exec` before exec); SELinux labels are
+//! not applied yet, so they are refused where SELinux is on.
 
 use k8s_cri::v1::{LinuxContainerSecurityContext, security_profile::ProfileType};
 
 use super::SpecError;
 use super::input::{HostFacts, RuntimeOptions};
 
-/// The AppArmor profile name the container runs with, or `None`.
+/// The AppArmor profile name the container runs with, or `None`
+/// (unconfined), as containerd decides it (`generateApparmorSpecOpts`):
 ///
-/// Unconfined (or nothing) needs no AppArmor. RuntimeDefault and Localhost
-/// need AppArmor on the host: without it they are refused (as containerd does,
-/// "apparmor is not supported"). A privileged container runs unconfined.
+/// - AppArmor off on the host: Unconfined, RuntimeDefault and nothing mean
+///   unconfined (there is nothing to confine with); Localhost names a profile
+///   that cannot exist, and is refused.
+/// - AppArmor on: nothing or RuntimeDefault is the runtime's default profile
+///   (`options.apparmor_default_profile`, which the caller loads), except
+///   for a privileged container; Localhost is the named profile (the caller
+///   checks that it is loaded), also for a privileged one; Unconfined is
+///   unconfined.
 pub(crate) fn apparmor_profile(
     sc: Option<&LinuxContainerSecurityContext>,
     host: &HostFacts,
     options: &RuntimeOptions,
 ) -> Result<Option<String>, SpecError> {
-    let Some(sc) = sc else { return Ok(None) };
+    let Some(sc) = sc else {
+        return if host.apparmor {
+            default_profile(options).map(Some)
+        } else {
+            Ok(None)
+        };
+    };
     let requested: Option<(ProfileType, String)> = match &sc.apparmor {
         Some(p) => {
             let typ = ProfileType::try_from(p.profile_type).map_err(|_| {
@@ -55,25 +69,13 @@ pub(crate) fn apparmor_profile(
         }
     };
     let Some((typ, name)) = requested else {
+        if host.apparmor && !sc.privileged {
+            return default_profile(options).map(Some);
+        }
         return Ok(None);
     };
-    if typ == ProfileType::Unconfined {
-        return Ok(None);
-    }
-    if !host.apparmor {
-        return Err(SpecError::Unsupported(format!(
-            "the container requires AppArmor profile {} but AppArmor is not enabled on this host; refusing to run it unconfined",
-            if typ == ProfileType::Localhost {
-                format!("localhost/{name}")
-            } else {
-                typ.as_str_name().to_string()
-            }
-        )));
-    }
-    if sc.privileged {
-        return Ok(None);
-    }
     match typ {
+        ProfileType::Unconfined => Ok(None),
         ProfileType::Localhost => {
             if name.is_empty() {
                 return Err(SpecError::field(
@@ -81,16 +83,25 @@ pub(crate) fn apparmor_profile(
                     "profile type Localhost needs the profile's name",
                 ));
             }
+            if !host.apparmor {
+                return Err(SpecError::Unsupported(format!(
+                    "the container requires AppArmor profile localhost/{name} but AppArmor is not enabled on this host; refusing to run it unconfined"
+                )));
+            }
             Ok(Some(name))
         }
-        _ => match &options.apparmor_default_profile {
-            Some(p) => Ok(Some(p.clone())),
-            None => Err(SpecError::Unsupported(
-                "the container requires the RuntimeDefault AppArmor profile but berth has none configured"
-                    .to_string(),
-            )),
-        },
+        _ if !host.apparmor || sc.privileged => Ok(None),
+        _ => default_profile(options).map(Some),
     }
+}
+
+fn default_profile(options: &RuntimeOptions) -> Result<String, SpecError> {
+    options.apparmor_default_profile.clone().ok_or_else(|| {
+        SpecError::Unsupported(
+            "the container requires the RuntimeDefault AppArmor profile but berth has none loaded"
+                .to_string(),
+        )
+    })
 }
 
 /// Checks the SELinux options. Without SELinux on the host they are ignored,

@@ -51,6 +51,9 @@ pub struct PodRecord {
     /// RunPodSandbox has not finished: a pod still marked so when berthd
     /// starts was cut off by a crash and is removed.
     pub setting_up: bool,
+    /// The CRI runtime handler the pod was run with, as kubelet named it
+    /// ("" for the default handler).
+    pub runtime_handler: String,
 }
 
 /// A container's lifecycle state.

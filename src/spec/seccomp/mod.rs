@@ -56,6 +56,14 @@ fn localhost(file: &str) -> Result<SeccompSelection, SpecError> {
     Ok(SeccompSelection::Localhost(file.to_string()))
 }
 
+/// Whether the security context selects a seccomp profile at all (the
+/// `seccomp` field or the deprecated path); a runtime handler with
+/// `default_seccomp` gives RuntimeDefault to containers that select none.
+pub fn seccomp_is_set(sc: Option<&LinuxContainerSecurityContext>) -> bool {
+    #[allow(deprecated)]
+    sc.is_some_and(|sc| sc.seccomp.is_some() || !sc.seccomp_profile_path.is_empty())
+}
+
 /// The seccomp profile the security context selects, as containerd reads it:
 /// the `seccomp` field when set, else the deprecated `seccomp_profile_path`,
 /// else none. A privileged container never gets a filter.

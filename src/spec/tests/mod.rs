@@ -3,6 +3,7 @@
 //! image and an ordinary pod), changes what it tests, and checks the spec.
 
 mod capabilities;
+mod cdi;
 mod devices;
 mod misc;
 mod mounts;

@@ -173,6 +173,44 @@ fn seccomp_in_spec() {
             expect: Expect::Spec(|s| assert!(linux(s).seccomp().is_none())),
         },
         Case {
+            name: "no profile, handler default_seccomp: the default profile",
+            setup: |f| f.options.seccomp_default_when_unset = true,
+            expect: Expect::Spec(|s| {
+                assert_eq!(
+                    seccomp(s).default_action(),
+                    LinuxSeccompAction::ScmpActErrno
+                )
+            }),
+        },
+        Case {
+            name: "explicit Unconfined, handler default_seccomp: no filter",
+            setup: |f| {
+                f.options.seccomp_default_when_unset = true;
+                f.sc().seccomp = profile(ProfileType::Unconfined, "");
+            },
+            expect: Expect::Spec(|s| assert!(linux(s).seccomp().is_none())),
+        },
+        Case {
+            name: "deprecated unconfined path, handler default_seccomp: no filter",
+            setup: |f| {
+                f.options.seccomp_default_when_unset = true;
+                #[allow(deprecated)]
+                {
+                    f.sc().seccomp_profile_path = "unconfined".to_string();
+                }
+            },
+            expect: Expect::Spec(|s| assert!(linux(s).seccomp().is_none())),
+        },
+        Case {
+            name: "privileged, handler default_seccomp: no filter",
+            setup: |f| {
+                f.options.seccomp_default_when_unset = true;
+                f.sc().privileged = true;
+                f.pod_sc().privileged = true;
+            },
+            expect: Expect::Spec(|s| assert!(linux(s).seccomp().is_none())),
+        },
+        Case {
             name: "RuntimeDefault: the default profile",
             setup: |f| f.sc().seccomp = profile(ProfileType::RuntimeDefault, ""),
             expect: Expect::Spec(|s| {

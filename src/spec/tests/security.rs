@@ -83,9 +83,28 @@ fn security_context() {
             }),
         },
         Case {
-            name: "AppArmor RuntimeDefault without AppArmor: refused",
+            name: "AppArmor RuntimeDefault without AppArmor: unconfined",
             setup: |f| f.sc().apparmor = profile(ProfileType::RuntimeDefault, ""),
-            expect: Expect::Err("AppArmor is not enabled on this host"),
+            expect: Expect::Spec(|s| {
+                assert!(s.process().as_ref().unwrap().apparmor_profile().is_none())
+            }),
+        },
+        Case {
+            name: "deprecated runtime/default without AppArmor: unconfined",
+            setup: |f| {
+                #[allow(deprecated)]
+                {
+                    f.sc().apparmor_profile = "runtime/default".to_string();
+                }
+            },
+            expect: Expect::Spec(|s| {
+                assert!(s.process().as_ref().unwrap().apparmor_profile().is_none())
+            }),
+        },
+        Case {
+            name: "AppArmor Localhost without a name: refused",
+            setup: |f| f.sc().apparmor = profile(ProfileType::Localhost, ""),
+            expect: Expect::Err("needs the profile's name"),
         },
         Case {
             name: "AppArmor Localhost without AppArmor: refused",
@@ -135,6 +154,103 @@ fn security_context() {
                     Some("berth-default")
                 )
             }),
+        },
+        Case {
+            name: "nothing asked with AppArmor: the default profile (kubernetes#51746)",
+            setup: |f| {
+                f.host.apparmor = true;
+                f.options.apparmor_default_profile = Some("berth-default".to_string());
+            },
+            expect: Expect::Spec(|s| {
+                assert_eq!(
+                    s.process().as_ref().unwrap().apparmor_profile().as_deref(),
+                    Some("berth-default")
+                )
+            }),
+        },
+        Case {
+            name: "nothing asked without AppArmor: unconfined",
+            setup: |f| f.options.apparmor_default_profile = Some("berth-default".to_string()),
+            expect: Expect::Spec(|s| {
+                assert!(s.process().as_ref().unwrap().apparmor_profile().is_none())
+            }),
+        },
+        Case {
+            name: "AppArmor Localhost with AppArmor: the named profile",
+            setup: |f| {
+                f.host.apparmor = true;
+                f.options.apparmor_default_profile = Some("berth-default".to_string());
+                f.sc().apparmor = profile(ProfileType::Localhost, "k8s-nginx");
+            },
+            expect: Expect::Spec(|s| {
+                assert_eq!(
+                    s.process().as_ref().unwrap().apparmor_profile().as_deref(),
+                    Some("k8s-nginx")
+                )
+            }),
+        },
+        Case {
+            name: "deprecated localhost/ with AppArmor: the named profile",
+            setup: |f| {
+                f.host.apparmor = true;
+                #[allow(deprecated)]
+                {
+                    f.sc().apparmor_profile = "localhost/k8s-nginx".to_string();
+                }
+            },
+            expect: Expect::Spec(|s| {
+                assert_eq!(
+                    s.process().as_ref().unwrap().apparmor_profile().as_deref(),
+                    Some("k8s-nginx")
+                )
+            }),
+        },
+        Case {
+            name: "AppArmor Unconfined with AppArmor: unconfined",
+            setup: |f| {
+                f.host.apparmor = true;
+                f.options.apparmor_default_profile = Some("berth-default".to_string());
+                f.sc().apparmor = profile(ProfileType::Unconfined, "");
+            },
+            expect: Expect::Spec(|s| {
+                assert!(s.process().as_ref().unwrap().apparmor_profile().is_none())
+            }),
+        },
+        Case {
+            name: "privileged with AppArmor: RuntimeDefault is unconfined, Localhost applies",
+            setup: |f| {
+                f.host.apparmor = true;
+                f.options.apparmor_default_profile = Some("berth-default".to_string());
+                f.sc().privileged = true;
+                f.pod_sc().privileged = true;
+                f.sc().apparmor = profile(ProfileType::RuntimeDefault, "");
+            },
+            expect: Expect::Spec(|s| {
+                assert!(s.process().as_ref().unwrap().apparmor_profile().is_none())
+            }),
+        },
+        Case {
+            name: "privileged Localhost with AppArmor: the named profile",
+            setup: |f| {
+                f.host.apparmor = true;
+                f.sc().privileged = true;
+                f.pod_sc().privileged = true;
+                f.sc().apparmor = profile(ProfileType::Localhost, "k8s-priv");
+            },
+            expect: Expect::Spec(|s| {
+                assert_eq!(
+                    s.process().as_ref().unwrap().apparmor_profile().as_deref(),
+                    Some("k8s-priv")
+                )
+            }),
+        },
+        Case {
+            name: "RuntimeDefault with AppArmor but no default profile loaded: refused",
+            setup: |f| {
+                f.host.apparmor = true;
+                f.sc().apparmor = profile(ProfileType::RuntimeDefault, "");
+            },
+            expect: Expect::Err("none loaded"),
         },
         Case {
             name: "AppArmor localhost_ref with RuntimeDefault",
