@@ -607,10 +607,6 @@ impl Drop for Guard<'_> {
     }
 }
 
-fn cgroup_exists(id: &str) -> bool {
-    std::path::Path::new(&format!("/sys/fs/cgroup/pids/{id}")).exists()
-}
-
 fn setup_error_is_reported_and_cleaned_up() -> Result<()> {
     let bundle = busybox_bundle()?;
     // A mount that cannot work: an unknown filesystem type.
@@ -1165,15 +1161,18 @@ fn main() {
 fn time_and_cgroup_namespaces() -> Result<()> {
     let bundle = busybox_bundle()?;
     let id = unique_id("timens");
-    let mut spec = spec(
-        &bundle,
-        &id,
-        &[
-            "sh",
-            "-c",
-            "readlink /proc/self/ns/time; readlink /proc/self/ns/cgroup; cat /proc/self/cgroup | grep ':pids:'; echo $(cat /sys/fs/cgroup/pids/cgroup.procs)",
-        ],
+    // v1: the pids hierarchy's line and directory; v2: the one tree.
+    let v2 = berth::runtime::cgroups::Hierarchy::detect().is_v2();
+    let (line, procs) = if v2 {
+        ("^0::", "/sys/fs/cgroup/cgroup.procs")
+    } else {
+        (":pids:", "/sys/fs/cgroup/pids/cgroup.procs")
+    };
+    let script = format!(
+        "readlink /proc/self/ns/time; readlink /proc/self/ns/cgroup; \
+         grep -E '{line}' /proc/self/cgroup; echo $(cat {procs})"
     );
+    let mut spec = spec(&bundle, &id, &["sh", "-c", &script]);
     let mut linux = spec.linux().clone().unwrap();
     let mut ns = linux.namespaces().clone().unwrap();
     // The default spec already asks for a cgroup namespace.
@@ -1206,13 +1205,14 @@ fn time_and_cgroup_namespaces() -> Result<()> {
         "same cgroup namespace as the host"
     );
     // In its own cgroup namespace the container's cgroup is the root.
-    ensure!(lines[2].ends_with(":pids:/"), "cgroup line {:?}", lines[2]);
+    let root_line = if v2 { "0::/" } else { ":pids:/" };
+    ensure!(lines[2].ends_with(root_line), "cgroup line {:?}", lines[2]);
     // The cgroup mount shows the container's own cgroup: its init (pid 1
     // here) is listed; the caller's cgroup would list no pid of this
     // namespace at all.
     ensure!(
         lines[3].split_whitespace().any(|p| p == "1"),
-        "/sys/fs/cgroup/pids/cgroup.procs in the container: {:?}",
+        "{procs} in the container: {:?}",
         lines[3]
     );
     Ok(())

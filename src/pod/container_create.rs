@@ -286,7 +286,12 @@ impl PodManager {
             .as_ref()
             .map(|l| l.cgroup_parent.clone())
             .unwrap_or_default();
-        let cgroups_path = spec::container_cgroups_path(&cgroup_parent, &id);
+        let systemd_cgroup = self.cgroup_systemd();
+        let cgroups_path = if systemd_cgroup {
+            Some(spec::container_systemd_cgroups_path(&cgroup_parent, &id))
+        } else {
+            spec::container_cgroups_path(&cgroup_parent, &id)
+        };
         record.cgroup = cgroups_path.as_ref().map(|p| p.display().to_string());
         let namespaces = PodNamespaces {
             network: ns_of(&pod.netns),
@@ -302,8 +307,12 @@ impl PodManager {
             shm: pod.ipcns.as_ref().map(|_| pod.dir.join("shm")),
         };
         let features = self.host_features();
+        let cg = crate::runtime::cgroups::CgroupFeatures::detect();
         let host = spec::HostFacts {
             hostname: files::host_hostname(),
+            cgroup_v2: cg.v2,
+            hugetlb: cg.hugetlb,
+            swap_accounting: cg.swap,
             recursive_read_only: features.recursive_read_only,
             capabilities: own_capabilities(),
             devices: if needs_host_devices(config) {
@@ -367,6 +376,8 @@ impl PodManager {
             },
             stdout: log_uri.clone(),
             stderr: if config.tty { String::new() } else { log_uri },
+            // The driver, as containerd tells the runc shim.
+            options: containerd_shim_protos::protobuf::MessageField::from_option(systemd_cgroup.then(runc_systemd_options)),
             ..Default::default()
         };
         let started = std::time::Instant::now();
@@ -447,4 +458,19 @@ fn own_oom_score_adj() -> Option<i32> {
     std::fs::read_to_string("/proc/self/oom_score_adj")
         .ok()
         .and_then(|s| s.trim().parse().ok())
+}
+
+/// runc's shim options with `SystemdCgroup = true` (containerd's
+/// `options.Options`), for the shim's create request.
+fn runc_systemd_options() -> containerd_shim_protos::protobuf::well_known_types::any::Any {
+    use containerd_shim_protos::protobuf::Message;
+    let o = containerd_shim_protos::shim::oci::Options {
+        systemd_cgroup: true,
+        ..Default::default()
+    };
+    containerd_shim_protos::protobuf::well_known_types::any::Any {
+        type_url: "containerd.runc.v1.Options".into(),
+        value: o.write_to_bytes().unwrap_or_default(),
+        ..Default::default()
+    }
 }

@@ -32,7 +32,9 @@ pub use capabilities::{
     ALL_CAPABILITIES, DEFAULT_CAPABILITIES, capabilities_from_mask, capability_set, is_all,
     parse_capability, process_capabilities,
 };
-pub use container::{OCI_VERSION, container_cgroups_path, container_spec};
+pub use container::{
+    OCI_VERSION, container_cgroups_path, container_spec, container_systemd_cgroups_path,
+};
 pub use devices::default_device_rules;
 pub use error::SpecError;
 pub use exec::exec_process;
