@@ -53,6 +53,14 @@ fn num(dir: &Option<PathBuf>, file: &str) -> Result<u64> {
     }
 }
 
+/// A number from a file newer kernels have (memory.peak): 0 when it is
+/// missing or empty.
+fn optional_num(dir: &Option<PathBuf>, file: &str) -> u64 {
+    dir.as_deref()
+        .and_then(|d| fsio::read_u64(d, file).ok().flatten())
+        .unwrap_or(0)
+}
+
 fn get(map: &HashMap<String, u64>, key: &str) -> u64 {
     map.get(key).copied().unwrap_or(0)
 }
@@ -218,12 +226,9 @@ fn read_v2(dir: &Option<PathBuf>) -> Result<Stats> {
         memory_stat: sorted(&mem),
         memory_events: sorted(&events),
         cpu_stat: sorted(&cpu),
-        memory_swap_limit_bytes: match dir {
-            Some(d) if d.join("memory.swap.max").exists() => limit(num(dir, "memory.swap.max")?),
-            _ => 0,
-        },
-        memory_peak_bytes: num(dir, "memory.peak")?,
-        memory_swap_peak_bytes: num(dir, "memory.swap.peak")?,
+        memory_swap_limit_bytes: limit(optional_num(dir, "memory.swap.max")),
+        memory_peak_bytes: optional_num(dir, "memory.peak"),
+        memory_swap_peak_bytes: optional_num(dir, "memory.swap.peak"),
         io: match dir {
             Some(d) => fsio::read_opt(d, "io.stat")?
                 .map(|t| parse_io_stat(&t))
