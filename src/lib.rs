@@ -19,6 +19,8 @@ pub mod network;
 #[cfg(feature = "daemon")]
 pub mod pod;
 #[cfg(feature = "daemon")]
+pub mod sd_notify;
+#[cfg(feature = "daemon")]
 pub mod spec;
 #[cfg(feature = "daemon")]
 pub mod store;

@@ -122,6 +122,8 @@ fn run_daemon(cli: &Cli) -> anyhow::Result<()> {
         let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
         let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
         let server = CriServer::start(config).await?;
+        // The socket is bound: clients that connect now are served.
+        sd_notify(berth::sd_notify::READY);
         server
             .serve(async move {
                 let name = tokio::select! {
@@ -129,10 +131,21 @@ fn run_daemon(cli: &Cli) -> anyhow::Result<()> {
                     _ = sigint.recv() => "SIGINT",
                 };
                 tracing::info!(signal = name, "received shutdown signal");
+                sd_notify(berth::sd_notify::STOPPING);
             })
             .await?;
         Ok(())
     })
+}
+
+/// Tells systemd (a `Type=notify` service, see deploy/berthd.service) about
+/// start-up and shutdown; a no-op when not started that way.
+fn sd_notify(state: &str) {
+    match berth::sd_notify::notify(state) {
+        Ok(true) => tracing::debug!(state, "notified systemd"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(state, error = %e, "cannot notify systemd"),
+    }
 }
 
 /// Logs go to stderr. Precedence: --log-level, then RUST_LOG, then the

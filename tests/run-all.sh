@@ -41,3 +41,18 @@ cargo test --workspace -- --test-threads="${BERTH_TEST_THREADS:-2}"
 echo "== the shim as installed (static release build) under containerd"
 BERTH_SHIM_BIN=$(deploy/build-shim.sh) \
   cargo test --test shim_containerd -- --test-threads="${BERTH_TEST_THREADS:-2}"
+
+echo "== the VM lane: Debian 12, systemd as pid 1, pure cgroup v2 (tests/vm/)"
+# A real node's setup under qemu (software emulation, 20-50x slower than the
+# host): the tests in tests/vm/lane.txt, time-boxed.
+tests/vm/setup.sh
+lane_start=$(date +%s)
+lane_rc=0
+mapfile -t lane_tests < <(grep -v '^#' tests/vm/lane.txt | grep .)
+tests/vm/run.sh -t "${BERTH_VM_TIMEOUT:-1500}" "${lane_tests[@]}" || lane_rc=$?
+echo "== the VM lane took $(($(date +%s) - lane_start)) s (exit $lane_rc)"
+case $lane_rc in
+  0) ;;
+  77) ;; # run.sh said "skipped: <why>" (qemu cannot run here)
+  *) exit "$lane_rc" ;;
+esac

@@ -10,6 +10,8 @@
 #[path = "common/busybox_bundle.rs"]
 mod busybox_bundle;
 
+#[path = "common/cgroupfs.rs"]
+mod cgroupfs;
 #[path = "common/harnessless.rs"]
 mod harnessless;
 
@@ -979,20 +981,27 @@ fn join_namespaces_by_path() -> Result<()> {
     Ok(())
 }
 
-/// The cgroup2 tree of this hybrid host, where the v2 paths can run.
-const UNIFIED: &str = "/sys/fs/cgroup/unified";
+/// The cgroup2 tree the v2 paths run in: /sys/fs/cgroup itself on a pure
+/// v2 machine (the VM lane), the `unified` mount of a hybrid host.
+fn unified_root() -> &'static str {
+    if cgroupfs::unified() {
+        "/sys/fs/cgroup"
+    } else {
+        "/sys/fs/cgroup/unified"
+    }
+}
 
 /// Runs [`cgroup_v2_clone_into_inner`] in a process of its own whose
 /// runtime puts containers in the host's `unified` cgroup2 tree (the
 /// hierarchy is detected once per process).
 fn cgroup_v2_clone_into() -> Result<()> {
-    if !Path::new(UNIFIED).join("cgroup.procs").exists() {
-        eprintln!("no cgroup2 tree at {UNIFIED}: skipped");
+    if !Path::new(unified_root()).join("cgroup.procs").exists() {
+        eprintln!("skipped: no cgroup2 tree at {}", unified_root());
         return Ok(());
     }
     let out = std::process::Command::new(std::env::current_exe()?)
         .arg("cgroup_v2_clone_into_inner")
-        .env(berth::runtime::cgroups::CGROUP2_ROOT_ENV, UNIFIED)
+        .env(berth::runtime::cgroups::CGROUP2_ROOT_ENV, unified_root())
         .output()?;
     ensure!(
         out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1 passed"),
@@ -1045,7 +1054,12 @@ fn cgroup_v2_clone_into_inner() -> Result<()> {
         "init in {}",
         v2_cgroup_of(pid)?
     );
-    ensure!(Path::new(UNIFIED).join(&id1).join("cgroup.procs").exists());
+    ensure!(
+        Path::new(unified_root())
+            .join(&id1)
+            .join("cgroup.procs")
+            .exists()
+    );
     // An exec'd process joins its namespaces: its helper moves itself.
     let mut p = spec1.process().clone().unwrap();
     p.set_args(Some(vec!["sleep".into(), "1000".into()]));
@@ -1094,7 +1108,7 @@ fn cgroup_v2_clone_into_inner() -> Result<()> {
     ensure!(first.wait()? == 137);
     drop(first);
     ensure!(
-        !Path::new(UNIFIED).join(&id1).exists(),
+        !Path::new(unified_root()).join(&id1).exists(),
         "cgroup {id1} left behind"
     );
     Ok(())
@@ -1161,16 +1175,16 @@ fn main() {
 fn time_and_cgroup_namespaces() -> Result<()> {
     let bundle = busybox_bundle()?;
     let id = unique_id("timens");
-    // v1: the pids hierarchy's line and directory; v2: the one tree.
-    let v2 = berth::runtime::cgroups::Hierarchy::detect().is_v2();
-    let (line, procs) = if v2 {
+    // The container's cgroup line and its cgroup mount's process list: the
+    // pids hierarchy on v1, the one tree on v2.
+    let (cgroup_line, procs) = if cgroupfs::unified() {
         ("^0::", "/sys/fs/cgroup/cgroup.procs")
     } else {
         (":pids:", "/sys/fs/cgroup/pids/cgroup.procs")
     };
     let script = format!(
         "readlink /proc/self/ns/time; readlink /proc/self/ns/cgroup; \
-         grep -E '{line}' /proc/self/cgroup; echo $(cat {procs})"
+         cat /proc/self/cgroup | grep '{cgroup_line}'; echo $(cat {procs})"
     );
     let mut spec = spec(&bundle, &id, &["sh", "-c", &script]);
     let mut linux = spec.linux().clone().unwrap();
@@ -1205,7 +1219,11 @@ fn time_and_cgroup_namespaces() -> Result<()> {
         "same cgroup namespace as the host"
     );
     // In its own cgroup namespace the container's cgroup is the root.
-    let root_line = if v2 { "0::/" } else { ":pids:/" };
+    let root_line = if cgroupfs::unified() {
+        "0::/"
+    } else {
+        ":pids:/"
+    };
     ensure!(lines[2].ends_with(root_line), "cgroup line {:?}", lines[2]);
     // The cgroup mount shows the container's own cgroup: its init (pid 1
     // here) is listed; the caller's cgroup would list no pid of this

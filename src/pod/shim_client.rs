@@ -192,7 +192,76 @@ pub fn start_shim(pod_id: &str, dir: &Path, events_address: &str) -> Result<Stri
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
+    if crate::runtime::cgroups::systemd::booted() {
+        shim_scope(pod_id, dir);
+    }
     Ok(stdout)
+}
+
+/// The systemd scope a pod's shim runs in.
+pub fn shim_scope_name(pod_id: &str) -> String {
+    let id: String = pod_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("berth-shim-{id}.scope")
+}
+
+/// Moves the shim daemon `start` spawned (its pid is in `<dir>/shim.pid`)
+/// into a transient scope of its own, so that it (and every container it
+/// holds) is not in berthd's service: `systemctl stop/restart berthd` then
+/// never touches a pod, whatever the service's KillMode. As CRI-O does for
+/// conmon. A failure is logged: the shim still serves, it only shares
+/// berthd's cgroup (deploy/berthd.service's `KillMode=process` keeps it).
+fn shim_scope(pod_id: &str, dir: &Path) {
+    use crate::runtime::cgroups::systemd::{DEFAULT_SLICE, PropValue, with_bus};
+    let Some(pid) = std::fs::read_to_string(dir.join("shim.pid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+    else {
+        return;
+    };
+    let name = shim_scope_name(pod_id);
+    let props = [
+        (
+            "Description",
+            PropValue::Str(format!("berth shim of pod {pod_id}")),
+        ),
+        ("Slice", PropValue::Str(DEFAULT_SLICE.to_owned())),
+        ("PIDs", PropValue::U32s(vec![pid])),
+        // The shim may manage cgroups below its own.
+        ("Delegate", PropValue::Bool(true)),
+        // Gone as soon as the shim is, also when it failed.
+        (
+            "CollectMode",
+            PropValue::Str("inactive-or-failed".to_owned()),
+        ),
+    ];
+    let started = std::time::Instant::now();
+    let r = with_bus(|bus| {
+        // The pod's shim was already running (and moved) before.
+        if bus.unit_exists(&name)? && bus.active_state(&name)? == "active" {
+            return Ok(false);
+        }
+        bus.start_transient_unit(&name, &props).map(|()| true)
+    });
+    match r {
+        Ok(moved) => tracing::debug!(
+            pod = %pod_id, pid, scope = %name, moved,
+            scope_ms = started.elapsed().as_secs_f64() * 1e3,
+            "shim in its own scope"
+        ),
+        Err(e) => tracing::warn!(
+            pod = %pod_id, pid, scope = %name, error = %e,
+            "cannot move the shim into a scope of its own; it stays in berthd's cgroup"
+        ),
+    }
 }
 
 /// A connection to one pod's shim.

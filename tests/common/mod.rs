@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod berthd;
+pub mod cgroupfs;
 pub mod containerd_cri;
 pub mod cri_bench;
 pub mod cri_images;
