@@ -563,6 +563,7 @@ fn terminal_for_init_and_exec() -> Result<()> {
             ..Default::default()
         },
         state_dir: state.path(),
+        systemd_cgroup: systemd_driver(),
     })?;
     let guard = Guard(&container);
     let master = pty.context("no pty master for a terminal container")?;

@@ -5,10 +5,10 @@
 //! memory.events, io.stat, hugetlb and PSI.
 
 use berth::runtime::{Pressure, Stats, StatsV2};
-use containerd_shim::protos::cgroups_v2::metrics as v2;
 use containerd_shim::protos::cgroups::metrics::{
     CPUStat, CPUUsage, MemoryEntry, MemoryOomControl, MemoryStat, Metrics, PidsStat, Throttle,
 };
+use containerd_shim::protos::cgroups_v2::metrics as v2;
 use containerd_shim::protos::protobuf::Message;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 
@@ -273,10 +273,24 @@ mod tests {
         x.cpu_stat.insert("nr_bursts".into(), 2);
         x.memory_events.insert("oom_kill".into(), 1);
         x.memory_swap_limit_bytes = u64::MAX;
-        x.io.push(berth::runtime::IoUsage { major: 8, minor: 0, rbytes: 5, ..Default::default() });
-        x.hugetlb.push(berth::runtime::HugetlbUsage { pagesize: "2MB".into(), current: 1, max: 2, failcnt: 3 });
+        x.io.push(berth::runtime::IoUsage {
+            major: 8,
+            minor: 0,
+            rbytes: 5,
+            ..Default::default()
+        });
+        x.hugetlb.push(berth::runtime::HugetlbUsage {
+            pagesize: "2MB".into(),
+            current: 1,
+            max: 2,
+            failcnt: 3,
+        });
         x.memory_pressure = Some(Pressure {
-            some: berth::runtime::PressureLine { avg10: 1.5, total: 99, ..Default::default() },
+            some: berth::runtime::PressureLine {
+                avg10: 1.5,
+                total: 99,
+                ..Default::default()
+            },
             ..Default::default()
         });
         let s = Stats {
@@ -292,12 +306,18 @@ mod tests {
         assert_eq!(m.pids.current, 3);
         assert_eq!((m.cpu.usage_usec, m.cpu.nr_bursts), (10, 2));
         assert_eq!((m.memory.usage, m.memory.usage_limit), (1000, 4096));
-        assert_eq!((m.memory.anon, m.memory.inactive_file, m.memory.pgmajfault), (700, 200, 4));
+        assert_eq!(
+            (m.memory.anon, m.memory.inactive_file, m.memory.pgmajfault),
+            (700, 200, 4)
+        );
         assert_eq!(m.memory.swap_limit, u64::MAX);
         assert_eq!(m.memory_events.oom_kill, 1);
         assert_eq!(m.io.usage[0].rbytes, 5);
         assert_eq!(m.hugetlb[0].failcnt, 3);
-        assert_eq!((m.memory.psi.some.avg10, m.memory.psi.some.total), (1.5, 99));
+        assert_eq!(
+            (m.memory.psi.some.avg10, m.memory.psi.some.total),
+            (1.5, 99)
+        );
         assert!(m.cpu.psi.is_none(), "no cpu.pressure, no PSI message");
     }
 }

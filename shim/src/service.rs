@@ -943,7 +943,9 @@ mod systemd_option_tests {
         assert!(systemd_cgroup_option(Some(&any)).unwrap());
         let any = Any {
             type_url: RUNC_OPTIONS_TYPE_URL.into(),
-            value: containerd_shim::protos::shim::oci::Options::default().write_to_bytes().unwrap(),
+            value: containerd_shim::protos::shim::oci::Options::default()
+                .write_to_bytes()
+                .unwrap(),
             ..Default::default()
         };
         assert!(!systemd_cgroup_option(Some(&any)).unwrap());
@@ -954,7 +956,11 @@ mod systemd_option_tests {
         };
         assert!(!systemd_cgroup_option(Some(&other)).unwrap());
         assert!(!systemd_cgroup_option(None).unwrap());
-        let bad = Any { type_url: RUNC_OPTIONS_TYPE_URL.into(), value: vec![0xff], ..Default::default() };
+        let bad = Any {
+            type_url: RUNC_OPTIONS_TYPE_URL.into(),
+            value: vec![0xff],
+            ..Default::default()
+        };
         assert!(systemd_cgroup_option(Some(&bad)).is_err());
     }
 }

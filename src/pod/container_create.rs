@@ -377,7 +377,9 @@ impl PodManager {
             stdout: log_uri.clone(),
             stderr: if config.tty { String::new() } else { log_uri },
             // The driver, as containerd tells the runc shim.
-            options: containerd_shim_protos::protobuf::MessageField::from_option(systemd_cgroup.then(runc_systemd_options)),
+            options: containerd_shim_protos::protobuf::MessageField::from_option(
+                systemd_cgroup.then(runc_systemd_options),
+            ),
             ..Default::default()
         };
         let started = std::time::Instant::now();

@@ -192,9 +192,13 @@ impl PodManager {
                         value: u.memory_usage.saturating_sub(u.inactive_file),
                     }),
                     available_bytes: None,
-                    usage_bytes: Some(cri::UInt64Value { value: u.memory_usage }),
+                    usage_bytes: Some(cri::UInt64Value {
+                        value: u.memory_usage,
+                    }),
                     rss_bytes: Some(cri::UInt64Value { value: u.rss }),
-                    page_faults: Some(cri::UInt64Value { value: u.page_faults }),
+                    page_faults: Some(cri::UInt64Value {
+                        value: u.page_faults,
+                    }),
                     major_page_faults: Some(cri::UInt64Value {
                         value: u.major_page_faults,
                     }),
@@ -282,7 +286,10 @@ impl ShimUsage {
                 .and_then(|c| c.usage.as_ref())
                 .map(|u| u.total)
                 .unwrap_or(0),
-            memory_usage: mem.and_then(|m| m.usage.as_ref()).map(|u| u.usage).unwrap_or(0),
+            memory_usage: mem
+                .and_then(|m| m.usage.as_ref())
+                .map(|u| u.usage)
+                .unwrap_or(0),
             inactive_file: mem.map(|m| m.total_inactive_file).unwrap_or(0),
             rss: mem.map(|m| m.total_rss).unwrap_or(0),
             page_faults: mem.map(|m| m.total_pg_fault).unwrap_or(0),
@@ -308,10 +315,21 @@ mod shim_usage_tests {
         let mut cpu = containerd_shim_protos::cgroups_v2::metrics::CPUStat::new();
         cpu.usage_usec = 7;
         m.cpu = Some(cpu).into();
-        let u = ShimUsage::decode("io.containerd.cgroups.v2.Metrics", &m.write_to_bytes().unwrap()).unwrap();
+        let u = ShimUsage::decode(
+            "io.containerd.cgroups.v2.Metrics",
+            &m.write_to_bytes().unwrap(),
+        )
+        .unwrap();
         assert_eq!(
             u,
-            ShimUsage { cpu_ns: 7000, memory_usage: 1000, inactive_file: 300, rss: 600, page_faults: 0, major_page_faults: 2 }
+            ShimUsage {
+                cpu_ns: 7000,
+                memory_usage: 1000,
+                inactive_file: 300,
+                rss: 600,
+                page_faults: 0,
+                major_page_faults: 2
+            }
         );
     }
 }

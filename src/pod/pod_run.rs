@@ -343,13 +343,24 @@ mod cgroup_parent_tests {
         // systemd: kubelet's slices only.
         assert!(check_cgroup_parent("kubepods-burstable-pod12.slice", true).is_ok());
         assert!(check_cgroup_parent("", true).is_ok());
-        for bad in ["/kubepods/pod1", "kubepods--x.slice", "a.slice:b:c", "/kubepods.slice/x.slice"] {
-            assert!(check_cgroup_parent(bad, true).is_err(), "{bad} accepted by systemd");
+        for bad in [
+            "/kubepods/pod1",
+            "kubepods--x.slice",
+            "a.slice:b:c",
+            "/kubepods.slice/x.slice",
+        ] {
+            assert!(
+                check_cgroup_parent(bad, true).is_err(),
+                "{bad} accepted by systemd"
+            );
         }
         // cgroupfs: paths only.
         assert!(check_cgroup_parent("/kubepods/burstable/pod1", false).is_ok());
         for bad in ["kubepods-burstable-pod12.slice", "system.slice:x:y"] {
-            assert!(check_cgroup_parent(bad, false).is_err(), "{bad} accepted by cgroupfs");
+            assert!(
+                check_cgroup_parent(bad, false).is_err(),
+                "{bad} accepted by cgroupfs"
+            );
         }
     }
 }

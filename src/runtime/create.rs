@@ -145,7 +145,8 @@ pub fn create(opts: CreateOptions<'_>) -> Result<(Container, Option<OwnedFd>)> {
     let spec_cgroup = linux
         .and_then(|l| l.cgroups_path().as_ref())
         .map(|p| p.to_string_lossy().into_owned());
-    let cgroup_path = cgroups_path_for_driver(spec_cgroup.as_deref(), opts.id, opts.systemd_cgroup)?;
+    let cgroup_path =
+        cgroups_path_for_driver(spec_cgroup.as_deref(), opts.id, opts.systemd_cgroup)?;
     if spec_in.hooks().is_some() {
         tracing::warn!(container = opts.id, "OCI hooks are not supported; ignored");
     }

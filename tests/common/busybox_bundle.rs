@@ -100,7 +100,11 @@ pub fn cgroup_exists(id: &str) -> bool {
         .hierarchy()
         .mount("pids")
         .expect("no pids cgroup controller (v1) or cgroup2 tree on this machine");
-    assert!(mount.is_dir(), "cgroup mount {} is not there", mount.display());
+    assert!(
+        mount.is_dir(),
+        "cgroup mount {} is not there",
+        mount.display()
+    );
     m.dir("pids").expect("pids directory").is_dir()
 }
 

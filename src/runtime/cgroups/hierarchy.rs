@@ -146,7 +146,12 @@ impl CgroupFeatures {
         static FEATURES: OnceLock<CgroupFeatures> = OnceLock::new();
         *FEATURES.get_or_init(|| {
             let f = Self::probe(&Hierarchy::detect());
-            tracing::info!(v2 = f.v2, hugetlb = f.hugetlb, swap = f.swap, "cgroup features probed");
+            tracing::info!(
+                v2 = f.v2,
+                hugetlb = f.hugetlb,
+                swap = f.swap,
+                "cgroup features probed"
+            );
             f
         })
     }

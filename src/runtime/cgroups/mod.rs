@@ -227,14 +227,13 @@ impl CgroupManager {
         resources: Option<&LinuxResources>,
     ) -> Result<()> {
         let v2 = self.hierarchy.is_v2();
-        let what = if unit.is_slice() { "berth pod" } else { "berth container" };
-        let props = systemd::unit_properties(
-            unit,
-            &format!("{what} {}", unit.name),
-            pid,
-            resources,
-            v2,
-        )?;
+        let what = if unit.is_slice() {
+            "berth pod"
+        } else {
+            "berth container"
+        };
+        let props =
+            systemd::unit_properties(unit, &format!("{what} {}", unit.name), pid, resources, v2)?;
         systemd::with_bus(|bus| bus.start_transient_unit(&unit.name, &props))?;
         // v1: systemd makes the unit's directory in the hierarchies it
         // manages; the others (and any it left out) are made here.
@@ -306,7 +305,13 @@ impl CgroupManager {
             // A scope whose processes are gone stops by itself; what is
             // left (a slice, a failed scope) is stopped and reset here.
             systemd::with_bus(|bus| bus.stop_unit(&unit.name))?;
-            if r.is_err() && self.hierarchy.dirs(&self.path).iter().all(|(_, d)| !d.is_dir()) {
+            if r.is_err()
+                && self
+                    .hierarchy
+                    .dirs(&self.path)
+                    .iter()
+                    .all(|(_, d)| !d.is_dir())
+            {
                 return Ok(());
             }
         }
