@@ -27,6 +27,13 @@ use k8s_cri::v1 as cri;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 
+/// Progress on the console as it happens (libtest holds print! output back
+/// until the test ends; under TCG a phase can take a minute).
+fn step(what: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "systemd_service: {what}");
+}
+
 fn systemctl(args: &[&str]) -> Result<String> {
     let out = Command::new("systemctl").args(args).output()?;
     ensure!(
@@ -48,10 +55,33 @@ fn main_pid(unit: &str) -> Result<i32> {
 struct TestUnit {
     name: String,
     path: std::path::PathBuf,
+    /// Set until the test got through: the journal is printed on drop.
+    failed: bool,
 }
 
 impl Drop for TestUnit {
     fn drop(&mut self) {
+        if std::thread::panicking() || self.failed {
+            // The service's own log, for the failure's story.
+            if let Ok(out) = Command::new("journalctl")
+                .args([
+                    "--no-pager",
+                    "-o",
+                    "short-monotonic",
+                    "-n",
+                    "200",
+                    "-u",
+                    &self.name,
+                ])
+                .output()
+            {
+                step(&format!(
+                    "journal of {}:\n{}",
+                    self.name,
+                    String::from_utf8_lossy(&out.stdout)
+                ));
+            }
+        }
         let _ = systemctl(&["stop", &self.name]);
         let _ = std::fs::remove_file(&self.path);
         let _ = systemctl(&["daemon-reload"]);
@@ -148,11 +178,13 @@ async fn pods_survive_restart_and_stop_of_the_service() -> Result<()> {
     let unit = TestUnit {
         path: Path::new("/run/systemd/system").join(&name),
         name: name.clone(),
+        failed: true,
     };
     std::fs::write(&unit.path, text)?;
     systemctl(&["daemon-reload"])?;
     // Type=notify: this returns once berthd sent READY=1, so the socket
     // answers at once.
+    step("systemctl start");
     systemctl(&["start", &name])?;
     ensure!(systemctl(&["is-active", &name])? == "active");
     let first = main_pid(&name)?;
@@ -162,6 +194,7 @@ async fn pods_survive_restart_and_stop_of_the_service() -> Result<()> {
         .await
         .context("berthd serves once `systemctl start` returned")?;
     let mut images = ImageServiceClient::new(connect(&env.dirs.socket).await?);
+    step("pull, run a pod and a container");
     pull(&mut images, &reference, None).await?;
     let pod_cfg = env.pod_config("svc", false);
     let pod = run_pod(&mut rt, &pod_cfg).await?;
@@ -193,6 +226,7 @@ async fn pods_survive_restart_and_stop_of_the_service() -> Result<()> {
     );
     ensure!(systemctl(&["is-active", &scope])? == "active");
 
+    step("systemctl restart");
     // --- restart: a new berthd, the pod untouched and manageable.
     systemctl(&["restart", &name])?;
     let second = main_pid(&name)?;
@@ -205,6 +239,7 @@ async fn pods_survive_restart_and_stop_of_the_service() -> Result<()> {
     ensure!(running(&mut rt, &ctr).await?, "running after the restart");
     exec_echo(&mut rt, &ctr, "after-restart").await?;
 
+    step("systemctl stop, then start");
     // --- stop: berthd gone, the pod still there.
     systemctl(&["stop", &name])?;
     ensure!(!alive(second), "berthd stopped");
@@ -219,6 +254,7 @@ async fn pods_survive_restart_and_stop_of_the_service() -> Result<()> {
     );
     exec_echo(&mut rt, &ctr, "after-stop").await?;
 
+    step("stop and remove the pod");
     // The pod is still managed: stop and remove it; its shim and scope go.
     stop_and_remove_pod(&mut rt, &pod).await?;
     for _ in 0..200 {
@@ -238,6 +274,8 @@ async fn pods_survive_restart_and_stop_of_the_service() -> Result<()> {
         bail!("{scope} still active after the shim exited");
     }
     systemctl(&["stop", &name])?;
+    let mut unit = unit;
+    unit.failed = false;
     drop(unit);
     ensure!(env.remove_cgroup_parent().is_empty(), "no cgroup left");
     Ok(())

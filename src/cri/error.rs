@@ -92,6 +92,8 @@ impl From<crate::pod::PodError> for Status {
             E::Timeout(_) => Code::DeadlineExceeded,
             E::Image(e) => image_error_code(e),
             E::Network(crate::network::NetworkError::InvalidRequest(_)) => Code::InvalidArgument,
+            // No CNI config yet: the node is not ready for pod networks.
+            E::Network(crate::network::NetworkError::NotReady(_)) => Code::FailedPrecondition,
             E::Namespace(_)
             | E::Cgroup(_)
             | E::Io { .. }

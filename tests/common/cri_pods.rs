@@ -288,7 +288,14 @@ pub async fn container_status(rt: &mut Runtime, id: &str) -> Result<cri::Contain
 
 /// Polls ContainerStatus until the container has exited.
 pub async fn wait_exited(rt: &mut Runtime, id: &str) -> Result<cri::ContainerStatus> {
-    let deadline = Instant::now() + PATIENCE;
+    // In the VM lane (software emulation, 20-50x slower) a container's own
+    // work takes that much longer too.
+    let patience = if std::env::var_os("BERTH_IN_VM").is_some() {
+        PATIENCE * 5
+    } else {
+        PATIENCE
+    };
+    let deadline = Instant::now() + patience;
     loop {
         let s = container_status(rt, id).await?;
         if s.state == cri::ContainerState::ContainerExited as i32 {

@@ -11,6 +11,7 @@ pub mod gate_proxy;
 pub mod local_backend;
 pub mod netns;
 pub mod oci_image;
+pub mod prom_text;
 pub mod registry;
 pub mod spdy_client;
 pub mod stream_checks;

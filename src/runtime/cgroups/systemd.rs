@@ -243,7 +243,7 @@ pub fn cpu_quota_props(quota: i64, period: u64, out: &mut Vec<Property>) {
     out.push(("CPUQuotaPeriodUSec", PropValue::U64(period)));
     let per_sec = if quota > 0 {
         let mut q = (quota as u64).saturating_mul(1_000_000) / period;
-        if q % 10_000 != 0 {
+        if !q.is_multiple_of(10_000) {
             q = (q / 10_000 + 1) * 10_000;
         }
         q
