@@ -33,6 +33,7 @@ fn berth_once(bundle: &Bundle, n: usize) -> Result<Duration> {
         spec: &spec,
         stdio: Stdio::default(),
         state_dir: state.path(),
+        systemd_cgroup: false,
     })?;
     let t_create = t.elapsed();
     c.start()?;

@@ -52,6 +52,7 @@ fn berth_once(bundle: &Bundle, n: &str, seccomp: Option<&LinuxSeccomp>) -> Resul
         spec: &spec,
         stdio: Stdio::default(),
         state_dir: state.path(),
+        systemd_cgroup: false,
     })?;
     c.start()?;
     let code = wait_exit(c.pid)?;

@@ -131,6 +131,14 @@ const KEY_DOCS: &[(&str, &str, &str)] = &[
          (decompression bombs).",
     ),
     (
+        "cgroup",
+        "driver",
+        "How pod and container cgroups are made: systemd (transient slices and\n\
+         scopes through systemd's D-Bus API, kubelet's cgroupDriver: systemd),\n\
+         cgroupfs (directories in the cgroup tree), or auto (systemd when systemd\n\
+         is pid 1, as CRI-O). Must match kubelet's cgroupDriver.",
+    ),
+    (
         "network",
         "mode",
         "builtin (berth's bridge, IPAM and nftables), or cni (the first config list\n\
@@ -195,6 +203,37 @@ pub struct Config {
     pub cdi: CdiConfig,
     /// The Prometheus endpoint (`[metrics]`).
     pub metrics: crate::metrics::MetricsConfig,
+    /// Pod and container cgroups (`[cgroup]`).
+    pub cgroup: CgroupConfig,
+}
+
+/// `[cgroup]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CgroupConfig {
+    pub driver: CgroupDriverSetting,
+}
+
+/// `[cgroup] driver`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupDriverSetting {
+    /// systemd when systemd is pid 1, else cgroupfs.
+    #[default]
+    Auto,
+    Systemd,
+    Cgroupfs,
+}
+
+impl CgroupDriverSetting {
+    /// Whether pods and containers get systemd units (the systemd driver).
+    pub fn is_systemd(self) -> bool {
+        match self {
+            CgroupDriverSetting::Auto => crate::runtime::cgroups::systemd::booted(),
+            CgroupDriverSetting::Systemd => true,
+            CgroupDriverSetting::Cgroupfs => false,
+        }
+    }
 }
 
 /// The name of the runtime handler in the default configuration.
@@ -282,6 +321,7 @@ impl Default for Config {
             )]),
             cdi: CdiConfig::default(),
             metrics: crate::metrics::MetricsConfig::default(),
+            cgroup: CgroupConfig::default(),
         }
     }
 }
@@ -493,6 +533,17 @@ mod tests {
     #[test]
     fn empty_file_is_the_defaults() {
         assert_eq!(Config::from_toml("", origin()).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn cgroup_driver_parses() {
+        let c = Config::from_toml("[cgroup]\ndriver = \"systemd\"\n", origin()).unwrap();
+        assert_eq!(c.cgroup.driver, CgroupDriverSetting::Systemd);
+        assert!(c.cgroup.driver.is_systemd());
+        let c = Config::from_toml("[cgroup]\ndriver = \"cgroupfs\"\n", origin()).unwrap();
+        assert!(!c.cgroup.driver.is_systemd());
+        assert!(Config::from_toml("[cgroup]\ndriver = \"sytemd\"\n", origin()).is_err());
+        assert_eq!(Config::default().cgroup.driver, CgroupDriverSetting::Auto);
     }
 
     #[test]

@@ -749,6 +749,7 @@ fn terminal_for_init_and_exec() -> Result<()> {
             ..Default::default()
         },
         state_dir: state.path(),
+        systemd_cgroup: systemd_driver(),
     })?;
     let guard = Guard(&container);
     let master = pty.context("no pty master for a terminal container")?;
@@ -793,13 +794,6 @@ impl Drop for Guard<'_> {
     fn drop(&mut self) {
         let _ = self.0.delete();
     }
-}
-
-/// Whether the container's cgroup (cgroupsPath `/<id>`) exists in any
-/// hierarchy of this machine (v1 controllers or the v2 tree; panics if
-/// there is none to look in, so "not left behind" never checks nothing).
-fn cgroup_exists(id: &str) -> bool {
-    cgroupfs::exists(&format!("/{id}"))
 }
 
 fn setup_error_is_reported_and_cleaned_up() -> Result<()> {

@@ -168,6 +168,7 @@ fn notify_profile_is_refused_at_create() -> Result<()> {
         spec: &spec,
         stdio: Stdio::default(),
         state_dir: state.path(),
+        systemd_cgroup: busybox_bundle::systemd_driver(),
     });
     let e = match r {
         Ok((c, _)) => {

@@ -207,6 +207,7 @@ impl Inner {
             .map_err(ShimError::io(format!("create {}", state_dir.display())))
             .map_err(undo_mount)?;
 
+        let systemd_cgroup = systemd_cgroup_option(req.options.as_ref()).map_err(undo_mount)?;
         let mut pids = self.pids.locked();
         #[cfg(debug_assertions)]
         test_panic_hook(&spec);
@@ -216,6 +217,7 @@ impl Inner {
             spec: &spec,
             stdio,
             state_dir: &state_dir,
+            systemd_cgroup,
         });
         self.children_added();
         let (container, master) = created.map_err(|e| undo_mount(e.into()))?;
@@ -915,5 +917,60 @@ mod tests {
             })
             .unwrap_err();
         assert_eq!(err.code(), containerd_shim::protos::ttrpc::Code::NOT_FOUND);
+    }
+}
+
+/// Type URL of runc's shim options (containerd's `options.Options`).
+pub const RUNC_OPTIONS_TYPE_URL: &str = "containerd.runc.v1.Options";
+
+/// runc's `SystemdCgroup` option from a create request's options (as
+/// containerd sends them for `[...runtimes.<name>.options]`); other option
+/// types say nothing about the driver.
+pub fn systemd_cgroup_option(options: Option<&Any>) -> Result<bool> {
+    let Some(any) = options.filter(|a| a.type_url.ends_with(RUNC_OPTIONS_TYPE_URL)) else {
+        return Ok(false);
+    };
+    let o = containerd_shim::protos::shim::oci::Options::parse_from_bytes(&any.value)
+        .map_err(|e| ShimError::InvalidArgument(format!("runc options: {e}")))?;
+    Ok(o.systemd_cgroup)
+}
+
+#[cfg(test)]
+mod systemd_option_tests {
+    use super::*;
+
+    #[test]
+    fn runc_options_say_systemd_cgroup() {
+        let o = containerd_shim::protos::shim::oci::Options {
+            systemd_cgroup: true,
+            ..Default::default()
+        };
+        let any = Any {
+            type_url: format!("type.googleapis.com/{RUNC_OPTIONS_TYPE_URL}"),
+            value: o.write_to_bytes().unwrap(),
+            ..Default::default()
+        };
+        assert!(systemd_cgroup_option(Some(&any)).unwrap());
+        let any = Any {
+            type_url: RUNC_OPTIONS_TYPE_URL.into(),
+            value: containerd_shim::protos::shim::oci::Options::default()
+                .write_to_bytes()
+                .unwrap(),
+            ..Default::default()
+        };
+        assert!(!systemd_cgroup_option(Some(&any)).unwrap());
+        let other = Any {
+            type_url: "runtimeoptions.v1.Options".into(),
+            value: vec![1, 2, 3],
+            ..Default::default()
+        };
+        assert!(!systemd_cgroup_option(Some(&other)).unwrap());
+        assert!(!systemd_cgroup_option(None).unwrap());
+        let bad = Any {
+            type_url: RUNC_OPTIONS_TYPE_URL.into(),
+            value: vec![0xff],
+            ..Default::default()
+        };
+        assert!(systemd_cgroup_option(Some(&bad)).is_err());
     }
 }

@@ -522,7 +522,13 @@ impl RuntimeService for CriRuntimeService {
     ) -> Result<Response<cri::RuntimeConfigResponse>, Status> {
         Ok(Response::new(cri::RuntimeConfigResponse {
             linux: Some(cri::LinuxRuntimeConfiguration {
-                cgroup_driver: cri::CgroupDriver::Cgroupfs as i32,
+                // The driver in use ([cgroup] driver): kubelet 1.28+ takes
+                // its cgroupDriver from here.
+                cgroup_driver: if self.pods.cgroup_systemd() {
+                    cri::CgroupDriver::Systemd as i32
+                } else {
+                    cri::CgroupDriver::Cgroupfs as i32
+                },
             }),
         }))
     }

@@ -291,7 +291,12 @@ impl PodManager {
             .as_ref()
             .map(|l| l.cgroup_parent.clone())
             .unwrap_or_default();
-        let cgroups_path = spec::container_cgroups_path(&cgroup_parent, &id);
+        let systemd_cgroup = self.cgroup_systemd();
+        let cgroups_path = if systemd_cgroup {
+            Some(spec::container_systemd_cgroups_path(&cgroup_parent, &id))
+        } else {
+            spec::container_cgroups_path(&cgroup_parent, &id)
+        };
         record.cgroup = cgroups_path.as_ref().map(|p| p.display().to_string());
         let namespaces = PodNamespaces {
             network: ns_of(&pod.netns),
@@ -312,8 +317,12 @@ impl PodManager {
             super::oom_floor::own_oom_score_adj(),
             capabilities.as_ref(),
         );
+        let cg = crate::runtime::cgroups::CgroupFeatures::detect();
         let host = spec::HostFacts {
             hostname: files::host_hostname(),
+            cgroup_v2: cg.v2,
+            hugetlb: cg.hugetlb,
+            swap_accounting: cg.swap,
             recursive_read_only: features.recursive_read_only,
             capabilities,
             apparmor: super::apparmor::host_enabled(),
@@ -411,6 +420,10 @@ impl PodManager {
             },
             stdout: log_uri.clone(),
             stderr: if config.tty { String::new() } else { log_uri },
+            // The driver, as containerd tells the runc shim.
+            options: containerd_shim_protos::protobuf::MessageField::from_option(
+                systemd_cgroup.then(runc_systemd_options),
+            ),
             ..Default::default()
         };
         let started = std::time::Instant::now();
@@ -482,4 +495,19 @@ fn own_capabilities() -> Option<std::collections::HashSet<oci_spec::runtime::Cap
     let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
     let mask = u64::from_str_radix(hex.trim(), 16).ok()?;
     Some(spec::capabilities_from_mask(mask))
+}
+
+/// runc's shim options with `SystemdCgroup = true` (containerd's
+/// `options.Options`), for the shim's create request.
+fn runc_systemd_options() -> containerd_shim_protos::protobuf::well_known_types::any::Any {
+    use containerd_shim_protos::protobuf::Message;
+    let o = containerd_shim_protos::shim::oci::Options {
+        systemd_cgroup: true,
+        ..Default::default()
+    };
+    containerd_shim_protos::protobuf::well_known_types::any::Any {
+        type_url: "containerd.runc.v1.Options".into(),
+        value: o.write_to_bytes().unwrap_or_default(),
+        ..Default::default()
+    }
 }

@@ -314,7 +314,7 @@ impl PodManager {
         let Some(linux) = linux else {
             return Ok(());
         };
-        let res = crate::spec::oci_resources(&linux, &crate::spec::HostFacts::default())?;
+        let res = crate::spec::oci_resources(&linux, &super::cgroup_host_facts())?;
         // The kernel refuses a memory limit below the current usage (EBUSY),
         // after the cpu limits were already written: refuse it up front.
         if linux.memory_limit_in_bytes > 0
@@ -482,39 +482,20 @@ fn merge_resources(
         .extend(update.unified.iter().map(|(k, v)| (k.clone(), v.clone())));
 }
 
-/// The current memory usage of the cgroup at `path` (v1
-/// `memory.usage_in_bytes`, v2 `memory.current`).
+/// The current memory usage of the cgroup at `path` (either driver's
+/// form; v1 `memory.usage_in_bytes`, v2 `memory.current`).
 fn memory_usage(path: &str) -> Option<u64> {
-    let rel = path.trim_start_matches('/');
-    let root = std::path::Path::new("/sys/fs/cgroup");
-    [
-        root.join("memory").join(rel).join("memory.usage_in_bytes"),
-        root.join(rel).join("memory.current"),
-    ]
-    .iter()
-    .find_map(|f| std::fs::read_to_string(f).ok())
-    .and_then(|t| t.trim().parse().ok())
+    let m = crate::runtime::cgroups::CgroupManager::new(path).ok()?;
+    m.stats().ok().map(|s| s.memory_usage_bytes)
 }
 
-/// Whether the OOM killer killed a process of the cgroup at `path`: v1's
-/// `memory.oom_control` (`oom_kill N`) or v2's `memory.events`
+/// Whether the OOM killer killed a process of the cgroup at `path` (either
+/// driver's form): v1's `memory.oom_control` or v2's `memory.events`
 /// (`oom_kill N`). This covers exits whose TaskOOM event berthd missed (it
 /// was down, or the exit was seen first). The shim removes the cgroup only
 /// on Task.Delete, so it is still there when the exit is recorded.
 fn oom_killed(path: &str) -> bool {
-    let rel = path.trim_start_matches('/');
-    let root = std::path::Path::new("/sys/fs/cgroup");
-    [
-        root.join("memory").join(rel).join("memory.oom_control"),
-        root.join(rel).join("memory.events"),
-    ]
-    .iter()
-    .filter_map(|f| std::fs::read_to_string(f).ok())
-    .any(|text| {
-        text.lines().any(|l| {
-            l.strip_prefix("oom_kill ")
-                .and_then(|n| n.trim().parse::<u64>().ok())
-                .is_some_and(|n| n > 0)
-        })
-    })
+    crate::runtime::cgroups::CgroupManager::new(path)
+        .and_then(|m| m.stats())
+        .is_ok_and(|s| s.oom_kills > 0)
 }

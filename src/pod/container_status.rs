@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use containerd_shim_protos::cgroups::metrics::Metrics;
+use containerd_shim_protos::cgroups_v2::metrics::Metrics as MetricsV2;
 use containerd_shim_protos::protobuf::Message as _;
 use k8s_cri::v1 as cri;
 use prost::Message;
@@ -199,39 +200,33 @@ impl PodManager {
             let res = shim.stats(&c.id).await;
             if let Ok(resp) = res
                 && let Some(any) = resp.stats.as_ref()
-                && let Ok(m) = Metrics::parse_from_bytes(&any.value)
+                && let Some(u) = ShimUsage::decode(&any.type_url, &any.value)
             {
-                if let Some(cpu) = m.cpu.as_ref()
-                    && let Some(u) = cpu.usage.as_ref()
-                {
-                    // The sample's own time (after the shim answered).
-                    let at = now_ns();
-                    let nano_cores = self.cpu_rates.nano_cores(&c.id, at, u.total);
-                    stats.cpu = Some(cri::CpuUsage {
-                        timestamp: at,
-                        usage_core_nano_seconds: Some(cri::UInt64Value { value: u.total }),
-                        usage_nano_cores: Some(cri::UInt64Value { value: nano_cores }),
-                    });
-                }
-                if let Some(mem) = m.memory.as_ref() {
-                    let usage = mem.usage.as_ref().map(|u| u.usage).unwrap_or_default();
-                    let working = usage.saturating_sub(mem.total_inactive_file);
-                    stats.memory = Some(cri::MemoryUsage {
-                        timestamp: now,
-                        working_set_bytes: Some(cri::UInt64Value { value: working }),
-                        available_bytes: None,
-                        usage_bytes: Some(cri::UInt64Value { value: usage }),
-                        rss_bytes: Some(cri::UInt64Value {
-                            value: mem.total_rss,
-                        }),
-                        page_faults: Some(cri::UInt64Value {
-                            value: mem.total_pg_fault,
-                        }),
-                        major_page_faults: Some(cri::UInt64Value {
-                            value: mem.total_pg_maj_fault,
-                        }),
-                    });
-                }
+                // The sample's own time (after the shim answered).
+                let at = now_ns();
+                let nano_cores = self.cpu_rates.nano_cores(&c.id, at, u.cpu_ns);
+                stats.cpu = Some(cri::CpuUsage {
+                    timestamp: at,
+                    usage_core_nano_seconds: Some(cri::UInt64Value { value: u.cpu_ns }),
+                    usage_nano_cores: Some(cri::UInt64Value { value: nano_cores }),
+                });
+                stats.memory = Some(cri::MemoryUsage {
+                    timestamp: now,
+                    working_set_bytes: Some(cri::UInt64Value {
+                        value: u.memory_usage.saturating_sub(u.inactive_file),
+                    }),
+                    available_bytes: None,
+                    usage_bytes: Some(cri::UInt64Value {
+                        value: u.memory_usage,
+                    }),
+                    rss_bytes: Some(cri::UInt64Value { value: u.rss }),
+                    page_faults: Some(cri::UInt64Value {
+                        value: u.page_faults,
+                    }),
+                    major_page_faults: Some(cri::UInt64Value {
+                        value: u.major_page_faults,
+                    }),
+                });
             }
         }
         let (bytes, inodes) = match c.upper_dir.clone() {
@@ -289,4 +284,88 @@ fn dir_usage(dir: &std::path::Path) -> (u64, u64) {
         }
     }
     (bytes, inodes)
+}
+
+/// What the CRI stats take from a shim's metrics, cgroups v1
+/// (`io.containerd.cgroups.v1.Metrics`) or v2 (`...v2.Metrics`), as
+/// containerd's CRI reads them.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct ShimUsage {
+    pub cpu_ns: u64,
+    pub memory_usage: u64,
+    pub inactive_file: u64,
+    pub rss: u64,
+    pub page_faults: u64,
+    pub major_page_faults: u64,
+}
+
+impl ShimUsage {
+    pub(crate) fn decode(type_url: &str, value: &[u8]) -> Option<Self> {
+        if type_url.ends_with("io.containerd.cgroups.v2.Metrics") {
+            let m = MetricsV2::parse_from_bytes(value).ok()?;
+            let mem = m.memory.as_ref();
+            return Some(Self {
+                cpu_ns: m.cpu.as_ref().map(|c| c.usage_usec * 1000).unwrap_or(0),
+                memory_usage: mem.map(|m| m.usage).unwrap_or(0),
+                inactive_file: mem.map(|m| m.inactive_file).unwrap_or(0),
+                rss: mem.map(|m| m.anon).unwrap_or(0),
+                page_faults: mem.map(|m| m.pgfault).unwrap_or(0),
+                major_page_faults: mem.map(|m| m.pgmajfault).unwrap_or(0),
+            });
+        }
+        let m = Metrics::parse_from_bytes(value).ok()?;
+        let mem = m.memory.as_ref();
+        Some(Self {
+            cpu_ns: m
+                .cpu
+                .as_ref()
+                .and_then(|c| c.usage.as_ref())
+                .map(|u| u.total)
+                .unwrap_or(0),
+            memory_usage: mem
+                .and_then(|m| m.usage.as_ref())
+                .map(|u| u.usage)
+                .unwrap_or(0),
+            inactive_file: mem.map(|m| m.total_inactive_file).unwrap_or(0),
+            rss: mem.map(|m| m.total_rss).unwrap_or(0),
+            page_faults: mem.map(|m| m.total_pg_fault).unwrap_or(0),
+            major_page_faults: mem.map(|m| m.total_pg_maj_fault).unwrap_or(0),
+        })
+    }
+}
+
+#[cfg(test)]
+mod shim_usage_tests {
+    use super::*;
+    use containerd_shim_protos::protobuf::Message;
+
+    #[test]
+    fn v2_metrics_decode_to_the_cri_usage() {
+        let mut m = MetricsV2::new();
+        let mut mem = containerd_shim_protos::cgroups_v2::metrics::MemoryStat::new();
+        mem.usage = 1000;
+        mem.inactive_file = 300;
+        mem.anon = 600;
+        mem.pgmajfault = 2;
+        m.memory = Some(mem).into();
+        let mut cpu = containerd_shim_protos::cgroups_v2::metrics::CPUStat::new();
+        cpu.usage_usec = 7;
+        m.cpu = Some(cpu).into();
+        let u = ShimUsage::decode(
+            "io.containerd.cgroups.v2.Metrics",
+            &m.write_to_bytes().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            u,
+            ShimUsage {
+                cpu_ns: 7000,
+                memory_usage: 1000,
+                inactive_file: 300,
+                rss: 600,
+                page_faults: 0,
+                major_page_faults: 2
+            }
+        );
+    }
 }

@@ -88,6 +88,8 @@ pub struct PodManager {
     cpu_rates: cpu_rate::CpuRates,
     /// This manager, for the exit waiter and shim monitor tasks.
     me: std::sync::Weak<PodManager>,
+    /// The cgroup driver in use: systemd (true) or cgroupfs.
+    cgroup_systemd: bool,
 }
 
 mod events;
@@ -112,7 +114,14 @@ impl PodManager {
         let (exits_tx, exits_rx) = tokio::sync::mpsc::unbounded_channel();
         let events_socket = shim_client::serve_events(&config.state, oom.clone(), exits_tx).await?;
         let events_address = events_socket.address.clone();
+        let cgroup_systemd = config.cgroup.driver.is_systemd();
+        tracing::info!(
+            setting = ?config.cgroup.driver,
+            driver = if cgroup_systemd { "systemd" } else { "cgroupfs" },
+            "cgroup driver"
+        );
         let manager = Arc::new_cyclic(|me| Self {
+            cgroup_systemd,
             config,
             store,
             images,
@@ -147,6 +156,12 @@ impl PodManager {
     /// The kernel's user namespace and mount features (probed once).
     pub fn host_features(&self) -> HostFeatures {
         host_features::host_features(&self.config.root)
+    }
+
+    /// Whether pods and containers get systemd units (`[cgroup] driver`,
+    /// auto: systemd when systemd is pid 1).
+    pub fn cgroup_systemd(&self) -> bool {
+        self.cgroup_systemd
     }
 
     pub fn events(&self) -> &EventHub {
@@ -238,5 +253,17 @@ fn remove_dir_all(path: &Path) -> Result<()> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(PodError::io(format!("remove {}", path.display()), e)),
+    }
+}
+
+/// The cgroup facts of the machine for the spec generation (cgroup v2,
+/// hugetlb, swap accounting), probed once.
+pub(crate) fn cgroup_host_facts() -> crate::spec::HostFacts {
+    let cg = crate::runtime::cgroups::CgroupFeatures::detect();
+    crate::spec::HostFacts {
+        cgroup_v2: cg.v2,
+        hugetlb: cg.hugetlb,
+        swap_accounting: cg.swap,
+        ..Default::default()
     }
 }

@@ -73,15 +73,11 @@ impl PodManager {
             .as_ref()
             .map(|l| l.cgroup_parent.clone())
             .unwrap_or_default();
-        if cgroup_parent.ends_with(".slice") {
-            return Err(PodError::InvalidArgument(format!(
-                "cgroup parent {cgroup_parent:?} is a systemd slice; berth supports the cgroupfs driver only"
-            )));
-        }
+        check_cgroup_parent(&cgroup_parent, self.cgroup_systemd())?;
         // Checked before anything is made.
         let pod_resources = match config.linux.as_ref() {
             Some(l) => super::pod_resources::pod_cgroup_resources(l)?
-                .map(|r| crate::spec::oci_resources(&r, &crate::spec::HostFacts::default()))
+                .map(|r| crate::spec::oci_resources(&r, &super::cgroup_host_facts()))
                 .transpose()?,
             None => None,
         };
@@ -237,7 +233,7 @@ impl PodManager {
         if !cgroup_parent.is_empty() {
             let mgr = crate::runtime::cgroups::CgroupManager::new(cgroup_parent)
                 .map_err(|e| PodError::Cgroup(e.to_string()))?;
-            let existed = cgroup_exists(cgroup_parent);
+            let existed = mgr.exists();
             if !existed {
                 record.cgroup = Some(cgroup_parent.to_owned());
                 self.store.put_pod(record)?;
@@ -297,14 +293,30 @@ fn make_traversable(dir: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-fn cgroup_exists(path: &str) -> bool {
-    let rel = path.trim_start_matches('/');
-    ["memory", "cpu", "pids", "unified"].iter().any(|c| {
-        std::path::Path::new("/sys/fs/cgroup")
-            .join(c)
-            .join(rel)
-            .is_dir()
-    })
+/// The pod's cgroup parent must be in the driver's form: a slice
+/// (`kubepods-burstable-pod<uid>.slice`, kubelet's systemd driver) for
+/// systemd, a path for cgroupfs (as CRI-O checks).
+pub(crate) fn check_cgroup_parent(parent: &str, systemd: bool) -> Result<()> {
+    use crate::runtime::cgroups::systemd::{SLICE_SUFFIX, SystemdUnit};
+    if parent.is_empty() {
+        return Ok(());
+    }
+    let is_slice = parent.ends_with(SLICE_SUFFIX) && !parent.contains('/');
+    if systemd {
+        if !is_slice || parent.contains(':') {
+            return Err(PodError::InvalidArgument(format!(
+                "cgroup parent {parent:?} is not a systemd slice (name.slice), and berth runs the systemd cgroup driver ([cgroup] driver; kubelet's cgroupDriver must match)"
+            )));
+        }
+        SystemdUnit::parse(parent).map_err(|e| PodError::InvalidArgument(e.to_string()))?;
+        return Ok(());
+    }
+    if is_slice || parent.contains(':') {
+        return Err(PodError::InvalidArgument(format!(
+            "cgroup parent {parent:?} is a systemd slice, and berth runs the cgroupfs cgroup driver ([cgroup] driver = \"systemd\" for kubelet's cgroupDriver: systemd)"
+        )));
+    }
+    Ok(())
 }
 
 fn network_request(
@@ -341,5 +353,36 @@ fn network_request(
             options: d.options.clone(),
         }),
         bandwidth: None,
+    }
+}
+
+#[cfg(test)]
+mod cgroup_parent_tests {
+    use super::check_cgroup_parent;
+
+    #[test]
+    fn parents_must_match_the_driver() {
+        // systemd: kubelet's slices only.
+        assert!(check_cgroup_parent("kubepods-burstable-pod12.slice", true).is_ok());
+        assert!(check_cgroup_parent("", true).is_ok());
+        for bad in [
+            "/kubepods/pod1",
+            "kubepods--x.slice",
+            "a.slice:b:c",
+            "/kubepods.slice/x.slice",
+        ] {
+            assert!(
+                check_cgroup_parent(bad, true).is_err(),
+                "{bad} accepted by systemd"
+            );
+        }
+        // cgroupfs: paths only.
+        assert!(check_cgroup_parent("/kubepods/burstable/pod1", false).is_ok());
+        for bad in ["kubepods-burstable-pod12.slice", "system.slice:x:y"] {
+            assert!(
+                check_cgroup_parent(bad, false).is_err(),
+                "{bad} accepted by cgroupfs"
+            );
+        }
     }
 }

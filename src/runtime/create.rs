@@ -16,9 +16,33 @@ use super::protocol::{self, CreateRequest, Report, Request};
 use super::state;
 use super::{Container, CreateOptions, Result, RuntimeError, Stdio, sys};
 
-/// The cgroup path of a container whose spec names none.
-pub fn default_cgroup_path(id: &str) -> String {
-    format!("/berth/{id}")
+/// The cgroup path of a container whose spec names none: `/berth/<id>`
+/// under cgroupfs; under the systemd driver the scope `berth-<id>.scope` in
+/// `system.slice` (a delegated unit of its own, as containerd and runc
+/// place containers without a parent), never at the v2 root outside it.
+pub fn default_cgroup_path(id: &str, systemd: bool) -> String {
+    if systemd {
+        format!("{}:berth:{id}", super::cgroups::systemd::DEFAULT_SLICE)
+    } else {
+        format!("/berth/{id}")
+    }
+}
+
+/// The spec's cgroups path checked against the driver (runc's rules): the
+/// systemd driver takes only `slice:prefix:name`. That form is the systemd
+/// driver's also when the caller did not say so: containerd's CRI writes it
+/// whenever the pod's parent is a `.slice` (kubelet's systemd driver), and
+/// its runc options (`SystemdCgroup`) reach only runtimes of type runc.
+pub fn cgroups_path_for_driver(spec_path: Option<&str>, id: &str, systemd: bool) -> Result<String> {
+    let Some(path) = spec_path.filter(|p| !p.is_empty()) else {
+        return Ok(default_cgroup_path(id, systemd));
+    };
+    if systemd && !path.contains(':') {
+        return Err(RuntimeError::InvalidSpec(format!(
+            "the systemd cgroup driver expects linux.cgroupsPath as \"slice:prefix:name\", got {path:?}"
+        )));
+    }
+    Ok(path.to_owned())
 }
 
 /// Checks the id: it names files and cgroups, so only a safe subset.
@@ -118,11 +142,11 @@ pub fn create(opts: CreateOptions<'_>) -> Result<(Container, Option<OwnedFd>)> {
             "the spec must ask for a new mount namespace".into(),
         ));
     }
-    let cgroup_path = linux
+    let spec_cgroup = linux
         .and_then(|l| l.cgroups_path().as_ref())
-        .map(|p| p.to_string_lossy().into_owned())
-        .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| default_cgroup_path(opts.id));
+        .map(|p| p.to_string_lossy().into_owned());
+    let cgroup_path =
+        cgroups_path_for_driver(spec_cgroup.as_deref(), opts.id, opts.systemd_cgroup)?;
     if spec_in.hooks().is_some() {
         tracing::warn!(container = opts.id, "OCI hooks are not supported; ignored");
     }
@@ -173,7 +197,7 @@ pub fn create(opts: CreateOptions<'_>) -> Result<(Container, Option<OwnedFd>)> {
         spec,
         rootfs,
         exec_fifo,
-        cgroup_path: cgroup_path.clone(),
+        cgroup_path: format!("/{}", cgroup.path()),
         seccomp,
     }));
     let raw: Vec<i32> = stdio.iter().map(|f| f.as_raw_fd()).collect();
@@ -188,7 +212,7 @@ pub fn create(opts: CreateOptions<'_>) -> Result<(Container, Option<OwnedFd>)> {
     // Destroyed on failure even if only part of it was made (destroy is idempotent).
     cleanup.cgroup = Some(&cgroup);
     let r = cgroup
-        .create(linux.and_then(|l| l.resources().as_ref()))
+        .create_with(linux.and_then(|l| l.resources().as_ref()), Some(hpid))
         .and_then(|()| cgroup.admit_helper());
     let cgroup_ms = t_cg.elapsed().as_secs_f64() * 1000.0;
     if let Err(e) = r

@@ -127,6 +127,10 @@ pub struct CreateOptions<'a> {
     pub stdio: Stdio,
     /// Directory where the runtime may keep this container's state files.
     pub state_dir: &'a Path,
+    /// The systemd cgroup driver (runc's `--systemd-cgroup`, containerd's
+    /// runc option `SystemdCgroup`): `linux.cgroupsPath` is
+    /// `slice:prefix:name` and the cgroup a transient scope.
+    pub systemd_cgroup: bool,
 }
 
 /// A container that was created (its init is waiting for `start`) or started.
@@ -169,6 +173,71 @@ pub struct Stats {
     pub oom_kills: u64,
     pub pids_current: u64,
     pub pids_limit: u64,
+    /// What only cgroup v2 reports (`None` on v1): the shim's
+    /// `io.containerd.cgroups.v2.Metrics` is made from it.
+    pub v2: Option<StatsV2>,
+}
+
+/// The cgroup v2 files as they are, for containerd's v2 metrics.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatsV2 {
+    /// memory.stat (anon, file, inactive_file, pgfault, ...).
+    pub memory_stat: std::collections::BTreeMap<String, u64>,
+    /// memory.events (low, high, max, oom, oom_kill, oom_group_kill).
+    pub memory_events: std::collections::BTreeMap<String, u64>,
+    /// cpu.stat (usage_usec, nr_periods, nr_bursts, burst_usec, ...).
+    pub cpu_stat: std::collections::BTreeMap<String, u64>,
+    /// memory.swap.max (u64::MAX: unlimited).
+    pub memory_swap_limit_bytes: u64,
+    /// memory.peak and memory.swap.peak where the kernel has them (5.19+).
+    pub memory_peak_bytes: u64,
+    pub memory_swap_peak_bytes: u64,
+    /// io.stat, one entry per device.
+    pub io: Vec<IoUsage>,
+    /// hugetlb.<size>.current / .max / .events (max).
+    pub hugetlb: Vec<HugetlbUsage>,
+    /// Pressure stall information (cpu.pressure, memory.pressure,
+    /// io.pressure) where the kernel has PSI.
+    pub cpu_pressure: Option<Pressure>,
+    pub memory_pressure: Option<Pressure>,
+    pub io_pressure: Option<Pressure>,
+}
+
+/// One device of io.stat.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoUsage {
+    pub major: u64,
+    pub minor: u64,
+    pub rbytes: u64,
+    pub wbytes: u64,
+    pub rios: u64,
+    pub wios: u64,
+}
+
+/// One hugepage size of the hugetlb controller.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HugetlbUsage {
+    /// As the kernel names it: "2MB", "1GB".
+    pub pagesize: String,
+    pub current: u64,
+    pub max: u64,
+    pub failcnt: u64,
+}
+
+/// A PSI file: the `some` and `full` lines.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Pressure {
+    pub some: PressureLine,
+    pub full: PressureLine,
+}
+
+/// `avg10=0.00 avg60=0.00 avg300=0.00 total=0` (total in µs).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PressureLine {
+    pub avg10: f64,
+    pub avg60: f64,
+    pub avg300: f64,
+    pub total: u64,
 }
 
 impl Container {

@@ -34,6 +34,19 @@ pub fn container_cgroups_path(cgroup_parent: &str, container_id: &str) -> Option
     }
 }
 
+/// The cgroups path of a container under the systemd driver:
+/// `<pod slice>:berth:<id>`, the scope `berth-<id>.scope` in the pod's slice
+/// (containerd's CRI: `<slice>:cri-containerd:<id>`; CRI-O: `crio`);
+/// `system.slice` when the pod names no parent.
+pub fn container_systemd_cgroups_path(cgroup_parent: &str, container_id: &str) -> PathBuf {
+    let slice = if cgroup_parent.is_empty() {
+        "system.slice"
+    } else {
+        cgroup_parent
+    };
+    PathBuf::from(format!("{slice}:berth:{container_id}"))
+}
+
 fn check_paths(paths: &[String], field: &'static str) -> Result<Vec<String>, SpecError> {
     for p in paths {
         if !p.starts_with('/') || p.contains('\0') {

@@ -34,7 +34,9 @@ pub use capabilities::{
     parse_capability, process_capabilities,
 };
 pub use cdi::{CdiDeviceNode, CdiEdits, CdiMount, apply_cdi_edits};
-pub use container::{OCI_VERSION, container_cgroups_path, container_spec};
+pub use container::{
+    OCI_VERSION, container_cgroups_path, container_spec, container_systemd_cgroups_path,
+};
 pub use devices::default_device_rules;
 pub use error::SpecError;
 pub use exec::exec_process;

@@ -74,6 +74,40 @@ pub fn busybox_bundle() -> Result<Bundle> {
     Ok(Bundle { dir, rootfs })
 }
 
+/// Whether the tests run the systemd cgroup driver
+/// (`BERTH_TEST_CGROUP_DRIVER=systemd`, set by the VM lane): the containers'
+/// cgroups are then transient scopes in system.slice.
+pub fn systemd_driver() -> bool {
+    std::env::var("BERTH_TEST_CGROUP_DRIVER").is_ok_and(|d| d == "systemd")
+}
+
+/// The cgroups path [`spec`] gives container `id`, in the driver's form.
+pub fn cgroup_path(id: &str) -> String {
+    if systemd_driver() {
+        format!("system.slice:berth-test:{id}")
+    } else {
+        format!("/{id}")
+    }
+}
+
+/// Whether the cgroup [`spec`] gives container `id` exists (v1: its pids
+/// directory; v2: its directory). Panics when the hierarchy it would be in
+/// is not there, so that a "left behind" check never passes by reading
+/// nothing.
+pub fn cgroup_exists(id: &str) -> bool {
+    let m = berth::runtime::cgroups::CgroupManager::new(&cgroup_path(id)).expect("cgroup path");
+    let mount = m
+        .hierarchy()
+        .mount("pids")
+        .expect("no pids cgroup controller (v1) or cgroup2 tree on this machine");
+    assert!(
+        mount.is_dir(),
+        "cgroup mount {} is not there",
+        mount.display()
+    );
+    m.dir("pids").expect("pids directory").is_dir()
+}
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A unique container id / cgroup name for this test process.
@@ -97,7 +131,7 @@ pub fn spec(bundle: &Bundle, id: &str, args: &[&str]) -> Spec {
     process.set_args(Some(args.iter().map(|s| s.to_string()).collect()));
     spec.set_process(Some(process));
     let mut linux = spec.linux().clone().unwrap();
-    linux.set_cgroups_path(Some(PathBuf::from(format!("/{id}"))));
+    linux.set_cgroups_path(Some(PathBuf::from(cgroup_path(id))));
     spec.set_linux(Some(linux));
     spec
 }
@@ -176,6 +210,7 @@ pub fn create(bundle: &Bundle, id: &str, spec: &Spec, stdio: Stdio) -> Result<Ru
         spec,
         stdio,
         state_dir: state.path(),
+        systemd_cgroup: systemd_driver(),
     })?;
     Ok(Running {
         container,

@@ -34,7 +34,7 @@ impl PodEnv {
         std::fs::write(
             &config,
             format!(
-                "[network]\nmode = \"builtin\"\nbridge_name = \"{bridge}\"\n\
+                "[cgroup]\ndriver = \"cgroupfs\"\n\n[network]\nmode = \"builtin\"\nbridge_name = \"{bridge}\"\n\
                  pod_subnet = \"10.{second}.{}.0/24\"\npod_subnet_v6 = \"fd43:{second:x}:{:x}::/64\"\n\
                  cni_conf_dir = \"{}\"\n",
                 pid % 250,

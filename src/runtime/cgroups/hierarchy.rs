@@ -128,3 +128,74 @@ impl Hierarchy {
         }
     }
 }
+
+/// What the machine's cgroups offer the spec generation (probed once).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CgroupFeatures {
+    /// The unified hierarchy only (containers get a cgroup namespace).
+    pub v2: bool,
+    /// The hugetlb controller (hugepage limits).
+    pub hugetlb: bool,
+    /// Swap accounting: memory.memsw.* (v1) or memory.swap.max (v2).
+    pub swap: bool,
+}
+
+impl CgroupFeatures {
+    /// The features of this machine's hierarchy, probed once per process.
+    pub fn detect() -> Self {
+        static FEATURES: OnceLock<CgroupFeatures> = OnceLock::new();
+        *FEATURES.get_or_init(|| {
+            let f = Self::probe(&Hierarchy::detect());
+            tracing::info!(
+                v2 = f.v2,
+                hugetlb = f.hugetlb,
+                swap = f.swap,
+                "cgroup features probed"
+            );
+            f
+        })
+    }
+
+    /// The features of `h`. v2 files such as memory.swap.max exist only
+    /// below the root, so the probe looks in the root's child cgroups (and
+    /// in this process's own cgroup).
+    pub fn probe(h: &Hierarchy) -> Self {
+        match h {
+            Hierarchy::V1 { mounts } => CgroupFeatures {
+                v2: false,
+                hugetlb: mounts.contains_key("hugetlb"),
+                swap: mounts
+                    .get("memory")
+                    .is_some_and(|m| m.join("memory.memsw.limit_in_bytes").exists()),
+            },
+            Hierarchy::V2 { root } => {
+                let controllers =
+                    std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+                let own = std::fs::read_to_string("/proc/self/cgroup")
+                    .ok()
+                    .and_then(|t| {
+                        t.lines()
+                            .find_map(|l| l.strip_prefix("0::").map(|p| p.trim().to_owned()))
+                    })
+                    .map(|p| root.join(p.trim_start_matches('/')));
+                let children = std::fs::read_dir(root)
+                    .map(|d| {
+                        d.filter_map(|e| e.ok())
+                            .map(|e| e.path())
+                            .filter(|p| p.is_dir())
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default();
+                let swap = own
+                    .into_iter()
+                    .chain(children)
+                    .any(|d| d.join("memory.swap.max").exists());
+                CgroupFeatures {
+                    v2: true,
+                    hugetlb: controllers.split_whitespace().any(|c| c == "hugetlb"),
+                    swap,
+                }
+            }
+        }
+    }
+}

@@ -31,7 +31,7 @@ mod stats;
 pub mod systemd;
 
 pub use error::CgroupError;
-pub use hierarchy::{CGROUP2_ROOT_ENV, Hierarchy};
+pub use hierarchy::{CGROUP2_ROOT_ENV, CgroupFeatures, Hierarchy};
 
 /// Result of cgroup operations.
 pub type Result<T> = std::result::Result<T, CgroupError>;
@@ -42,18 +42,27 @@ pub struct CgroupManager {
     /// Path relative to the hierarchy roots, without a leading slash.
     path: String,
     hierarchy: Hierarchy,
+    /// The systemd unit of the cgroup (systemd driver), `None` for cgroupfs.
+    unit: Option<systemd::SystemdUnit>,
 }
 
 impl CgroupManager {
-    /// A manager for the cgroup at `path` (an OCI `linux.cgroupsPath` in
-    /// cgroupfs form, e.g. `/kubepods/pod1/ctr1`). Detects v1 / v2. Does not
-    /// create anything.
+    /// A manager for the cgroup at `path`, an OCI `linux.cgroupsPath` in
+    /// cgroupfs form (`/kubepods/pod1/ctr1`) or in systemd form
+    /// (`slice:prefix:name`, or a bare `name.slice`: the systemd driver, see
+    /// [`systemd`]). Detects v1 / v2. Does not create anything.
     pub fn new(path: &str) -> Result<Self> {
         Self::with_hierarchy(path, Hierarchy::detect())
     }
 
     /// A manager for `path` in an explicitly given hierarchy.
     pub fn with_hierarchy(path: &str, hierarchy: Hierarchy) -> Result<Self> {
+        if systemd::is_systemd_path(path) {
+            let unit = systemd::SystemdUnit::parse(path)?;
+            let mut m = Self::with_hierarchy(&unit.cgroup, hierarchy)?;
+            m.unit = Some(unit);
+            return Ok(m);
+        }
         let rel = path.trim_start_matches('/').trim_end_matches('/');
         let valid = !rel.is_empty()
             && rel
@@ -65,7 +74,18 @@ impl CgroupManager {
         Ok(Self {
             path: rel.to_owned(),
             hierarchy,
+            unit: None,
         })
+    }
+
+    /// Whether the cgroup exists (any of its directories).
+    pub fn exists(&self) -> bool {
+        self.existing_dirs().is_ok()
+    }
+
+    /// The systemd unit of the cgroup, when the systemd driver manages it.
+    pub fn unit(&self) -> Option<&systemd::SystemdUnit> {
+        self.unit.as_ref()
     }
 
     /// The path relative to the hierarchy roots.
@@ -90,6 +110,9 @@ impl CgroupManager {
     /// cgroups restrict none either). On failure, whatever this call created
     /// is removed again.
     pub fn create_parent(&self) -> Result<()> {
+        if let Some(unit) = &self.unit {
+            return self.start_unit(unit, None, None);
+        }
         let mut created = Vec::new();
         let result = self.make_dirs(&mut created);
         if result.is_err() {
@@ -101,9 +124,24 @@ impl CgroupManager {
     }
 
     /// Creates the cgroup (every controller on v1) and applies `resources`.
-    /// On failure, whatever this call created is removed again.
+    /// On failure, whatever this call created is removed again. The systemd
+    /// driver's scopes start with a process: see [`Self::create_with`].
     pub fn create(&self, resources: Option<&LinuxResources>) -> Result<()> {
+        self.create_with(resources, None)
+    }
+
+    /// [`Self::create`]; under the systemd driver the unit is started with
+    /// `pid` in it (a scope needs one), and that process is then in the
+    /// cgroup. cgroupfs ignores `pid`.
+    pub fn create_with(&self, resources: Option<&LinuxResources>, pid: Option<i32>) -> Result<()> {
         let started = std::time::Instant::now();
+        if let Some(unit) = &self.unit {
+            let r = self.start_unit(unit, pid, resources);
+            if r.is_err() {
+                let _ = self.destroy();
+            }
+            return r;
+        }
         let mut created = Vec::new();
         let result = self.make_dirs(&mut created).and_then(|()| {
             let none = LinuxResources::default();
@@ -172,7 +210,42 @@ impl CgroupManager {
     /// Applies new limits to the existing cgroup (update of a running container).
     pub fn apply(&self, resources: &LinuxResources) -> Result<()> {
         self.existing_dirs()?;
+        if let Some(unit) = &self.unit {
+            let props = systemd::resource_properties(resources, self.hierarchy.is_v2())?;
+            systemd::with_bus(|bus| bus.set_unit_properties(&unit.name, &props))?;
+        }
         self.apply_resources(resources, false)
+    }
+
+    /// systemd driver: starts the unit (its cgroup directory is then there,
+    /// with `pid` in it for a scope), then writes the resources to the
+    /// cgroup files as cgroupfs does (runc's systemd driver does both).
+    fn start_unit(
+        &self,
+        unit: &systemd::SystemdUnit,
+        pid: Option<i32>,
+        resources: Option<&LinuxResources>,
+    ) -> Result<()> {
+        let v2 = self.hierarchy.is_v2();
+        let what = if unit.is_slice() {
+            "berth pod"
+        } else {
+            "berth container"
+        };
+        let props =
+            systemd::unit_properties(unit, &format!("{what} {}", unit.name), pid, resources, v2)?;
+        systemd::with_bus(|bus| bus.start_transient_unit(&unit.name, &props))?;
+        // v1: systemd makes the unit's directory in the hierarchies it
+        // manages; the others (and any it left out) are made here.
+        if v2 {
+            self.existing_dirs()?;
+        } else {
+            self.make_dirs(&mut Vec::new())?;
+        }
+        let none = LinuxResources::default();
+        self.apply_resources(resources.unwrap_or(&none), !unit.is_slice())?;
+        tracing::debug!(unit = %unit.name, cgroup = %self.path, v2, "systemd unit ready");
+        Ok(())
     }
 
     fn apply_resources(&self, resources: &LinuxResources, creating: bool) -> Result<()> {
@@ -227,6 +300,25 @@ impl CgroupManager {
     /// Kills every process left (SIGKILL; thawing first if frozen), then
     /// removes the cgroup from every hierarchy. Idempotent.
     pub fn destroy(&self) -> Result<()> {
+        let r = self.destroy_dirs();
+        if let Some(unit) = &self.unit {
+            // A scope whose processes are gone stops by itself; what is
+            // left (a slice, a failed scope) is stopped and reset here.
+            systemd::with_bus(|bus| bus.stop_unit(&unit.name))?;
+            if r.is_err()
+                && self
+                    .hierarchy
+                    .dirs(&self.path)
+                    .iter()
+                    .all(|(_, d)| !d.is_dir())
+            {
+                return Ok(());
+            }
+        }
+        r
+    }
+
+    fn destroy_dirs(&self) -> Result<()> {
         let dirs: Vec<PathBuf> = self
             .hierarchy
             .dirs(&self.path)

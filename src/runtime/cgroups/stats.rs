@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use super::hierarchy::Hierarchy;
 use super::{Result, Stats, fsio};
+use crate::runtime::{HugetlbUsage, IoUsage, Pressure, StatsV2};
 
 /// v1 limits at or above this (page-rounded i64::MAX) mean "unlimited".
 const V1_UNLIMITED: u64 = 0x7FFF_FFFF_FFFF_F000;
@@ -50,6 +51,14 @@ fn num(dir: &Option<PathBuf>, file: &str) -> Result<u64> {
         Some(d) => Ok(fsio::read_u64(d, file)?.unwrap_or(0)),
         None => Ok(0),
     }
+}
+
+/// A number from a file newer kernels have (memory.peak): 0 when it is
+/// missing or empty.
+fn optional_num(dir: &Option<PathBuf>, file: &str) -> u64 {
+    dir.as_deref()
+        .and_then(|d| fsio::read_u64(d, file).ok().flatten())
+        .unwrap_or(0)
 }
 
 fn get(map: &HashMap<String, u64>, key: &str) -> u64 {
@@ -109,11 +118,131 @@ fn read_v1(
     Ok(s)
 }
 
+/// Parses a PSI file (`some avg10=.. avg60=.. avg300=.. total=..` and the
+/// same for `full`); `None` when it has neither line.
+pub(crate) fn parse_pressure(content: &str) -> Option<Pressure> {
+    let mut p = Pressure::default();
+    let mut seen = false;
+    for line in content.lines() {
+        let mut it = line.split_whitespace();
+        let target = match it.next() {
+            Some("some") => &mut p.some,
+            Some("full") => &mut p.full,
+            _ => continue,
+        };
+        seen = true;
+        for kv in it {
+            let Some((k, v)) = kv.split_once('=') else {
+                continue;
+            };
+            match k {
+                "avg10" => target.avg10 = v.parse().unwrap_or(0.0),
+                "avg60" => target.avg60 = v.parse().unwrap_or(0.0),
+                "avg300" => target.avg300 = v.parse().unwrap_or(0.0),
+                "total" => target.total = v.parse().unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    seen.then_some(p)
+}
+
+/// Parses io.stat (`8:0 rbytes=.. wbytes=.. rios=.. wios=.. dbytes=..`).
+pub(crate) fn parse_io_stat(content: &str) -> Vec<IoUsage> {
+    content
+        .lines()
+        .filter_map(|line| {
+            let mut it = line.split_whitespace();
+            let (major, minor) = it.next()?.split_once(':')?;
+            let mut e = IoUsage {
+                major: major.parse().ok()?,
+                minor: minor.parse().ok()?,
+                ..IoUsage::default()
+            };
+            for kv in it {
+                let Some((k, v)) = kv.split_once('=') else {
+                    continue;
+                };
+                let v = v.parse().unwrap_or(0);
+                match k {
+                    "rbytes" => e.rbytes = v,
+                    "wbytes" => e.wbytes = v,
+                    "rios" => e.rios = v,
+                    "wios" => e.wios = v,
+                    _ => {}
+                }
+            }
+            Some(e)
+        })
+        .collect()
+}
+
+/// The hugetlb sizes of a v2 cgroup (from its `hugetlb.<size>.current` files).
+fn hugetlb_v2(dir: &Path) -> Result<Vec<HugetlbUsage>> {
+    let mut sizes: Vec<String> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let size = name.strip_prefix("hugetlb.")?.strip_suffix(".current")?;
+                (!size.contains('.')).then(|| size.to_owned())
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    sizes.sort();
+    let d = Some(dir.to_path_buf());
+    sizes
+        .into_iter()
+        .map(|size| {
+            Ok(HugetlbUsage {
+                current: num(&d, &format!("hugetlb.{size}.current"))?,
+                max: limit(num(&d, &format!("hugetlb.{size}.max"))?),
+                failcnt: get(&keyed(&d, &format!("hugetlb.{size}.events"))?, "max"),
+                pagesize: size,
+            })
+        })
+        .collect()
+}
+
+fn pressure(dir: &Option<PathBuf>, file: &str) -> Result<Option<Pressure>> {
+    let Some(d) = dir else { return Ok(None) };
+    // Without PSI (psi=0, or CONFIG_PSI off) the files are missing or
+    // refuse to be read (EOPNOTSUPP).
+    match fsio::read_opt(d, file) {
+        Ok(text) => Ok(text.as_deref().and_then(parse_pressure)),
+        Err(e) if fsio::errno(&e) == Some(libc::EOPNOTSUPP) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 fn read_v2(dir: &Option<PathBuf>) -> Result<Stats> {
     let cpu = keyed(dir, "cpu.stat")?;
     let mem = keyed(dir, "memory.stat")?;
     let events = keyed(dir, "memory.events")?;
     let usage = num(dir, "memory.current")?;
+    let sorted = |m: &HashMap<String, u64>| m.iter().map(|(k, v)| (k.clone(), *v)).collect();
+    let v2 = StatsV2 {
+        memory_stat: sorted(&mem),
+        memory_events: sorted(&events),
+        cpu_stat: sorted(&cpu),
+        memory_swap_limit_bytes: limit(optional_num(dir, "memory.swap.max")),
+        memory_peak_bytes: optional_num(dir, "memory.peak"),
+        memory_swap_peak_bytes: optional_num(dir, "memory.swap.peak"),
+        io: match dir {
+            Some(d) => fsio::read_opt(d, "io.stat")?
+                .map(|t| parse_io_stat(&t))
+                .unwrap_or_default(),
+            None => Vec::new(),
+        },
+        hugetlb: match dir {
+            Some(d) => hugetlb_v2(d)?,
+            None => Vec::new(),
+        },
+        cpu_pressure: pressure(dir, "cpu.pressure")?,
+        memory_pressure: pressure(dir, "memory.pressure")?,
+        io_pressure: pressure(dir, "io.pressure")?,
+    };
     Ok(Stats {
         cpu_usage_ns: get(&cpu, "usage_usec") * 1000,
         cpu_user_ns: get(&cpu, "user_usec") * 1000,
@@ -130,5 +259,6 @@ fn read_v2(dir: &Option<PathBuf>) -> Result<Stats> {
         oom_kills: get(&events, "oom_kill"),
         pids_current: num(dir, "pids.current")?,
         pids_limit: limit(num(dir, "pids.max")?),
+        v2: Some(v2),
     })
 }

@@ -579,13 +579,13 @@ pub fn with_bus<T>(f: impl Fn(&SystemdBus) -> Result<T>) -> Result<T> {
         Ok(b)
     };
     let bus = get()?;
-    match f(&bus) {
-        Err(CgroupError::Systemd { unit, message }) if !bus.conn.inner().is_bus() => {
-            *BUS.lock().unwrap_or_else(|p| p.into_inner()) = None;
-            Err(CgroupError::Systemd { unit, message })
-        }
-        r => r,
+    let r = f(&bus);
+    if matches!(&r, Err(CgroupError::Systemd { .. })) {
+        // A refused call costs one reconnect; a dead connection (systemd
+        // or the bus restarted) is not kept.
+        *BUS.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
+    r
 }
 
 #[cfg(test)]

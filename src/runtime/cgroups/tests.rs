@@ -569,9 +569,75 @@ fn v2_stats_parse_v2_files() {
     put(&d, "memory.swap.current", "4096\n");
     put(&d, "pids.current", "3\n");
     put(&d, "pids.max", "100\n");
+    put(&d, "memory.swap.max", "max\n");
+    put(&d, "memory.peak", "140000000\n");
+    put(
+        &d,
+        "io.stat",
+        "8:0 rbytes=4096 wbytes=8192 rios=1 wios=2 dbytes=0 dios=0\n253:1 rbytes=1 wbytes=0 rios=1 wios=0\n",
+    );
+    put(&d, "hugetlb.2MB.current", "2097152\n");
+    put(&d, "hugetlb.2MB.max", "4194304\n");
+    put(&d, "hugetlb.2MB.events", "max 3\n");
+    put(&d, "hugetlb.2MB.events.local", "max 3\n");
+    put(&d, "hugetlb.1GB.current", "0\n");
+    put(&d, "hugetlb.1GB.max", "max\n");
+    put(
+        &d,
+        "memory.pressure",
+        "some avg10=1.50 avg60=0.25 avg300=0.00 total=12345\nfull avg10=0.50 avg60=0.00 avg300=0.00 total=678\n",
+    );
+    put(
+        &d,
+        "cpu.pressure",
+        "some avg10=0.00 avg60=0.00 avg300=0.00 total=9\n",
+    );
     let s = mgr.stats().unwrap();
+    let v2 = s.v2.clone().expect("v2 stats on v2");
+    assert_eq!(v2.memory_events.get("oom_kill"), Some(&2));
+    assert_eq!(v2.memory_stat.get("anon"), Some(&104_857_600));
+    assert_eq!(v2.memory_swap_limit_bytes, u64::MAX);
+    assert_eq!(v2.memory_peak_bytes, 140_000_000);
     assert_eq!(
-        s,
+        v2.io[0],
+        crate::runtime::IoUsage {
+            major: 8,
+            minor: 0,
+            rbytes: 4096,
+            wbytes: 8192,
+            rios: 1,
+            wios: 2
+        }
+    );
+    assert_eq!(v2.io.len(), 2);
+    assert_eq!(
+        v2.hugetlb,
+        vec![
+            crate::runtime::HugetlbUsage {
+                pagesize: "1GB".into(),
+                current: 0,
+                max: u64::MAX,
+                failcnt: 0
+            },
+            crate::runtime::HugetlbUsage {
+                pagesize: "2MB".into(),
+                current: 2_097_152,
+                max: 4_194_304,
+                failcnt: 3
+            },
+        ]
+    );
+    let mp = v2.memory_pressure.expect("memory.pressure");
+    assert_eq!(
+        (mp.some.avg10, mp.some.avg60, mp.some.total),
+        (1.5, 0.25, 12345)
+    );
+    assert_eq!(mp.full.total, 678);
+    assert_eq!(v2.cpu_pressure.expect("cpu.pressure").some.total, 9);
+    // No io.pressure file: no PSI for io (a kernel without PSI has none).
+    assert_eq!(v2.io_pressure, None);
+    assert_eq!(
+        Stats { v2: None, ..s },
         Stats {
             cpu_usage_ns: 2_500_000_000,
             cpu_user_ns: 2_000_000_000,
@@ -588,6 +654,7 @@ fn v2_stats_parse_v2_files() {
             oom_kills: 2,
             pids_current: 3,
             pids_limit: 100,
+            v2: None,
         }
     );
 }
@@ -663,6 +730,7 @@ fn v1_stats_parse_v1_files() {
             oom_kills: 1,
             pids_current: 2,
             pids_limit: u64::MAX,
+            v2: None,
         }
     );
     // Old kernels: only cpuacct.stat, in USER_HZ ticks.

@@ -197,6 +197,14 @@ fn cgroups_path_helper() {
         Some("/kubepods/burstable/pod1/c9")
     );
     assert_eq!(container_cgroups_path("", "c9"), None);
+    assert_eq!(
+        crate::spec::container_systemd_cgroups_path("kubepods-besteffort-pod1.slice", "c9"),
+        std::path::PathBuf::from("kubepods-besteffort-pod1.slice:berth:c9")
+    );
+    assert_eq!(
+        crate::spec::container_systemd_cgroups_path("", "c9"),
+        std::path::PathBuf::from("system.slice:berth:c9")
+    );
 }
 
 #[test]
