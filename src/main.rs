@@ -113,6 +113,9 @@ fn main() -> ExitCode {
 fn run_daemon(cli: &Cli) -> anyhow::Result<()> {
     let config = cli.effective_config()?;
     init_logging(cli, &config)?;
+    // Before any thread, and before an upgrade can replace the binary.
+    berth::pod::pod_init::open_own_executable()
+        .context("cannot open berthd's own executable")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("berthd")

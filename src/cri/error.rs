@@ -92,6 +92,8 @@ impl From<crate::pod::PodError> for Status {
             E::Timeout(_) => Code::DeadlineExceeded,
             E::Image(e) => image_error_code(e),
             E::Network(crate::network::NetworkError::InvalidRequest(_)) => Code::InvalidArgument,
+            E::Store(e) if is_disk_full(e.raw_os_error()) => Code::ResourceExhausted,
+            E::Io { source, .. } if is_disk_full(source.raw_os_error()) => Code::ResourceExhausted,
             E::Namespace(_)
             | E::Cgroup(_)
             | E::Io { .. }
@@ -104,8 +106,18 @@ impl From<crate::pod::PodError> for Status {
         } else {
             tracing::debug!(error = %err, code = ?code, "pod/container request refused");
         }
-        Status::new(code, err.to_string())
+        let message = if code == Code::ResourceExhausted {
+            format!("{err} (the disk is full: free space on it and retry)")
+        } else {
+            err.to_string()
+        };
+        Status::new(code, message)
     }
+}
+
+/// ENOSPC or EDQUOT: the disk (or the quota) is full.
+fn is_disk_full(errno: Option<i32>) -> bool {
+    matches!(errno, Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }
 
 impl From<crate::stream::StreamError> for Status {
