@@ -92,9 +92,21 @@ impl Berthd {
         socket: &Path,
         level: &str,
     ) -> Result<Self> {
+        Self::start_binary(Path::new(berthd_bin()), dirs, args, socket, level)
+    }
+
+    /// As [`Berthd::start_logged`], running the berthd executable at `bin`
+    /// (a copy the test may replace on disk).
+    pub fn start_binary(
+        bin: &Path,
+        dirs: &BerthdDirs,
+        args: Vec<String>,
+        socket: &Path,
+        level: &str,
+    ) -> Result<Self> {
         let log = next_log_path(dirs.tmp.path());
         let stderr = File::create(&log)?;
-        let child = Command::new(berthd_bin())
+        let child = Command::new(bin)
             .args(&args)
             .arg("--log-level")
             .arg(level)
