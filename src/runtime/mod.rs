@@ -67,6 +67,7 @@ mod error;
 mod exec;
 mod helper;
 pub mod idmap;
+pub mod overlay;
 mod init;
 mod kill;
 mod mount_api;
