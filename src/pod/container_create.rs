@@ -195,6 +195,7 @@ impl PodManager {
                 "container metadata has no name".into(),
             ));
         }
+        super::limits::check_container_config(&config)?;
         let image_name = config
             .image
             .as_ref()

@@ -21,6 +21,7 @@ mod error;
 mod files;
 mod host_devices;
 mod host_features;
+mod limits;
 pub mod namespaces;
 pub mod pod_init;
 mod pod_remove;

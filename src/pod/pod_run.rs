@@ -34,6 +34,7 @@ impl PodManager {
         if meta.name.is_empty() {
             return Err(PodError::InvalidArgument("pod metadata has no name".into()));
         }
+        super::limits::check_pod_config(&config)?;
         if !config.log_directory.is_empty() {
             super::container_create::checked_log_directory(&config.log_directory)?;
         }

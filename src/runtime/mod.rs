@@ -83,6 +83,7 @@ mod state;
 mod sys;
 pub use error::RuntimeError;
 pub use state::has_exited;
+pub use sys::malloc_mmap_threshold;
 
 /// Result of runtime operations.
 pub type Result<T> = std::result::Result<T, RuntimeError>;
