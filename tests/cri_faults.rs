@@ -404,7 +404,8 @@ async fn exec_sync_output_is_capped_and_its_memory_returned() -> Result<()> {
     let berthd = env.start_logged("info")?;
     let mut images = berthd.images().await?;
     pull(&mut images, &reference, None).await?;
-    let mut rt = berthd.runtime().await?;
+    // 16 MiB of output is more than tonic's default 4 MiB per message.
+    let mut rt = berthd.runtime().await?.max_decoding_message_size(64 << 20);
     let cfg = env.pod_config("execmem", true);
     let pod = run_pod(&mut rt, &cfg).await?;
     let c = create_container(

@@ -228,6 +228,23 @@ mod tests {
     }
 
     #[test]
+    fn a_full_disk_is_resource_exhausted() {
+        use crate::pod::PodError;
+        use crate::store::StoreError;
+        let full = || std::io::Error::from_raw_os_error(libc::ENOSPC);
+        for err in [
+            PodError::Store(StoreError::DbIo(full())),
+            PodError::io("write hosts", full()),
+        ] {
+            let st = Status::from(err);
+            assert_eq!(st.code(), Code::ResourceExhausted, "{}", st.message());
+            assert!(st.message().contains("disk is full"), "{}", st.message());
+        }
+        let st = Status::from(PodError::Store(StoreError::PreviousIo));
+        assert_eq!(st.code(), Code::Internal);
+    }
+
+    #[test]
     fn codes_per_stream_error() {
         use crate::stream::StreamError;
         let st = Status::from(StreamError::InvalidRequest("cmd is empty".into()));

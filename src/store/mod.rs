@@ -284,4 +284,61 @@ mod tests {
         store.delete_pod("p1").unwrap();
         assert!(store.pod("p1").unwrap().is_none());
     }
+
+    /// Needs root (mounts a tmpfs); skipped otherwise. A full disk fails
+    /// the write, hides a delete that cannot be written, and once there is
+    /// room the same store works again and writes the delete.
+    #[test]
+    fn a_full_disk_is_survived_without_reopening_by_hand() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root to mount a tmpfs");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mnt = dir.path().join("fs");
+        std::fs::create_dir(&mnt).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            &mnt,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=4m"),
+        )
+        .unwrap();
+        let path = mnt.join("meta.redb");
+        let store = MetadataStore::open(&path).unwrap();
+        let pod = |id: &str, n: usize| PodRecord {
+            id: id.into(),
+            name: "x".repeat(n),
+            ..Default::default()
+        };
+        store.put_pod(&pod("keep", 10)).unwrap();
+        store.put_pod(&pod("gone", 10)).unwrap();
+        let fill = mnt.join("fill");
+        let mut f = std::fs::File::create(&fill).unwrap();
+        let chunk = vec![1u8; 4096];
+        while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
+        drop(f);
+        let mut failed = None;
+        for i in 0..20 {
+            if let Err(e) = store.put_pod(&pod(&format!("big{i}"), 256 << 10)) {
+                failed = Some(e);
+                break;
+            }
+        }
+        let e = failed.expect("no write failed on a full disk");
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+        let _ = store.delete_pod("gone");
+        assert!(store.pod("gone").unwrap().is_none());
+        assert!(store.pods().unwrap().iter().all(|p| p.id != "gone"));
+        std::fs::remove_file(&fill).unwrap();
+        store.put_pod(&pod("after", 10)).unwrap();
+        drop(store);
+        let store = MetadataStore::open(&path).unwrap();
+        assert!(store.pod("gone").unwrap().is_none(), "the delete was never written");
+        assert!(store.pod("keep").unwrap().is_some());
+        assert!(store.pod("after").unwrap().is_some());
+        drop(store);
+        nix::mount::umount2(&mnt, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    }
 }
