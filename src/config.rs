@@ -45,9 +45,21 @@ const KEY_DOCS: &[(&str, &str, &str)] = &[
     ),
     (
         "",
+        "log_format",
+        "text (human-readable lines) or json (one JSON object per line).",
+    ),
+    (
+        "",
         "shutdown_timeout_secs",
         "On SIGTERM/SIGINT, how long in-flight RPCs may take before berthd exits.\n\
-         Containers keep running either way.",
+         Containers keep running either way. SIGHUP re-reads log_level from this\n\
+         file and checks registries.conf and the CNI config; it never stops berthd.",
+    ),
+    (
+        "metrics",
+        "address",
+        "ip:port of the Prometheus endpoint (GET /metrics, OpenMetrics text);\n\
+         empty: off. Keep it on loopback or a node-internal address.",
     ),
     (
         "image",
@@ -96,8 +108,11 @@ const KEY_DOCS: &[(&str, &str, &str)] = &[
     (
         "network",
         "mode",
-        "builtin (berth's bridge, IPAM and nftables), cni, or auto (CNI when a\n\
-         config list is in cni_conf_dir, else built-in).",
+        "builtin (berth's bridge, IPAM and nftables), or cni (the first config list\n\
+         in cni_conf_dir; until one is there, NetworkReady is false with reason\n\
+         NetworkPluginNotReady and pods with their own network are refused, as\n\
+         containerd does). auto is the same as cni (it used to fall back to\n\
+         built-in; a Kubernetes node must wait for its CNI instead).",
     ),
     (
         "network",
@@ -135,6 +150,8 @@ pub struct Config {
     /// Log filter: a level (`error`, `warn`, `info`, `debug`, `trace`) or
     /// `tracing` directives such as `berth=debug,tonic=info`.
     pub log_level: String,
+    /// How log lines are written to stderr.
+    pub log_format: LogFormat,
     /// On SIGTERM/SIGINT, how long in-flight RPCs may take to finish before
     /// berthd exits anyway. Containers keep running either way.
     pub shutdown_timeout_secs: u64,
@@ -144,6 +161,19 @@ pub struct Config {
     pub network: crate::network::NetworkConfig,
     /// The exec/attach/port-forward streaming server.
     pub stream: StreamConfig,
+    /// The Prometheus endpoint (`[metrics]`).
+    pub metrics: crate::metrics::MetricsConfig,
+}
+
+/// `log_format`: how berthd writes its log lines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (`tracing_subscriber`'s full format).
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 impl Default for Config {
@@ -153,10 +183,12 @@ impl Default for Config {
             root: PathBuf::from(DEFAULT_ROOT),
             state: PathBuf::from(DEFAULT_STATE),
             log_level: "info".to_owned(),
+            log_format: LogFormat::Text,
             shutdown_timeout_secs: 10,
             image: ImageConfig::default(),
             network: crate::network::NetworkConfig::default(),
             stream: StreamConfig::default(),
+            metrics: crate::metrics::MetricsConfig::default(),
         }
     }
 }
@@ -301,6 +333,12 @@ impl Config {
                 message: e.to_string(),
             });
         }
+        if let Err(e) = self.metrics.socket_addr() {
+            return Err(ConfigError::Invalid {
+                key: "metrics.address",
+                message: e.to_string(),
+            });
+        }
         if self.image.max_concurrent_downloads == 0 {
             return Err(ConfigError::Invalid {
                 key: "image.max_concurrent_downloads",
@@ -346,13 +384,11 @@ mod tests {
         let table = value.as_table().unwrap();
         for (key, v) in table {
             if let Some(sub) = v.as_table() {
-                if key == "image" {
+                if key == "image" || key == "metrics" {
                     for sub_key in sub.keys() {
                         assert!(
-                            KEY_DOCS
-                                .iter()
-                                .any(|(t, k, _)| *t == "image" && k == sub_key),
-                            "image.{sub_key} lacks a comment in KEY_DOCS"
+                            KEY_DOCS.iter().any(|(t, k, _)| t == key && k == sub_key),
+                            "{key}.{sub_key} lacks a comment in KEY_DOCS"
                         );
                     }
                 }
@@ -439,6 +475,22 @@ mod tests {
         assert_eq!(config.root, PathBuf::from("/tmp/file-root"));
         assert_eq!(config.state, PathBuf::from("/tmp/flag-state"));
         assert_eq!(config.log_level, "debug");
+    }
+
+    #[test]
+    fn log_format_and_metrics() {
+        let c = Config::from_toml(
+            "log_format = \"json\"\n[metrics]\naddress = \"127.0.0.1:9100\"\n",
+            origin(),
+        )
+        .unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.metrics.address, "127.0.0.1:9100");
+        assert_eq!(Config::default().metrics.address, "", "off by default");
+        let err = Config::from_toml("log_format = \"xml\"\n", origin()).unwrap_err();
+        assert!(err.to_string().contains("xml"), "{err}");
+        let err = Config::from_toml("[metrics]\naddress = \"nowhere\"\n", origin()).unwrap_err();
+        assert!(err.to_string().contains("metrics.address"), "{err}");
     }
 
     #[test]

@@ -15,9 +15,13 @@ pub mod cri;
 #[cfg(feature = "daemon")]
 pub mod image;
 #[cfg(feature = "daemon")]
+pub mod metrics;
+#[cfg(feature = "daemon")]
 pub mod network;
 #[cfg(feature = "daemon")]
 pub mod pod;
+#[cfg(feature = "daemon")]
+pub mod sd_notify;
 #[cfg(feature = "daemon")]
 pub mod spec;
 #[cfg(feature = "daemon")]
@@ -27,3 +31,16 @@ pub mod stream;
 
 /// The version every binary of the project reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The git commit the binaries were built from (`build.rs`: the
+/// `BERTH_GIT_COMMIT` environment variable, else `git rev-parse HEAD`,
+/// else "unknown").
+pub const GIT_COMMIT: &str = env!("BERTH_GIT_COMMIT");
+
+/// `<version> (commit <hash>)`, what `--version` prints after the name.
+pub const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("BERTH_GIT_COMMIT"),
+    ")"
+);

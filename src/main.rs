@@ -1,23 +1,27 @@
 //! berthd: the CRI server.
 //!
 //! Flags in containerd's style override the config file; `berthd config
-//! default` prints the defaults as TOML.
+//! default` prints the defaults as TOML. SIGTERM and SIGINT stop berthd
+//! (containers keep running); SIGHUP re-reads the config file's log level
+//! and re-checks registries.conf and the CNI config, and never stops it.
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use berth::config::{Config, DEFAULT_CONFIG_PATH, Overrides};
+use berth::config::{Config, DEFAULT_CONFIG_PATH, LogFormat, Overrides};
 use berth::cri::CriServer;
 use clap::{Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
-use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::FmtSpan;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _, Registry, reload};
 
 /// berthd: a container runtime service for Kubernetes (CRI over a unix socket).
 #[derive(Debug, Parser)]
-#[command(name = "berthd", version = berth::VERSION, about, long_about = None)]
+#[command(name = "berthd", version = berth::LONG_VERSION, about, long_about = None)]
 struct Cli {
     /// Config file (TOML); without this flag, /etc/berth/berthd.toml if it exists
     #[arg(long, short = 'c', value_name = "FILE", global = true)]
@@ -112,7 +116,7 @@ fn main() -> ExitCode {
 
 fn run_daemon(cli: &Cli) -> anyhow::Result<()> {
     let config = cli.effective_config()?;
-    init_logging(cli, &config)?;
+    let log_filter = init_logging(cli, &config)?;
     // Large buffers (ExecSync output of up to 16 MiB per stream, their
     // gRPC encoding) go back to the kernel when freed, instead of staying
     // in malloc's arenas (measured: +16 MiB RSS per 100 MiB ExecSync).
@@ -120,8 +124,7 @@ fn run_daemon(cli: &Cli) -> anyhow::Result<()> {
         tracing::warn!("mallopt(M_MMAP_THRESHOLD) refused");
     }
     // Before any thread, and before an upgrade can replace the binary.
-    berth::pod::pod_init::open_own_executable()
-        .context("cannot open berthd's own executable")?;
+    berth::pod::pod_init::open_own_executable().context("cannot open berthd's own executable")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("berthd")
@@ -130,7 +133,24 @@ fn run_daemon(cli: &Cli) -> anyhow::Result<()> {
     runtime.block_on(async {
         let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
         let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+        // From here on SIGHUP no longer terminates berthd (its default action).
+        let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
         let server = CriServer::start(config).await?;
+        let reloader = server.reloader();
+        let reload_cli = ReloadCli {
+            config: cli.config.clone(),
+            overrides: cli.overrides(),
+            filter_fixed: log_directives_fixed(cli),
+        };
+        tokio::spawn(async move {
+            while sighup.recv().await.is_some() {
+                tracing::info!(signal = "SIGHUP", "reloading");
+                reload_cli.reload_log_level(&log_filter);
+                reloader.reload().await;
+            }
+        });
+        // The socket is bound: clients that connect now are served.
+        sd_notify(berth::sd_notify::READY);
         server
             .serve(async move {
                 let name = tokio::select! {
@@ -138,15 +158,87 @@ fn run_daemon(cli: &Cli) -> anyhow::Result<()> {
                     _ = sigint.recv() => "SIGINT",
                 };
                 tracing::info!(signal = name, "received shutdown signal");
+                sd_notify(berth::sd_notify::STOPPING);
             })
             .await?;
         Ok(())
     })
 }
 
-/// Logs go to stderr. Precedence: --log-level, then RUST_LOG, then the
-/// config file's `log_level`.
-fn init_logging(cli: &Cli, config: &Config) -> anyhow::Result<()> {
+/// Tells systemd (a `Type=notify` service, see deploy/berthd.service) about
+/// start-up and shutdown; a no-op when not started that way.
+fn sd_notify(state: &str) {
+    match berth::sd_notify::notify(state) {
+        Ok(true) => tracing::debug!(state, "notified systemd"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(state, error = %e, "cannot notify systemd"),
+    }
+}
+
+/// The live log filter: SIGHUP swaps it.
+type LogFilter = reload::Handle<EnvFilter, Registry>;
+
+/// What SIGHUP needs of the command line to re-read the config file.
+struct ReloadCli {
+    config: Option<PathBuf>,
+    overrides: Overrides,
+    /// `--log-level` or RUST_LOG is set: they win over the file, also on reload.
+    filter_fixed: Option<&'static str>,
+}
+
+impl ReloadCli {
+    fn reload_log_level(&self, handle: &LogFilter) {
+        if let Some(by) = self.filter_fixed {
+            tracing::info!(
+                by,
+                "log level kept: set by {by}, which wins over the config file"
+            );
+            return;
+        }
+        let (path, required) = match &self.config {
+            Some(path) => (path.clone(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        };
+        let loaded = Config::load(&path, required).and_then(|mut c| {
+            c.apply(self.overrides.clone())?;
+            Ok(c)
+        });
+        let config = match loaded {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "config file does not load; log level unchanged");
+                return;
+            }
+        };
+        match EnvFilter::builder().parse(&config.log_level) {
+            Ok(filter) => match handle.reload(filter) {
+                Ok(()) => tracing::info!(log_level = %config.log_level, "log level reloaded"),
+                Err(e) => tracing::error!(error = %e, "cannot swap the log filter"),
+            },
+            Err(e) => tracing::error!(
+                log_level = %config.log_level,
+                error = %e,
+                "invalid log level in the config file; log level unchanged"
+            ),
+        }
+    }
+}
+
+/// Which source of log directives outranks the config file, if any.
+fn log_directives_fixed(cli: &Cli) -> Option<&'static str> {
+    if cli.log_level.is_some() {
+        Some("--log-level")
+    } else if std::env::var("RUST_LOG").is_ok_and(|v| !v.trim().is_empty()) {
+        Some("RUST_LOG")
+    } else {
+        None
+    }
+}
+
+/// Logs go to stderr, as text or JSON lines (`log_format`). Precedence of
+/// the filter: --log-level, then RUST_LOG, then the config file's
+/// `log_level`. Returns the handle SIGHUP swaps the filter with.
+fn init_logging(cli: &Cli, config: &Config) -> anyhow::Result<LogFilter> {
     let directives = match (&cli.log_level, std::env::var("RUST_LOG")) {
         (Some(level), _) => level.clone(),
         (None, Ok(env)) if !env.trim().is_empty() => env,
@@ -155,14 +247,20 @@ fn init_logging(cli: &Cli, config: &Config) -> anyhow::Result<()> {
     let filter = EnvFilter::builder()
         .parse(&directives)
         .with_context(|| format!("invalid log level {directives:?}"))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let (filter, handle) = reload::Layer::new(filter);
+    let output = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(true)
-        .with_span_events(FmtSpan::CLOSE)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_span_events(FmtSpan::CLOSE);
+    let output = match config.log_format {
+        LogFormat::Text => output.with_ansi(std::io::stderr().is_terminal()).boxed(),
+        LogFormat::Json => output.json().with_ansi(false).boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(output)
         .init();
-    Ok(())
+    Ok(handle)
 }
 
 /// The error and its causes, each said once: the library's errors already

@@ -5,10 +5,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use common::cgroupfs;
 use common::cri_images::{busybox_image, pull, push};
 use common::cri_pods::{PodEnv, Runtime, container_config, create_container, run_pod};
 use common::oci_image::Compression;
@@ -16,30 +16,22 @@ use common::registry::Registry;
 use k8s_cri::v1 as cri;
 use nix::sys::signal::Signal;
 
-/// The v1 cgroup file `file` of `controller` for the cgroup `path`.
-fn cgroup_file(controller: &str, path: &str, file: &str) -> PathBuf {
-    Path::new("/sys/fs/cgroup")
-        .join(controller)
-        .join(path.trim_start_matches('/'))
-        .join(file)
-}
-
-fn read_i64(controller: &str, path: &str, file: &str) -> Result<i64> {
-    let p = cgroup_file(controller, path, file);
-    let text = std::fs::read_to_string(&p).with_context(|| format!("read {}", p.display()))?;
-    text.trim()
-        .parse()
-        .with_context(|| format!("{}: {text:?}", p.display()))
-}
-
-/// (memory limit, cfs quota, cfs period, shares) of a cgroup.
+/// (memory limit, cfs quota, cfs period, cpu weight) of a cgroup, read
+/// from the hierarchy the machine has (v1 or v2 files).
 fn limits(path: &str) -> Result<(i64, i64, i64, i64)> {
+    let (quota, period) = cgroupfs::cpu_max(path);
     Ok((
-        read_i64("memory", path, "memory.limit_in_bytes")?,
-        read_i64("cpu", path, "cpu.cfs_quota_us")?,
-        read_i64("cpu", path, "cpu.cfs_period_us")?,
-        read_i64("cpu", path, "cpu.shares")?,
+        cgroupfs::memory_limit(path).unwrap_or(-1),
+        quota,
+        period,
+        cgroupfs::cpu_weight(path),
     ))
+}
+
+/// What [`limits`] reads for these CRI values on this hierarchy (shares
+/// become a v2 weight).
+fn expect(memory: i64, quota: i64, period: i64, shares: i64) -> (i64, i64, i64, i64) {
+    (memory, quota, period, cgroupfs::expected_cpu_weight(shares))
 }
 
 fn resources(memory: i64, quota: i64, period: i64, shares: i64) -> cri::LinuxContainerResources {
@@ -111,7 +103,7 @@ async fn resources_update_nanocores_and_pod_overhead() -> Result<()> {
     let pod = run_pod(&mut rt, &pod_cfg).await?;
     assert_eq!(
         limits(&pod_cgroup)?,
-        (80 << 20, 60_000, 100_000, 612),
+        expect(80 << 20, 60_000, 100_000, 612),
         "pod cgroup = resources + overhead (overhead quota scaled to the period)"
     );
 
@@ -125,7 +117,10 @@ async fn resources_update_nanocores_and_pod_overhead() -> Result<()> {
         .downcast_ref::<tonic::Status>()
         .context("a gRPC error")?;
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
-    assert!(!cgroup_file("memory", &bad_cgroup, "").exists());
+    assert!(
+        !cgroupfs::exists(&bad_cgroup),
+        "no cgroup of the refused pod"
+    );
     let mut bad_cfg = env.pod_config("badpod2", false);
     bad_cfg.linux.as_mut().unwrap().resources = Some(resources(0, 50_000, 5_000_000, 0));
     let err = run_pod(&mut rt, &bad_cfg).await.unwrap_err();
@@ -149,7 +144,7 @@ async fn resources_update_nanocores_and_pod_overhead() -> Result<()> {
     let limited = create_container(&mut rt, &pod, &pod_cfg, cfg).await?;
     start(&mut rt, &limited).await?;
     let cgroup = format!("{pod_cgroup}/{limited}");
-    assert_eq!(limits(&cgroup)?, (32 << 20, 20_000, 100_000, 256));
+    assert_eq!(limits(&cgroup)?, expect(32 << 20, 20_000, 100_000, 256));
 
     rt.update_container_resources(cri::UpdateContainerResourcesRequest {
         container_id: limited.clone(),
@@ -158,7 +153,7 @@ async fn resources_update_nanocores_and_pod_overhead() -> Result<()> {
         annotations: Default::default(),
     })
     .await?;
-    assert_eq!(limits(&cgroup)?, (48 << 20, 30_000, 50_000, 384));
+    assert_eq!(limits(&cgroup)?, expect(48 << 20, 30_000, 50_000, 384));
     // ContainerStatus reports the resources in force.
     let reported = common::cri_pods::container_status(&mut rt, &limited)
         .await?
@@ -208,7 +203,7 @@ async fn resources_update_nanocores_and_pod_overhead() -> Result<()> {
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{what}: {err:?}");
         assert_eq!(
             limits(&cgroup)?,
-            (48 << 20, 30_000, 50_000, 384),
+            expect(48 << 20, 30_000, 50_000, 384),
             "{what} changed nothing"
         );
         let reported = common::cri_pods::container_status(&mut rt, &limited)

@@ -12,8 +12,8 @@ use anyhow::{Context, Result, bail};
 use common::berthd::Berthd;
 use common::cri_images::{busybox_image, pull, push};
 use common::cri_pods::{
-    PodEnv, Runtime, container_config, create_container, run_pod, stop_and_remove_pod,
-    wait_exited, wait_log,
+    PodEnv, Runtime, container_config, create_container, run_pod, stop_and_remove_pod, wait_exited,
+    wait_log,
 };
 use common::oci_image::Compression;
 use common::registry::Registry;
@@ -129,7 +129,11 @@ async fn metadata_database_survives_a_full_disk() -> Result<()> {
         }
     }
     let (i, st) = failed.context("no RunPodSandbox failed on a full disk")?;
-    eprintln!("RunPodSandbox on the full disk: {:?} {}", st.code(), st.message());
+    eprintln!(
+        "RunPodSandbox on the full disk: {:?} {}",
+        st.code(),
+        st.message()
+    );
     assert_eq!(st.code(), Code::ResourceExhausted, "{}", st.message());
     assert!(
         st.message().contains("No space left on device"),
@@ -307,7 +311,9 @@ async fn log_paths_stay_in_the_pod_log_directory() -> Result<()> {
     let err = create_container(&mut rt, &pod, &cfg, dotdot)
         .await
         .expect_err("a log path outside the log directory was accepted");
-    let st = err.downcast_ref::<tonic::Status>().context("not a status")?;
+    let st = err
+        .downcast_ref::<tonic::Status>()
+        .context("not a status")?;
     assert_eq!(st.code(), Code::InvalidArgument, "{}", st.message());
     assert!(!escape_dir.exists(), "{} was made", escape_dir.display());
     stop_and_remove_pod(&mut rt, &pod).await?;
@@ -375,7 +381,9 @@ async fn values_kubernetes_never_sends_are_invalid_arguments() -> Result<()> {
     let err = create_container(&mut rt, &pod, &cfg, c)
         .await
         .expect_err("a 64-byte container name was accepted");
-    let st = err.downcast_ref::<tonic::Status>().context("not a status")?;
+    let st = err
+        .downcast_ref::<tonic::Status>()
+        .context("not a status")?;
     assert_eq!(st.code(), Code::InvalidArgument, "{}", st.message());
     stop_and_remove_pod(&mut rt, &pod).await?;
     Ok(())
@@ -495,7 +503,10 @@ async fn pulls_onto_a_full_disk_and_garbage_layers_say_so() -> Result<()> {
         media_type: "application/vnd.oci.image.layer.v1.tar".into(),
     };
     let junk = image_with_config(
-        vec![LayerBuilder::new().busybox().finish(Compression::Gzip), garbage],
+        vec![
+            LayerBuilder::new().busybox().finish(Compression::Gzip),
+            garbage,
+        ],
         Format::Oci,
         host_arch(),
         config,

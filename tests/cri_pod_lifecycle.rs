@@ -68,9 +68,7 @@ async fn pod_lifecycle_leaves_nothing() -> Result<()> {
     );
     let hosts = std::fs::read_to_string(pod_dir.join("hosts"))?;
     assert!(hosts.contains(&ip) && hosts.contains("web"), "{hosts}");
-    let cg = std::path::Path::new("/sys/fs/cgroup/memory")
-        .join(env.cgroup_parent.trim_start_matches('/'))
-        .join("web");
+    let cg = common::cgroupfs::dir("memory", &format!("{}/web", env.cgroup_parent));
     assert!(cg.is_dir(), "pod cgroup {} exists", cg.display());
 
     // A host-network pod next to it.

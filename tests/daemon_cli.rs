@@ -15,13 +15,26 @@ fn stderr(out: &std::process::Output) -> String {
 }
 
 #[test]
-fn version_prints_name_and_version() -> Result<()> {
+fn version_prints_name_version_and_commit() -> Result<()> {
     let out = run_cli(&["--version"])?;
     assert!(out.status.success(), "{}", stderr(&out));
+    // build.rs gives the package's tests the same BERTH_GIT_COMMIT as berthd.
+    let commit = env!("BERTH_GIT_COMMIT");
     assert_eq!(
         stdout(&out).trim(),
-        format!("berthd {}", env!("CARGO_PKG_VERSION"))
+        format!("berthd {} (commit {commit})", env!("CARGO_PKG_VERSION"))
     );
+    // Built from a git checkout without an override: the checkout's HEAD.
+    let head = std::process::Command::new("git")
+        .args(["-C", env!("CARGO_MANIFEST_DIR"), "rev-parse", "HEAD"])
+        .output();
+    match head {
+        Ok(h) if h.status.success() && std::env::var_os("BERTH_GIT_COMMIT").is_none() => {
+            let head = String::from_utf8_lossy(&h.stdout).trim().to_owned();
+            assert_eq!(commit, head, "berthd --version names HEAD");
+        }
+        _ => println!("skipped: the HEAD check needs a git checkout and no BERTH_GIT_COMMIT"),
+    }
     Ok(())
 }
 

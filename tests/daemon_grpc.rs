@@ -326,3 +326,40 @@ async fn flags_override_the_config_file() -> Result<()> {
     assert!(dirs.root.join("berthd.lock").exists());
     Ok(())
 }
+
+/// Run by tests/fresh-debian.sh against the berthd that the README's
+/// command built and started in a fresh Debian tree: it answers Version
+/// on the README's default socket (seen from the host as
+/// `$BERTH_EXTERNAL_SOCKET`) and names the commit it was built from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by tests/fresh-debian.sh (needs BERTH_EXTERNAL_SOCKET)"]
+async fn external_berthd_answers_version() -> Result<()> {
+    let socket = std::env::var_os("BERTH_EXTERNAL_SOCKET")
+        .map(std::path::PathBuf::from)
+        .ok_or_else(|| anyhow::anyhow!("BERTH_EXTERNAL_SOCKET is not set"))?;
+    let channel = common::berthd::connect(&socket).await?;
+    let mut rt = k8s_cri::v1::runtime_service_client::RuntimeServiceClient::new(channel);
+    let v = rt
+        .version(cri::VersionRequest {
+            version: "v1".into(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(v.runtime_name, "berth");
+    assert_eq!(v.runtime_api_version, "v1");
+    let status = rt
+        .status(cri::StatusRequest { verbose: true })
+        .await?
+        .into_inner();
+    let daemon: serde_json::Value = serde_json::from_str(&status.info["daemon"])?;
+    if let Ok(expected) = std::env::var("BERTH_EXPECT_COMMIT") {
+        assert_eq!(daemon["commit"], expected.as_str(), "{daemon}");
+    }
+    println!(
+        "berthd {} (commit {}) answered Version on {}",
+        v.runtime_version,
+        daemon["commit"],
+        socket.display()
+    );
+    Ok(())
+}

@@ -3,17 +3,16 @@
 //! the shim under containerd (`ctr`). The overlay's `lowerdir=` string is
 //! far longer than the kernel's one page of mount options.
 
-mod common;
 #[path = "common/busybox_archive.rs"]
 mod busybox_archive;
+mod common;
 #[path = "common/containerd.rs"]
 mod containerd;
 
 use anyhow::Result;
 use common::cri_images::{pull, push};
 use common::cri_pods::{
-    PodEnv, container_config, create_container, log_text, run_pod, stop_and_remove_pod,
-    wait_exited,
+    PodEnv, container_config, create_container, log_text, run_pod, stop_and_remove_pod, wait_exited,
 };
 use common::oci_image::{Compression, Format, LayerBuilder, host_arch, image_with_config};
 use common::registry::Registry;
@@ -28,7 +27,11 @@ fn many_layer_image() -> common::oci_image::Image {
         layers.push(
             LayerBuilder::new()
                 .dir("layers")
-                .file(&format!("layers/{i:03}"), format!("{i}\n").as_bytes(), 0o644)
+                .file(
+                    &format!("layers/{i:03}"),
+                    format!("{i}\n").as_bytes(),
+                    0o644,
+                )
                 .finish(Compression::Gzip),
         );
     }
@@ -59,8 +62,13 @@ async fn a_127_layer_image_runs_through_berthd() -> Result<()> {
     let mut rt = berthd.runtime().await?;
     let cfg = env.pod_config("layers", true);
     let pod = run_pod(&mut rt, &cfg).await?;
-    let c = create_container(&mut rt, &pod, &cfg, container_config("many", &reference, SCRIPT))
-        .await?;
+    let c = create_container(
+        &mut rt,
+        &pod,
+        &cfg,
+        container_config("many", &reference, SCRIPT),
+    )
+    .await?;
     rt.start_container(cri::StartContainerRequest {
         container_id: c.clone(),
     })
@@ -68,7 +76,10 @@ async fn a_127_layer_image_runs_through_berthd() -> Result<()> {
     let st = wait_exited(&mut rt, &c).await?;
     assert_eq!(st.exit_code, 0, "{st:?}");
     let out = log_text(std::path::Path::new(&st.log_path));
-    assert_eq!(out.trim().split_whitespace().collect::<Vec<_>>().join("\n"), expected());
+    assert_eq!(
+        out.trim().split_whitespace().collect::<Vec<_>>().join("\n"),
+        expected()
+    );
     stop_and_remove_pod(&mut rt, &pod).await?;
     Ok(())
 }
@@ -93,7 +104,10 @@ fn a_127_layer_image_runs_under_containerd() -> Result<()> {
         "-c",
         SCRIPT,
     ])?;
-    assert_eq!(out.split_whitespace().collect::<Vec<_>>().join("\n"), expected());
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>().join("\n"),
+        expected()
+    );
     c.assert_no_leftovers(&[&id]);
     Ok(())
 }

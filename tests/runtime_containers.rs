@@ -10,6 +10,8 @@
 #[path = "common/busybox_bundle.rs"]
 mod busybox_bundle;
 
+#[path = "common/cgroupfs.rs"]
+mod cgroupfs;
 #[path = "common/harnessless.rs"]
 mod harnessless;
 
@@ -607,8 +609,11 @@ impl Drop for Guard<'_> {
     }
 }
 
+/// Whether the container's cgroup (cgroupsPath `/<id>`) exists in any
+/// hierarchy of this machine (v1 controllers or the v2 tree; panics if
+/// there is none to look in, so "not left behind" never checks nothing).
 fn cgroup_exists(id: &str) -> bool {
-    std::path::Path::new(&format!("/sys/fs/cgroup/pids/{id}")).exists()
+    cgroupfs::exists(&format!("/{id}"))
 }
 
 fn setup_error_is_reported_and_cleaned_up() -> Result<()> {
@@ -983,20 +988,27 @@ fn join_namespaces_by_path() -> Result<()> {
     Ok(())
 }
 
-/// The cgroup2 tree of this hybrid host, where the v2 paths can run.
-const UNIFIED: &str = "/sys/fs/cgroup/unified";
+/// The cgroup2 tree the v2 paths run in: /sys/fs/cgroup itself on a pure
+/// v2 machine (the VM lane), the `unified` mount of a hybrid host.
+fn unified_root() -> &'static str {
+    if cgroupfs::unified() {
+        "/sys/fs/cgroup"
+    } else {
+        "/sys/fs/cgroup/unified"
+    }
+}
 
 /// Runs [`cgroup_v2_clone_into_inner`] in a process of its own whose
 /// runtime puts containers in the host's `unified` cgroup2 tree (the
 /// hierarchy is detected once per process).
 fn cgroup_v2_clone_into() -> Result<()> {
-    if !Path::new(UNIFIED).join("cgroup.procs").exists() {
-        eprintln!("no cgroup2 tree at {UNIFIED}: skipped");
+    if !Path::new(unified_root()).join("cgroup.procs").exists() {
+        eprintln!("skipped: no cgroup2 tree at {}", unified_root());
         return Ok(());
     }
     let out = std::process::Command::new(std::env::current_exe()?)
         .arg("cgroup_v2_clone_into_inner")
-        .env(berth::runtime::cgroups::CGROUP2_ROOT_ENV, UNIFIED)
+        .env(berth::runtime::cgroups::CGROUP2_ROOT_ENV, unified_root())
         .output()?;
     ensure!(
         out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1 passed"),
@@ -1049,7 +1061,12 @@ fn cgroup_v2_clone_into_inner() -> Result<()> {
         "init in {}",
         v2_cgroup_of(pid)?
     );
-    ensure!(Path::new(UNIFIED).join(&id1).join("cgroup.procs").exists());
+    ensure!(
+        Path::new(unified_root())
+            .join(&id1)
+            .join("cgroup.procs")
+            .exists()
+    );
     // An exec'd process joins its namespaces: its helper moves itself.
     let mut p = spec1.process().clone().unwrap();
     p.set_args(Some(vec!["sleep".into(), "1000".into()]));
@@ -1098,7 +1115,7 @@ fn cgroup_v2_clone_into_inner() -> Result<()> {
     ensure!(first.wait()? == 137);
     drop(first);
     ensure!(
-        !Path::new(UNIFIED).join(&id1).exists(),
+        !Path::new(unified_root()).join(&id1).exists(),
         "cgroup {id1} left behind"
     );
     Ok(())
@@ -1165,15 +1182,18 @@ fn main() {
 fn time_and_cgroup_namespaces() -> Result<()> {
     let bundle = busybox_bundle()?;
     let id = unique_id("timens");
-    let mut spec = spec(
-        &bundle,
-        &id,
-        &[
-            "sh",
-            "-c",
-            "readlink /proc/self/ns/time; readlink /proc/self/ns/cgroup; cat /proc/self/cgroup | grep ':pids:'; echo $(cat /sys/fs/cgroup/pids/cgroup.procs)",
-        ],
+    // The container's cgroup line and its cgroup mount's process list: the
+    // pids hierarchy on v1, the one tree on v2.
+    let (cgroup_line, procs) = if cgroupfs::unified() {
+        ("^0::", "/sys/fs/cgroup/cgroup.procs")
+    } else {
+        (":pids:", "/sys/fs/cgroup/pids/cgroup.procs")
+    };
+    let script = format!(
+        "readlink /proc/self/ns/time; readlink /proc/self/ns/cgroup; \
+         cat /proc/self/cgroup | grep '{cgroup_line}'; echo $(cat {procs})"
     );
+    let mut spec = spec(&bundle, &id, &["sh", "-c", &script]);
     let mut linux = spec.linux().clone().unwrap();
     let mut ns = linux.namespaces().clone().unwrap();
     // The default spec already asks for a cgroup namespace.
@@ -1206,13 +1226,18 @@ fn time_and_cgroup_namespaces() -> Result<()> {
         "same cgroup namespace as the host"
     );
     // In its own cgroup namespace the container's cgroup is the root.
-    ensure!(lines[2].ends_with(":pids:/"), "cgroup line {:?}", lines[2]);
+    let root_line = if cgroupfs::unified() {
+        "0::/"
+    } else {
+        ":pids:/"
+    };
+    ensure!(lines[2].ends_with(root_line), "cgroup line {:?}", lines[2]);
     // The cgroup mount shows the container's own cgroup: its init (pid 1
     // here) is listed; the caller's cgroup would list no pid of this
     // namespace at all.
     ensure!(
         lines[3].split_whitespace().any(|p| p == "1"),
-        "/sys/fs/cgroup/pids/cgroup.procs in the container: {:?}",
+        "{procs} in the container: {:?}",
         lines[3]
     );
     Ok(())

@@ -10,6 +10,8 @@
 #[path = "common/busybox_bundle.rs"]
 mod busybox_bundle;
 
+#[path = "common/cgroupfs.rs"]
+mod cgroupfs;
 #[path = "common/harnessless.rs"]
 mod harnessless;
 
@@ -184,8 +186,7 @@ fn notify_profile_is_refused_at_create() -> Result<()> {
         std::fs::read_dir(state.path())?.next().is_none(),
         "state dir not empty"
     );
-    for ctl in ["pids", "memory", "cpu"] {
-        let cg = std::path::Path::new("/sys/fs/cgroup").join(ctl).join(&id);
+    for cg in cgroupfs::dirs(&id) {
         ensure!(!cg.exists(), "{} left behind", cg.display());
     }
     Ok(())

@@ -20,6 +20,7 @@
 //! One listening socket per shim, `<ttrpc socket>.attach`, bound at the
 //! first container that has a hub; a thread per session.
 
+use crate::sync::Lock;
 use std::collections::HashMap;
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -80,7 +81,7 @@ impl AttachHub {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, HubState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.locked()
     }
 
     /// Gives the hub the container's stdin: the write end of its stdin
@@ -273,7 +274,7 @@ pub fn register(id: &str, hub: &Arc<AttachHub>) {
         return;
     };
     {
-        let mut hubs = reg.hubs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut hubs = reg.hubs.locked();
         hubs.retain(|_, h| h.strong_count() > 0);
         hubs.insert(id.to_string(), Arc::downgrade(hub));
     }
@@ -296,13 +297,7 @@ pub fn remove_socket() {
 }
 
 fn find(id: &str) -> Option<Arc<AttachHub>> {
-    REGISTRY
-        .get()?
-        .hubs
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(id)?
-        .upgrade()
+    REGISTRY.get()?.hubs.locked().get(id)?.upgrade()
 }
 
 fn listen(path: &std::path::Path) -> std::io::Result<()> {

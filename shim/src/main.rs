@@ -13,6 +13,7 @@ mod rootfs;
 mod service;
 mod shim;
 mod stdio;
+mod sync;
 
 fn main() {
     // Must come first: this binary is also the runtime's init helper.

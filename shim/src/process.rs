@@ -1,6 +1,7 @@
 //! A process the shim tracks: a container's init or an exec, with its state,
 //! exit status and stdio.
 
+use crate::sync::Lock;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -67,24 +68,24 @@ impl Process {
     }
 
     pub fn pid(&self) -> i32 {
-        self.state.lock().expect("process lock").pid
+        self.state.locked().pid
     }
 
     pub fn status(&self) -> Status {
-        self.state.lock().expect("process lock").status
+        self.state.locked().status
     }
 
     pub fn exit(&self) -> Option<Exit> {
-        self.state.lock().expect("process lock").exit.clone()
+        self.state.locked().exit.clone()
     }
 
     pub fn set_pid(&self, pid: i32) {
-        self.state.lock().expect("process lock").pid = pid;
+        self.state.locked().pid = pid;
     }
 
     /// Created → Running. False when the process is no longer Created.
     pub fn set_running(&self, pid: i32) -> bool {
-        let mut s = self.state.lock().expect("process lock");
+        let mut s = self.state.locked();
         if s.status != Status::CREATED {
             return false;
         }
@@ -95,7 +96,7 @@ impl Process {
 
     /// Running ↔ Paused.
     pub fn set_paused(&self, paused: bool) {
-        let mut s = self.state.lock().expect("process lock");
+        let mut s = self.state.locked();
         if s.exit.is_none() {
             s.status = if paused {
                 Status::PAUSED
@@ -107,7 +108,7 @@ impl Process {
 
     /// Records the exit and wakes every Wait.
     pub fn set_exited(&self, status: u32, at: Timestamp) {
-        let mut s = self.state.lock().expect("process lock");
+        let mut s = self.state.locked();
         s.status = Status::STOPPED;
         s.exit = Some(Exit { status, at });
         self.exited.notify_all();
@@ -115,26 +116,26 @@ impl Process {
 
     /// Blocks until the process has exited.
     pub fn wait(&self) -> Exit {
-        let mut s = self.state.lock().expect("process lock");
+        let mut s = self.state.locked();
         loop {
             if let Some(e) = &s.exit {
                 return e.clone();
             }
-            s = self.exited.wait(s).expect("process lock");
+            s = crate::sync::wait(&self.exited, s);
         }
     }
 
     /// Waits at most `timeout` for the exit.
     pub fn wait_timeout(&self, timeout: Duration) -> Option<Exit> {
-        let s = self.state.lock().expect("process lock");
+        let s = self.state.locked();
         let (s, _) = self
             .exited
             .wait_timeout_while(s, timeout, |s| s.exit.is_none())
-            .expect("process lock");
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         s.exit.clone()
     }
 
     pub fn io(&self) -> Option<Arc<ProcessIo>> {
-        self.io.lock().expect("process lock").clone()
+        self.io.locked().clone()
     }
 }

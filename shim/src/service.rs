@@ -1,6 +1,7 @@
 //! The Task service: containerd's shim v2 API over berth's in-process runtime.
 //! One service (one shim) may hold several containers: a pod's.
 
+use crate::sync::Lock;
 use std::collections::HashMap;
 use std::os::fd::AsFd;
 
@@ -67,8 +68,7 @@ impl ContainerEntry {
             return Ok(self.init.clone());
         }
         self.execs
-            .lock()
-            .expect("execs lock")
+            .locked()
             .get(exec_id)
             .cloned()
             .ok_or_else(|| ShimError::NotFound(format!("exec {exec_id} in {}", self.id)))
@@ -127,8 +127,7 @@ impl Inner {
 
     fn container(&self, id: &str) -> Result<Arc<ContainerEntry>> {
         self.containers
-            .lock()
-            .expect("containers lock")
+            .locked()
             .get(id)
             .cloned()
             .ok_or_else(|| ShimError::NotFound(format!("container {id}")))
@@ -136,7 +135,7 @@ impl Inner {
 
     /// Runs on the reaper thread for every reaped child.
     fn on_exit(&self, pid: i32, status: u32) {
-        let mut pids = self.pids.lock().expect("pids lock");
+        let mut pids = self.pids.locked();
         let Some(p) = pids.remove(&pid) else {
             tracing::debug!(pid, status, "reaped a process the shim does not track");
             return;
@@ -161,16 +160,11 @@ impl Inner {
     }
 
     fn create(&self, req: &CreateTaskRequest) -> Result<CreateTaskResponse> {
-        let _serial = self.create_lock.lock().expect("create lock");
+        let _serial = self.create_lock.locked();
         if req.id.is_empty() {
             return Err(ShimError::InvalidArgument("container id is empty".into()));
         }
-        if self
-            .containers
-            .lock()
-            .expect("containers lock")
-            .contains_key(&req.id)
-        {
+        if self.containers.locked().contains_key(&req.id) {
             return Err(ShimError::AlreadyExists(format!("container {}", req.id)));
         }
         if !req.checkpoint.is_empty() {
@@ -213,7 +207,9 @@ impl Inner {
             .map_err(ShimError::io(format!("create {}", state_dir.display())))
             .map_err(undo_mount)?;
 
-        let mut pids = self.pids.lock().expect("pids lock");
+        let mut pids = self.pids.locked();
+        #[cfg(debug_assertions)]
+        test_panic_hook(&spec);
         let created = Container::create(CreateOptions {
             id: &req.id,
             bundle: &bundle,
@@ -234,7 +230,7 @@ impl Inner {
             init.kill_all_on_exit = Some(container.clone());
         }
         init.set_pid(container.pid);
-        *init.io.lock().expect("io lock") = Some(Arc::new(io));
+        *init.io.locked() = Some(Arc::new(io));
         let init = Arc::new(init);
         pids.insert(container.pid, init.clone());
 
@@ -252,8 +248,7 @@ impl Inner {
             oom_reported: Arc::new(AtomicU64::new(0)),
         });
         self.containers
-            .lock()
-            .expect("containers lock")
+            .locked()
             .insert(req.id.clone(), entry.clone());
         drop(pids);
         self.watch_oom(&entry);
@@ -351,7 +346,7 @@ impl Inner {
             )));
         }
         if req.exec_id.is_empty() {
-            let pids = self.pids.lock().expect("pids lock");
+            let pids = self.pids.locked();
             c.runtime.start()?;
             if !p.set_running(c.runtime.pid) {
                 return Err(ShimError::FailedPrecondition(format!(
@@ -382,14 +377,14 @@ impl Inner {
             .as_ref()
             .ok_or_else(|| ShimError::InvalidArgument("exec has no process spec".into()))?;
         let (stdio, io) = stdio::open(&p.stdio)?;
-        let mut pids = self.pids.lock().expect("pids lock");
+        let mut pids = self.pids.locked();
         let execed = c.runtime.exec(spec, stdio);
         self.children_added();
         let exec = execed?;
         if let Some(master) = exec.pty_master {
             io.attach_pty(master)?;
         }
-        *p.io.lock().expect("io lock") = Some(Arc::new(io));
+        *p.io.locked() = Some(Arc::new(io));
         p.set_running(exec.pid);
         pids.insert(exec.pid, p.clone());
         self.events.send(TaskExecStarted {
@@ -416,7 +411,7 @@ impl Inner {
                     req.exec_id
                 )));
             }
-            c.execs.lock().expect("execs lock").remove(&req.exec_id);
+            c.execs.locked().remove(&req.exec_id);
             if let Some(io) = p.io() {
                 io.shutdown(IO_DRAIN);
             }
@@ -453,14 +448,14 @@ impl Inner {
             Some(e) => e,
             // Created but never started: the runtime killed it; take the exit.
             None => init.wait_timeout(REAP_GRACE).unwrap_or_else(|| {
-                self.pids.lock().expect("pids lock").remove(&init.pid());
+                self.pids.locked().remove(&init.pid());
                 crate::process::Exit {
                     status: signal_exit_code(libc::SIGKILL),
                     at: now(),
                 }
             }),
         };
-        let execs: Vec<_> = c.execs.lock().expect("execs lock").drain().collect();
+        let execs: Vec<_> = c.execs.locked().drain().collect();
         for (_, p) in &execs {
             if let Some(io) = p.io() {
                 io.shutdown(Duration::ZERO);
@@ -473,10 +468,7 @@ impl Inner {
             rootfs::detach_all(t);
         }
         let _ = std::fs::remove_file(c.bundle.join(STATE_FILE));
-        self.containers
-            .lock()
-            .expect("containers lock")
-            .remove(&c.id);
+        self.containers.locked().remove(&c.id);
         tracing::info!(container = %c.id, status = exit.status, "deleted");
         self.events.send(TaskDelete {
             container_id: c.id.clone(),
@@ -522,7 +514,7 @@ impl Inner {
         );
         p.spec = Some(process);
         {
-            let mut execs = c.execs.lock().expect("execs lock");
+            let mut execs = c.execs.locked();
             if execs.contains_key(&req.exec_id) {
                 return Err(ShimError::AlreadyExists(format!("exec {}", req.exec_id)));
             }
@@ -593,8 +585,7 @@ impl Inner {
         let c = self.container(&req.id)?;
         let execs: HashMap<i32, String> = c
             .execs
-            .lock()
-            .expect("execs lock")
+            .locked()
             .values()
             .map(|p| (p.pid(), p.exec_id.clone()))
             .collect();
@@ -713,6 +704,25 @@ fn write_state(bundle: &Path, c: &Container) -> Result<()> {
 pub fn read_state(bundle: &Path) -> Option<Container> {
     let data = std::fs::read(bundle.join(STATE_FILE)).ok()?;
     serde_json::from_slice(&data).ok()
+}
+
+/// Test builds only (debug assertions): a Create whose command line holds
+/// the word in `BERTH_SHIM_TEST_PANIC` panics while it holds the `pids`
+/// lock, so that the tests can check that a panicking RPC neither poisons
+/// the shim nor stops its reaper. Release builds have no such hook.
+#[cfg(debug_assertions)]
+fn test_panic_hook(spec: &Spec) {
+    let Ok(word) = std::env::var("BERTH_SHIM_TEST_PANIC") else {
+        return;
+    };
+    let args = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.args().clone())
+        .unwrap_or_default();
+    if !word.is_empty() && args.iter().any(|a| a.contains(&word)) {
+        panic!("test hook: Create panics holding the pids lock ({word})");
+    }
 }
 
 /// Runs one RPC: a panic becomes an Internal error instead of a request
@@ -860,7 +870,7 @@ impl Task for TaskService {
     }
 
     fn shutdown(&self, _ctx: &TtrpcContext, req: ShutdownRequest) -> TtrpcResult<Empty> {
-        let left = self.inner.containers.lock().expect("containers lock").len();
+        let left = self.inner.containers.locked().len();
         if left == 0 || req.now {
             tracing::info!(namespace = %self.inner.namespace, "shutting down");
             self.inner.exit.signal();

@@ -15,6 +15,7 @@
 //! With a terminal the runtime hands back the pty master; threads copy stdin
 //! fifo → master and master → stdout fifo.
 
+use crate::sync::Lock;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -209,18 +210,18 @@ impl ProcessIo {
     /// Starts copying between the fifos and the pty master of a terminal process.
     pub fn attach_pty(&self, master: OwnedFd) -> Result<()> {
         let master = Arc::new(master);
-        *self.pty_master.lock().expect("io lock") = Some(master.clone());
+        *self.pty_master.locked() = Some(master.clone());
         if let Some(hub) = &self.attach {
             hub.set_stdin(master.clone());
         }
-        let Some((stdin, stdout)) = self.pending_tty.lock().expect("io lock").take() else {
+        let Some((stdin, stdout)) = self.pending_tty.locked().take() else {
             return Ok(());
         };
         let (cancel_r, cancel_w) =
             nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(ShimError::sys("pipe"))?;
         let cancel_r = Arc::new(cancel_r);
-        *self.cancel.lock().expect("io lock") = Some(cancel_w);
-        let mut copies = self.copies.lock().expect("io lock");
+        *self.cancel.locked() = Some(cancel_w);
+        let mut copies = self.copies.locked();
         if let Some(stdin) = stdin {
             let master_w = File::from(
                 master
@@ -229,7 +230,7 @@ impl ProcessIo {
             );
             let (stdin_r, stdin_w) =
                 nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(ShimError::sys("pipe"))?;
-            *self.stdin_cancel.lock().expect("io lock") = Some(stdin_w);
+            *self.stdin_cancel.locked() = Some(stdin_w);
             copies.push(spawn_copy(
                 "stdin-copy",
                 stdin,
@@ -243,15 +244,14 @@ impl ProcessIo {
                     .try_clone()
                     .map_err(ShimError::io("dup pty master"))?,
             );
-            *self.output.lock().expect("io lock") =
-                Some(spawn_copy("stdout-copy", master_r, stdout, cancel_r)?);
+            *self.output.locked() = Some(spawn_copy("stdout-copy", master_r, stdout, cancel_r)?);
         }
         Ok(())
     }
 
     /// Sets the terminal size. Without a terminal there is nothing to resize.
     pub fn resize(&self, width: u32, height: u32) -> Result<()> {
-        let guard = self.pty_master.lock().expect("io lock");
+        let guard = self.pty_master.locked();
         let Some(master) = guard.as_ref() else {
             return Ok(());
         };
@@ -267,7 +267,7 @@ impl ProcessIo {
 
     /// Stops feeding stdin (CloseIO): the process reads EOF.
     pub fn close_stdin(&self) {
-        self.stdin_cancel.lock().expect("io lock").take();
+        self.stdin_cancel.locked().take();
     }
 
     /// Waits (at most `grace`) until a terminal's output copy has ended, i.e.
@@ -275,7 +275,7 @@ impl ProcessIo {
     /// such as `ctr run -t` stop reading soon after they learn of the exit:
     /// reporting it before the copy is done loses the last output.
     pub fn drain_output(&self, grace: Duration) {
-        let mut output = self.output.lock().expect("io lock");
+        let mut output = self.output.locked();
         if let Some(rx) = output.as_ref() {
             match rx.recv_timeout(grace) {
                 Ok(()) | Err(RecvTimeoutError::Disconnected) => *output = None,
@@ -290,9 +290,9 @@ impl ProcessIo {
         let deadline = std::time::Instant::now() + grace;
         // The process is gone: its stdin no longer matters. The output copy
         // ends by itself (EIO once the pty slave is closed).
-        self.stdin_cancel.lock().expect("io lock").take();
+        self.stdin_cancel.locked().take();
         self.drain_output(grace);
-        let copies = std::mem::take(&mut *self.copies.lock().expect("io lock"));
+        let copies = std::mem::take(&mut *self.copies.locked());
         for rx in &copies {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match rx.recv_timeout(left) {
@@ -300,8 +300,8 @@ impl ProcessIo {
                 Err(RecvTimeoutError::Timeout) => break,
             }
         }
-        self.cancel.lock().expect("io lock").take();
-        self.pty_master.lock().expect("io lock").take();
+        self.cancel.locked().take();
+        self.pty_master.locked().take();
     }
 }
 

@@ -92,6 +92,8 @@ impl From<crate::pod::PodError> for Status {
             E::Timeout(_) => Code::DeadlineExceeded,
             E::Image(e) => image_error_code(e),
             E::Network(crate::network::NetworkError::InvalidRequest(_)) => Code::InvalidArgument,
+            // No CNI config yet: the node is not ready for pod networks.
+            E::Network(crate::network::NetworkError::NotReady(_)) => Code::FailedPrecondition,
             E::Store(e) if is_disk_full(e.raw_os_error()) => Code::ResourceExhausted,
             E::Io { source, .. } if is_disk_full(source.raw_os_error()) => Code::ResourceExhausted,
             E::Namespace(_)

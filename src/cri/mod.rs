@@ -5,7 +5,11 @@
 //!   pod and container calls answer Unimplemented until they are built).
 //! - [`image_service`]: `runtime.v1.ImageService` on [`crate::image::ImageStore`].
 //! - [`error`]: the one place subsystem errors become gRPC statuses.
+//! - [`authority`]: any `:authority` a client sends on the CRI socket.
+//! - [`deadline`]: the client's `grpc-timeout` answered with DEADLINE_EXCEEDED.
 
+pub mod authority;
+pub mod deadline;
 pub mod error;
 pub mod image_convert;
 pub mod image_service;

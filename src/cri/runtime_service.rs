@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 use crate::config::Config;
 use crate::cri::error::{invalid_argument, unimplemented};
 use crate::cri::{RUNTIME_API_VERSION, RUNTIME_NAME};
-use crate::pod::PodManager;
+use crate::pod::{PodError, PodManager};
 use crate::stream::StreamServer;
 
 /// CRI condition type: the runtime can run host-network containers.
@@ -26,6 +26,23 @@ pub const NETWORK_READY: &str = "NetworkReady";
 /// The kubelet runtime API version berthd answers in `Version.version`
 /// (the value containerd and CRI-O report).
 const KUBELET_API_VERSION: &str = "0.1.0";
+
+/// StopContainer, RemoveContainer, StopPodSandbox and RemovePodSandbox are
+/// idempotent: api.proto says they "must not return an error" when the
+/// container or sandbox is already stopped or removed, and containerd
+/// answers success for an id it does not know (`container_stop.go`). A
+/// NotFound from the pod manager, whether the id was never there or went
+/// away meanwhile, is therefore success.
+fn already_gone_is_done(result: Result<(), PodError>) -> Result<(), Status> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(PodError::NotFound(what)) => {
+            tracing::debug!(%what, "already gone; nothing to do");
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
 
 /// The CRI RuntimeService of berthd.
 #[derive(Debug, Clone)]
@@ -101,6 +118,7 @@ impl CriRuntimeService {
         let daemon = serde_json::json!({
             "name": RUNTIME_NAME,
             "version": crate::VERSION,
+            "commit": crate::GIT_COMMIT,
             "pid": std::process::id(),
         });
         HashMap::from([
@@ -191,7 +209,7 @@ impl RuntimeService for CriRuntimeService {
         let req = request.into_inner();
         need("pod_sandbox_id", &req.pod_sandbox_id)?;
         tracing::Span::current().record("pod", req.pod_sandbox_id.as_str());
-        self.pods.stop_pod(&req.pod_sandbox_id).await?;
+        already_gone_is_done(self.pods.stop_pod(&req.pod_sandbox_id).await)?;
         Ok(Response::new(cri::StopPodSandboxResponse {}))
     }
 
@@ -202,7 +220,7 @@ impl RuntimeService for CriRuntimeService {
         let req = request.into_inner();
         need("pod_sandbox_id", &req.pod_sandbox_id)?;
         tracing::Span::current().record("pod", req.pod_sandbox_id.as_str());
-        self.pods.remove_pod(&req.pod_sandbox_id).await?;
+        already_gone_is_done(self.pods.remove_pod(&req.pod_sandbox_id).await)?;
         Ok(Response::new(cri::RemovePodSandboxResponse {}))
     }
 
@@ -269,9 +287,11 @@ impl RuntimeService for CriRuntimeService {
         let req = request.into_inner();
         need("container_id", &req.container_id)?;
         tracing::Span::current().record("container", req.container_id.as_str());
-        self.pods
-            .stop_container(&req.container_id, req.timeout)
-            .await?;
+        already_gone_is_done(
+            self.pods
+                .stop_container(&req.container_id, req.timeout)
+                .await,
+        )?;
         Ok(Response::new(cri::StopContainerResponse {}))
     }
 
@@ -282,7 +302,7 @@ impl RuntimeService for CriRuntimeService {
         let req = request.into_inner();
         need("container_id", &req.container_id)?;
         tracing::Span::current().record("container", req.container_id.as_str());
-        self.pods.remove_container(&req.container_id).await?;
+        already_gone_is_done(self.pods.remove_container(&req.container_id).await)?;
         Ok(Response::new(cri::RemoveContainerResponse {}))
     }
 

@@ -17,13 +17,17 @@ use k8s_cri::v1::image_service_server::ImageServiceServer;
 use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
 use nix::fcntl::{Flock, FlockArg};
 use tokio::net::UnixListener;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
 
 use crate::config::Config;
+use crate::cri::authority::AnyAuthority;
+use crate::cri::deadline::ClientDeadlineLayer;
 use crate::cri::socket::{self, BoundSocket, SocketError};
 use crate::cri::{CriImageService, CriRuntimeService};
 use crate::image::{ImageError, ImageStore};
+use crate::metrics::{MetricsError, MetricsServer, RpcMetricsLayer, StateCounts};
 use crate::network::PodNetwork;
 use crate::pod::{PodError, PodManager, PodStreamBackend};
 use crate::stream::{StreamError, StreamServer};
@@ -49,6 +53,8 @@ pub enum ServerError {
     Pods(#[from] PodError),
     #[error("cannot start the streaming server: {0}")]
     Stream(#[from] StreamError),
+    #[error("cannot start the metrics endpoint: {0}")]
+    Metrics(#[from] MetricsError),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -60,9 +66,89 @@ pub struct CriServer {
     images: Arc<ImageStore>,
     pods: Arc<PodManager>,
     stream: Arc<StreamServer>,
+    metrics: Option<MetricsServer>,
     listener: UnixListener,
     socket: BoundSocket,
     _locks: Vec<Flock<File>>,
+}
+
+/// What SIGHUP re-checks while berthd serves ([`CriServer::reloader`]).
+#[derive(Debug, Clone)]
+pub struct Reloader {
+    images: Arc<ImageStore>,
+    pods: Arc<PodManager>,
+}
+
+impl Reloader {
+    /// Re-reads registries.conf and the CNI config and logs what they say
+    /// now. Both are read afresh by every pull and every pod network setup
+    /// and Status, so an edit is in force at once; this is the operator's
+    /// check that the edit parses, and a failure here stops nothing.
+    pub async fn reload(&self) {
+        match self.images.check_registries_conf() {
+            Ok((path, registries, search)) => tracing::info!(
+                path = %path.display(),
+                registries,
+                unqualified_search_registries = search,
+                "registries.conf reloaded"
+            ),
+            Err(e) => tracing::error!(
+                error = %e,
+                "registries.conf does not load; pulls fail until it is fixed"
+            ),
+        }
+        match self.pods.network() {
+            Some(net) => {
+                let r = net.status().await;
+                tracing::info!(
+                    mode = ?net.config().mode,
+                    cni_conf_dir = %net.config().cni_conf_dir.display(),
+                    network_ready = r.ready,
+                    reason = %r.reason,
+                    message = %r.message,
+                    "network config reloaded"
+                );
+            }
+            None => tracing::warn!("pod networking is unavailable (see the start-up log)"),
+        }
+    }
+}
+
+/// Pods and containers by state, for the metrics endpoint.
+fn state_counts(pods: &PodManager) -> StateCounts {
+    use k8s_cri::v1::{ContainerState, PodSandboxState};
+    let mut counts = StateCounts::default();
+    match pods.list_pods(None) {
+        Ok(list) => {
+            for state in [
+                PodSandboxState::SandboxReady,
+                PodSandboxState::SandboxNotready,
+            ] {
+                let n = list.iter().filter(|p| p.state == state as i32).count() as i64;
+                let name = match state {
+                    PodSandboxState::SandboxReady => "ready",
+                    PodSandboxState::SandboxNotready => "notready",
+                };
+                counts.pods.push((name, n));
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "metrics: cannot list pods"),
+    }
+    match pods.list_containers(None) {
+        Ok(list) => {
+            for (state, name) in [
+                (ContainerState::ContainerCreated, "created"),
+                (ContainerState::ContainerRunning, "running"),
+                (ContainerState::ContainerExited, "exited"),
+                (ContainerState::ContainerUnknown, "unknown"),
+            ] {
+                let n = list.iter().filter(|c| c.state == state as i32).count() as i64;
+                counts.containers.push((name, n));
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "metrics: cannot list containers"),
+    }
+    counts
 }
 
 /// Subdirectory of the root that holds the image store.
@@ -96,12 +182,21 @@ impl CriServer {
         // instead of a daemon that kubelet already reached.
         let backend = Arc::new(PodStreamBackend::new(Arc::clone(&pods)));
         let stream = Arc::new(StreamServer::start(&config.stream, backend).await?);
+        let metrics = match config.metrics.socket_addr()? {
+            Some(address) => {
+                let p = Arc::clone(&pods);
+                Some(MetricsServer::start(address, Arc::new(move || state_counts(&p))).await?)
+            }
+            None => None,
+        };
         let (listener, socket) = socket::bind(&config.address)?;
         tracing::info!(
             address = %config.address.display(),
             root = %config.root.display(),
             state = %config.state.display(),
             version = crate::VERSION,
+            commit = crate::GIT_COMMIT,
+            metrics = ?metrics.as_ref().map(MetricsServer::address),
             "berthd serving CRI"
         );
         Ok(Self {
@@ -109,6 +204,7 @@ impl CriServer {
             images,
             pods,
             stream,
+            metrics,
             listener,
             socket,
             _locks: locks,
@@ -120,6 +216,19 @@ impl CriServer {
         self.socket.path()
     }
 
+    /// Where the metrics endpoint listens, when it is on.
+    pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().map(MetricsServer::address)
+    }
+
+    /// A handle for SIGHUP's re-checks, usable while [`CriServer::serve`] runs.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            images: Arc::clone(&self.images),
+            pods: Arc::clone(&self.pods),
+        }
+    }
+
     /// Serves until `shutdown` completes, then stops accepting connections,
     /// lets in-flight RPCs finish (at most `shutdown_timeout_secs`) and
     /// removes the socket. Containers are not touched.
@@ -129,6 +238,7 @@ impl CriServer {
             images,
             pods,
             stream,
+            metrics,
             listener,
             socket,
             _locks,
@@ -138,12 +248,18 @@ impl CriServer {
         let image = CriImageService::new(images);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = Server::builder()
+            .layer(RpcMetricsLayer)
             .trace_fn(rpc_span)
+            .layer(ClientDeadlineLayer)
             .add_service(RuntimeServiceServer::new(runtime))
             .add_service(ImageServiceServer::new(image))
-            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
-                let _ = stop_rx.await;
-            });
+            .serve_with_incoming_shutdown(
+                // Any `:authority` the client sends (see `authority`).
+                UnixListenerStream::new(listener).map(|conn| conn.map(AnyAuthority::new)),
+                async {
+                    let _ = stop_rx.await;
+                },
+            );
         tokio::pin!(server);
         tokio::select! {
             result = &mut server => {
@@ -166,6 +282,7 @@ impl CriServer {
             ),
         }
         drop(socket);
+        drop(metrics);
         pods.shutdown();
         tracing::info!("berthd stopped");
         Ok(())

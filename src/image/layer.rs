@@ -208,9 +208,13 @@ pub fn run(
                     ),
                 });
             }
-            return Err(unpacked
-                .err()
-                .unwrap_or_else(|| verification(format!("decompress: {e}"))));
+            // The stream itself broke (the download, or its compression):
+            // that is the cause, whatever the archive reader made of the
+            // part it saw (a stream cut short also reads as a cut archive).
+            if let Err(u) = &unpacked {
+                tracing::debug!(layer = %job.digest, error = %u, "unpack stopped too");
+            }
+            return Err(verification(format!("decompress: {e}")));
         }
     };
     let mut tee = decoder.into_tee();
@@ -331,6 +335,27 @@ mod tests {
             run_on(&j, tar[..700].to_vec()).0,
             Err(ImageError::Verification { .. })
         ));
+    }
+
+    /// A layer that ends right after its last entry's data (umoci 0.4.7's
+    /// `insert`): accepted as Go's archive/tar accepts it, and its digest
+    /// and diff ID are still those of the bytes as sent.
+    #[test]
+    fn layer_without_padding_or_trailer_verifies_over_its_own_bytes() {
+        let full = tar_with("f", b"hello");
+        let cut = full[..512 + 5].to_vec();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&cut).unwrap();
+        let gz = gz.finish().unwrap();
+        let j = job(&gz, &cut, "application/vnd.oci.image.layer.v1.tar+gzip");
+        let (r, tmp) = run_on(&j, gz.clone());
+        r.unwrap();
+        assert_eq!(std::fs::read(tmp.path().join("snap/f")).unwrap(), b"hello");
+        // The diff ID of the padded stream is not this layer's.
+        let mut j = job(&gz, &full, "");
+        j.digest = crate::image::content::sha256_digest(&gz);
+        let e = run_on(&j, gz.clone()).0.unwrap_err();
+        assert!(e.to_string().contains("diff ID"), "{e}");
     }
 
     #[test]

@@ -192,7 +192,10 @@ impl ImageStore {
     pub async fn pull(&self, reference: &str, auth: Option<&RegistryAuth>) -> Result<ImageRecord> {
         use tracing::Instrument;
         let span = tracing::info_span!("pull", image = %reference);
-        self.pull_impl(reference, auth).instrument(span).await
+        let started = std::time::Instant::now();
+        let result = self.pull_impl(reference, auth).instrument(span).await;
+        crate::metrics::global().record_pull(result.is_ok(), started.elapsed());
+        result
     }
 
     /// Every image.
@@ -325,6 +328,18 @@ impl ImageStore {
     pub fn remove_rootfs(&self, container_id: &str) -> Result<()> {
         self.meta.release(container_id)?;
         self.snapshots.remove(container_id)
+    }
+
+    /// Loads registries.conf as the next pull will (SIGHUP's check):
+    /// its path, the number of `[[registry]]` tables and of unqualified
+    /// search registries.
+    pub fn check_registries_conf(&self) -> Result<(PathBuf, usize, usize)> {
+        let conf = registries_conf::RegistriesConf::load(&self.config.registries_config)?;
+        Ok((
+            self.config.registries_config.clone(),
+            conf.registries.len(),
+            conf.unqualified_search_registries.len(),
+        ))
     }
 
     fn search_registries(&self) -> Vec<String> {

@@ -394,6 +394,7 @@ impl ImageStore {
                 progress
                     .bytes
                     .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                crate::metrics::global().add_pull_bytes(chunk.len() as u64);
                 if tx.send(chunk).await.is_err() {
                     break; // the worker stopped; its error says why
                 }

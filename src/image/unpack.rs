@@ -12,11 +12,13 @@
 //! character device `name`, `.wh..wh..opq` → `trusted.overlay.opaque=y` on
 //! the directory.
 
+use std::cell::Cell;
 use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, XattrFlags};
 use rustix::io::Errno;
@@ -55,15 +57,132 @@ pub fn unpack<R: Read>(
         cached_parent: None,
         buf: vec![0u8; 256 * 1024],
     };
-    let mut archive = tar::Archive::new(reader);
+    let data_end = Rc::new(Cell::new(None));
+    let mut archive = tar::Archive::new(GoTarEnd::new(reader, Rc::clone(&data_end)));
     let entries = archive
         .entries()
         .map_err(|e| unsafe_layer(digest, format!("not a tar archive: {e}")))?;
     for entry in entries {
         let entry = entry.map_err(|e| unsafe_layer(digest, format!("malformed tar entry: {e}")))?;
+        // Sparse entries keep their data in pieces behind extension
+        // headers: no end to register, their padding stays required.
+        data_end.set(
+            (entry.header().entry_type() != tar::EntryType::GNUSparse)
+                .then(|| entry.raw_file_position() + entry.size()),
+        );
         u.entry(entry)?;
     }
+    archive
+        .into_inner()
+        .end_of_archive()
+        .map_err(|reason| unsafe_layer(digest, reason))?;
     Ok(u.stats)
+}
+
+/// The tar stream as Go's archive/tar reads it, which is what containerd,
+/// CRI-O, Docker and buildkit unpack with, and so what image builders get
+/// away with. Go ends the archive at EOF
+/// - where a header would start (no end-of-archive blocks at all),
+/// - after one zero block (the second is missing), and
+/// - anywhere in the padding that rounds the last entry's data up to 512
+///   bytes (`tryReadFull` of the padding answers io.EOF, and Next passes
+///   it on as the end): umoci 0.4.7's `insert` writes such layers.
+///
+/// It refuses EOF inside a header, inside an entry's data, or inside the
+/// second zero block (io.ErrUnexpectedEOF), and a non-zero block after a
+/// zero one (ErrHeader). The tar crate is stricter about the padding
+/// ("unexpected EOF during skip") and looser after the first zero block
+/// (it reads no further). This reader makes up the missing padding, and only
+/// that: on EOF between the end of the last entry's data ([`Self::data_end`],
+/// set by the unpack loop) and the next 512-byte boundary it hands out zeros
+/// up to the boundary, so the tar crate then meets EOF at a header, which it
+/// takes as the end. [`Self::end_of_archive`] then checks what follows a
+/// zero block as Go does. The made-up zeros are not part of the stream that
+/// the diff ID is computed over (that is hashed before this reader).
+struct GoTarEnd<R> {
+    inner: R,
+    /// Bytes handed to the tar crate, made-up padding included.
+    pos: u64,
+    /// Where the data of the entry last handed out ends.
+    data_end: Rc<Cell<Option<u64>>>,
+    /// Made-up padding still to hand out.
+    padding: u64,
+    eof: bool,
+}
+
+const TAR_BLOCK: u64 = 512;
+
+impl<R: Read> GoTarEnd<R> {
+    fn new(inner: R, data_end: Rc<Cell<Option<u64>>>) -> Self {
+        Self {
+            inner,
+            pos: 0,
+            data_end,
+            padding: 0,
+            eof: false,
+        }
+    }
+
+    /// After the tar crate's last entry: EOF, or a second zero block.
+    fn end_of_archive(mut self) -> Result<(), String> {
+        let mut block = [0u8; TAR_BLOCK as usize];
+        let mut got = 0;
+        while got < block.len() {
+            match self.read(&mut block[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("reading the end of the archive: {e}")),
+            }
+        }
+        match got {
+            0 => Ok(()),
+            n if n < block.len() => Err(format!(
+                "the stream ends {n} bytes into the second end-of-archive block"
+            )),
+            _ if block.iter().all(|&b| b == 0) => Ok(()),
+            _ => Err("a zero block is followed by a non-zero block".into()),
+        }
+    }
+}
+
+impl<R: Read> Read for GoTarEnd<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.padding > 0 {
+            let n = buf
+                .len()
+                .min(usize::try_from(self.padding).unwrap_or(usize::MAX));
+            buf[..n].fill(0);
+            self.padding -= n as u64;
+            self.pos += n as u64;
+            return Ok(n);
+        }
+        if self.eof {
+            return Ok(0);
+        }
+        let n = self.inner.read(buf)?;
+        if n > 0 {
+            self.pos += n as u64;
+            return Ok(n);
+        }
+        self.eof = true;
+        if let Some(end) = self.data_end.get() {
+            let boundary = end.next_multiple_of(TAR_BLOCK);
+            if self.pos >= end && self.pos < boundary {
+                tracing::debug!(
+                    at = self.pos,
+                    missing = boundary - self.pos,
+                    "the tar stream ends in the padding of its last entry; taking that as the end, as Go's archive/tar does"
+                );
+                self.padding = boundary - self.pos;
+                return self.read(buf);
+            }
+        }
+        Ok(0)
+    }
 }
 
 fn unsafe_layer(digest: &str, reason: impl Into<String>) -> ImageError {
@@ -163,7 +282,9 @@ impl Unpacker<'_> {
                         match rustix::fs::mkdirat(parent, *c, Mode::from_raw_mode(0o755)) {
                             Ok(()) => self.stats.implicit_dirs.push(comps[..=i].iter().collect()),
                             Err(Errno::EXIST) => {}
-                            Err(e) => return Err(self.fs_err(format!("mkdir {}", key.display()), e)),
+                            Err(e) => {
+                                return Err(self.fs_err(format!("mkdir {}", key.display()), e));
+                            }
                         }
                         rustix::fs::openat(parent, *c, DIR_FLAGS, Mode::empty())
                             .map_err(|e| self.fs_err(format!("open {}", key.display()), e))?
@@ -682,6 +803,109 @@ mod tests {
                 .collect();
             assert_eq!(top.len(), 2, "unexpected entries next to the root: {top:?}");
         }
+    }
+
+    /// A directory, a 700-byte file and a last file of 17 bytes, without
+    /// end-of-archive blocks; and where the last file's data ends.
+    fn unpadded_layer() -> (Vec<u8>, usize) {
+        let mut t = Tar::new();
+        t.dir("etc/")
+            .file("etc/a", &[b'a'; 700])
+            .file("etc/b", b"last entry's data");
+        let data_end = t.0.len() - (512 - 17);
+        (t.0, data_end)
+    }
+
+    fn unpack_raw(s: &Sandbox, bytes: &[u8]) -> Result<UnpackStats, ImageError> {
+        unpack(bytes, &s.root(), "sha256:test", 1 << 30)
+    }
+
+    /// Go's archive/tar ends the archive at EOF right after the last
+    /// entry's data, anywhere in its padding, at a header boundary, and
+    /// after one zero block.
+    #[test]
+    fn ends_that_go_accepts() {
+        let (body, data_end) = unpadded_layer();
+        let zeros = |n: usize| vec![0u8; n];
+        for (what, bytes) in [
+            ("right after the data", body[..data_end].to_vec()),
+            ("inside the padding", body[..data_end + 100].to_vec()),
+            (
+                "one byte short of the boundary",
+                body[..body.len() - 1].to_vec(),
+            ),
+            ("at the boundary", body.clone()),
+            (
+                "after one zero block",
+                [&body[..], &zeros(512)[..]].concat(),
+            ),
+            (
+                "after two zero blocks",
+                [&body[..], &zeros(1024)[..]].concat(),
+            ),
+            (
+                "after two zero blocks and anything",
+                [&body[..], &zeros(1024)[..], &b"trailing"[..]].concat(),
+            ),
+        ] {
+            let s = Sandbox::new();
+            let st = unpack_raw(&s, &bytes).unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(st.entries, 3, "{what}");
+            assert_eq!(
+                std::fs::read(s.root().join("etc/b")).unwrap(),
+                b"last entry's data",
+                "{what}"
+            );
+            assert_eq!(std::fs::read(s.root().join("etc/a")).unwrap(), [b'a'; 700]);
+        }
+        // EOF in the padding of an entry is the end, whatever would follow.
+        let s = Sandbox::new();
+        let a_end = 512 + 512 + 700;
+        let st = unpack_raw(&s, &body[..a_end + 10]).unwrap();
+        assert_eq!(st.entries, 2);
+        assert_eq!(std::fs::read(s.root().join("etc/a")).unwrap(), [b'a'; 700]);
+    }
+
+    /// ... and refuses EOF inside an entry's data, inside a header, inside
+    /// the second zero block, and a non-zero block after a zero one.
+    #[test]
+    fn ends_that_go_refuses() {
+        let (body, data_end) = unpadded_layer();
+        let header_b = data_end - 17 - 512;
+        let zeros = |n: usize| vec![0u8; n];
+        let mut other = Tar::new();
+        other.file("etc/c", b"c");
+        for (what, bytes) in [
+            (
+                "inside the last entry's data",
+                body[..data_end - 1].to_vec(),
+            ),
+            (
+                "inside an earlier entry's data",
+                body[..512 + 512 + 699].to_vec(),
+            ),
+            ("inside a header", body[..header_b + 300].to_vec()),
+            ("in a header's zero tail", body[..header_b + 511].to_vec()),
+            (
+                "inside the second zero block",
+                [&body[..], &zeros(512 + 100)[..]].concat(),
+            ),
+            (
+                "a header after a zero block",
+                [&body[..], &zeros(512)[..], &other.0[..]].concat(),
+            ),
+        ] {
+            let s = Sandbox::new();
+            let e = unpack_raw(&s, &bytes).expect_err(what);
+            assert!(matches!(e, ImageError::UnsafeLayer { .. }), "{what}: {e}");
+        }
+        // A last entry whose data fills its blocks has no padding to miss.
+        let mut t = Tar::new();
+        t.file("full", &[b'f'; 512]);
+        let s = Sandbox::new();
+        let e = unpack_raw(&s, &t.0[..512 + 511]).expect_err("cut in aligned data");
+        assert!(matches!(e, ImageError::UnsafeLayer { .. }), "{e}");
+        unpack_raw(&s, &t.0).unwrap();
     }
 
     #[test]

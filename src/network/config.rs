@@ -11,13 +11,27 @@ use super::error::NetworkError;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkMode {
-    /// berth's own bridge, veth pairs, IPAM and nftables rules.
-    Builtin,
-    /// The CNI plugins of the first config list in `cni_conf_dir`.
-    Cni,
-    /// CNI when a config list is present in `cni_conf_dir`, else built-in.
+    /// berth's own bridge, veth pairs, IPAM and nftables rules: the embedded
+    /// default, so that berthd without a config file runs pods.
     #[default]
+    Builtin,
+    /// The CNI plugins of the first config list in `cni_conf_dir`. Until
+    /// one is there, NetworkReady is false (`NetworkPluginNotReady`) and a
+    /// pod that needs its own network is refused, as containerd does: on a
+    /// new Kubernetes node, pods wait for the CNI daemonset instead of
+    /// getting node-local addresses.
+    Cni,
+    /// The same as [`NetworkMode::Cni`]. (It once fell back to the built-in
+    /// network while no CNI config was there; that gave a new node's first
+    /// pods addresses no other node could reach.)
     Auto,
+}
+
+impl NetworkMode {
+    /// Whether pods are networked through CNI plugins.
+    pub fn uses_cni(self) -> bool {
+        matches!(self, NetworkMode::Cni | NetworkMode::Auto)
+    }
 }
 
 /// The `[network]` table.
@@ -40,7 +54,7 @@ pub struct NetworkConfig {
 impl Default for NetworkConfig {
     fn default() -> Self {
         Self {
-            mode: NetworkMode::Auto,
+            mode: NetworkMode::Builtin,
             cni_conf_dir: PathBuf::from("/etc/cni/net.d"),
             cni_bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
             bridge_name: "berth0".to_string(),
@@ -82,7 +96,7 @@ impl NetworkConfig {
             }
             _ => None,
         };
-        if self.cni_bin_dirs.is_empty() && self.mode == NetworkMode::Cni {
+        if self.cni_bin_dirs.is_empty() && self.mode.uses_cni() {
             return Err(NetworkError::Config("cni_bin_dirs is empty".into()));
         }
         Ok((v4, v6))
@@ -103,7 +117,9 @@ mod tests {
         let (v4, v6) = c.validate().unwrap();
         assert_eq!(v4.to_string(), "10.89.0.0/16");
         assert_eq!(v6.unwrap().prefix, 64);
-        assert_eq!(NetworkConfig::default().mode, NetworkMode::Auto);
+        assert_eq!(NetworkConfig::default().mode, NetworkMode::Builtin);
+        let auto: NetworkConfig = toml::from_str("mode = \"auto\"").unwrap();
+        assert!(auto.mode.uses_cni());
     }
 
     #[test]

@@ -73,18 +73,21 @@ impl PodNetwork {
         &self.nft
     }
 
-    /// The CNI config list in use, if this is (or auto-resolves to) CNI mode.
+    /// The CNI config list in use, if this is CNI mode (`cni` or `auto`).
     fn cni_list(&self) -> Result<Option<CniConfList>, NetworkError> {
         match self.config.mode {
             NetworkMode::Builtin => Ok(None),
-            NetworkMode::Cni => match cni::load_conf_list(&self.config.cni_conf_dir)? {
-                Some(l) => Ok(Some(l)),
-                None => Err(NetworkError::NotReady(format!(
-                    "no CNI network config found in {}",
-                    self.config.cni_conf_dir.display()
-                ))),
-            },
-            NetworkMode::Auto => cni::load_conf_list(&self.config.cni_conf_dir),
+            // Read at every call, as containerd watches the directory: a
+            // config list the CNI daemonset writes later is used at once.
+            NetworkMode::Cni | NetworkMode::Auto => {
+                match cni::load_conf_list(&self.config.cni_conf_dir)? {
+                    Some(l) => Ok(Some(l)),
+                    None => Err(NetworkError::NotReady(format!(
+                        "cni plugin not initialized: no network config found in {}",
+                        self.config.cni_conf_dir.display()
+                    ))),
+                }
+            }
         }
     }
 

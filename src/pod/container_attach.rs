@@ -25,7 +25,7 @@ impl PodManager {
             .as_ref()
             .and_then(|p| p.terminal())
             .unwrap_or(false);
-        let shim = self.shim_of(&c.pod_id)?;
+        let shim = self.shim_of(&c.pod_id).await?;
         let path = attach_wire::socket_path(&shim.address);
         let SessionIo {
             stdin,
@@ -91,12 +91,10 @@ impl PodManager {
                 return std::future::pending::<()>().await;
             };
             while let Some(size) = rx.recv().await {
-                let (s, cid) = (shim.clone(), c.id.clone());
-                let r = tokio::task::spawn_blocking(move || {
-                    s.resize_pty(&cid, "", size.width.into(), size.height.into())
-                })
-                .await;
-                if let Ok(Err(e)) = r {
+                let r = shim
+                    .resize_pty(&c.id, "", size.width.into(), size.height.into())
+                    .await;
+                if let Err(e) = r {
                     tracing::debug!(container = %c.id, error = %e, "attach resize failed");
                 }
             }

@@ -146,30 +146,32 @@ fn ns_of(p: &Option<PathBuf>) -> PodNamespace {
 
 impl PodManager {
     /// The connected shim of `pod`, starting one when the pod has none.
-    pub(crate) fn pod_shim(&self, pod: &mut PodRecord) -> Result<Arc<ShimClient>> {
-        if let Some(s) = self.shims.lock().expect("shims lock").get(&pod.id) {
-            return Ok(s.clone());
+    /// One at a time per pod (two CreateContainer at once start one shim).
+    pub(crate) async fn pod_shim(&self, pod: &mut PodRecord) -> Result<Arc<ShimClient>> {
+        if let Some(s) = self.connected_shim(&pod.id) {
+            return Ok(s);
+        }
+        let _serial = self.locks.exclusive(&super::shim_lock_key(&pod.id)).await;
+        if let Some(s) = self.connected_shim(&pod.id) {
+            return Ok(s);
+        }
+        // Another CreateContainer may have started it meanwhile.
+        if let Some(p) = self.store.pod(&pod.id)? {
+            pod.shim_address = p.shim_address;
         }
         if let Some(addr) = &pod.shim_address
-            && let Ok(c) = ShimClient::connect(addr)
-            && c.alive()
+            && let Ok(c) = ShimClient::connect_alive(addr).await
         {
             let c = Arc::new(c);
-            self.shims
-                .lock()
-                .expect("shims lock")
-                .insert(pod.id.clone(), c.clone());
+            self.register_shim(&pod.id, c.clone());
             return Ok(c);
         }
         let started = std::time::Instant::now();
-        let addr = start_shim(&pod.id, &pod.dir, &self.events_address)?;
-        let c = Arc::new(ShimClient::connect(&addr)?);
+        let addr = start_shim(&pod.id, &pod.dir, &self.events_address).await?;
+        let c = Arc::new(ShimClient::connect(&addr).await?);
         pod.shim_address = Some(addr.clone());
         self.store.put_pod(pod)?;
-        self.shims
-            .lock()
-            .expect("shims lock")
-            .insert(pod.id.clone(), c.clone());
+        self.register_shim(&pod.id, c.clone());
         tracing::info!(
             pod = %pod.id,
             shim = %addr,
@@ -206,9 +208,15 @@ impl PodManager {
                 "container config names no image".into(),
             ));
         }
-        let _guard = self.lock.lock().await;
-        let mut pod = self
+        let pod = self
             .resolve_pod(pod_id)?
+            .ok_or_else(|| PodError::NotFound(format!("pod sandbox {pod_id}")))?;
+        // Shared: containers of one pod are created at once; the pod cannot
+        // be stopped or removed meanwhile.
+        let _pod_guard = self.locks.shared(&pod.id).await;
+        let mut pod = self
+            .store
+            .pod(&pod.id)?
             .ok_or_else(|| PodError::NotFound(format!("pod sandbox {pod_id}")))?;
         if pod.state != PodState::Ready {
             return Err(PodError::FailedPrecondition(format!(
@@ -216,17 +224,17 @@ impl PodManager {
                 pod.id
             )));
         }
-        if let Some(c) = self
-            .store
-            .containers()?
-            .into_iter()
-            .find(|c| c.pod_id == pod.id && c.name == meta.name && c.attempt == meta.attempt)
-        {
-            return Err(PodError::AlreadyExists(format!(
-                "container name {} (attempt {}) is reserved by container {} in pod {}",
-                meta.name, meta.attempt, c.id, pod.id
-            )));
-        }
+        let id = new_id()?;
+        let name_key = super::locks::container_name(&pod.id, &meta.name, meta.attempt);
+        let reservation = self
+            .names
+            .reserve_until_made(&name_key, &id)
+            .map_err(|holder| {
+                PodError::AlreadyExists(format!(
+                    "container name {} (attempt {}) is reserved by container {holder} in pod {}",
+                    meta.name, meta.attempt, pod.id
+                ))
+            })?;
         let image = self
             .images
             .get(&image_name)?
@@ -235,7 +243,6 @@ impl PodManager {
             Some(s) if s.metadata.is_some() => s,
             _ => cri::PodSandboxConfig::decode(pod.config.as_slice()).unwrap_or_default(),
         };
-        let id = new_id()?;
         let bundle = self.containers_dir().join(&id);
         let log_path = container_log_path(&sandbox_config.log_directory, &config.log_path)?;
         let mut record = ContainerRecord {
@@ -272,24 +279,22 @@ impl PodManager {
             .await;
         match result {
             Ok(()) => {
+                reservation.keep();
                 self.emit(cri::ContainerEventType::ContainerCreatedEvent, &id, &pod.id);
                 tracing::info!(container = %id, pod = %pod.id, image = %image_name, "container created");
                 Ok(id)
             }
             Err(e) => {
                 tracing::warn!(container = %id, pod = %pod.id, error = %e, "create failed; rolling back");
-                let shim = self.shims.lock().expect("shims lock").get(&pod.id).cloned();
+                let shim = self.connected_shim(&pod.id);
                 if created_task && let Some(shim) = shim {
-                    let cid = id.clone();
-                    let _ = tokio::task::spawn_blocking(move || {
-                        let _ = shim.kill(&cid, "", libc::SIGKILL as u32, true);
-                        shim.delete(&cid, "")
-                    })
-                    .await;
+                    let _ = shim.kill(&id, "", libc::SIGKILL as u32, true).await;
+                    let _ = shim.delete(&id, "").await;
                 }
                 let _ = self.images.remove_rootfs(&id);
                 let _ = super::remove_dir_all(&bundle);
                 let _ = self.store.delete_container(&id);
+                drop(reservation);
                 Err(e)
             }
         }
@@ -403,7 +408,7 @@ impl PodManager {
             std::fs::create_dir_all(dir)
                 .map_err(|e| PodError::io(format!("create {}", dir.display()), e))?;
         }
-        let shim = self.pod_shim(pod)?;
+        let shim = self.pod_shim(pod).await?;
         // Without a log path the shim logs nothing but still serves attach.
         let log_uri = format!("{CRI_LOG_SCHEME}{}", record.log_path);
         let req = api::CreateTaskRequest {
@@ -421,9 +426,7 @@ impl PodManager {
             ..Default::default()
         };
         let started = std::time::Instant::now();
-        let pid = tokio::task::spawn_blocking(move || shim.create(&req))
-            .await
-            .map_err(|e| PodError::Shim(format!("create task: {e}")))??;
+        let pid = shim.create(&req).await?;
         *created_task = true;
         record.pid = pid;
         self.store.put_container(record)?;
@@ -513,8 +516,14 @@ mod tests {
                 "{d:?} + {p:?} accepted"
             )
         };
-        assert_eq!(ok("/var/log/pods/p", "app/0.log"), "/var/log/pods/p/app/0.log");
-        assert_eq!(ok("/var/log/pods/p/", "./app//0.log"), "/var/log/pods/p/app/0.log");
+        assert_eq!(
+            ok("/var/log/pods/p", "app/0.log"),
+            "/var/log/pods/p/app/0.log"
+        );
+        assert_eq!(
+            ok("/var/log/pods/p/", "./app//0.log"),
+            "/var/log/pods/p/app/0.log"
+        );
         // As containerd's filepath.Join: an absolute path goes under the dir.
         assert_eq!(
             ok("/var/log/pods/p", "/tmp/elsewhere/abs.log"),

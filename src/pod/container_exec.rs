@@ -143,30 +143,17 @@ impl PodManager {
             .into(),
             ..Default::default()
         };
-        let shim = self.shim_of(pod_id)?;
-        let (cid, eid) = (id.to_owned(), exec_id.to_owned());
-        let s = shim.clone();
-        tokio::task::spawn_blocking(move || -> Result<()> {
-            s.exec(&req)?;
-            s.start(&cid, &eid).map(|_| ())
-        })
-        .await
-        .map_err(|e| PodError::Shim(e.to_string()))??;
-        let (cid, eid) = (id.to_owned(), exec_id.to_owned());
-        let s = shim.clone();
-        let wait = tokio::task::spawn_blocking(move || s.wait(&cid, &eid, 0));
+        let shim = self.shim_of(pod_id).await?;
+        shim.exec(&req).await?;
+        shim.start(id, exec_id).await?;
+        let wait = shim.wait(id, exec_id, 0);
         let waited = if timeout > 0 {
             match tokio::time::timeout(Duration::from_secs(timeout as u64), wait).await {
                 Ok(w) => w,
                 Err(_) => {
-                    let (cid, eid) = (id.to_owned(), exec_id.to_owned());
-                    let s = shim.clone();
-                    let _ = tokio::task::spawn_blocking(move || {
-                        let _ = s.kill(&cid, &eid, libc::SIGKILL as u32, false);
-                        let _ = s.wait(&cid, &eid, 0);
-                        s.delete(&cid, &eid)
-                    })
-                    .await;
+                    let _ = shim.kill(id, exec_id, libc::SIGKILL as u32, false).await;
+                    let _ = shim.wait(id, exec_id, 30_000_000_000).await;
+                    let _ = shim.delete(id, exec_id).await;
                     return Err(PodError::Timeout(format!(
                         "command {:?} did not finish within {timeout}s",
                         process.args().clone().unwrap_or_default()
@@ -176,10 +163,10 @@ impl PodManager {
         } else {
             wait.await
         };
-        let (status, _) = waited.map_err(|e| PodError::Shim(e.to_string()))??;
-        let (cid, eid) = (id.to_owned(), exec_id.to_owned());
-        let _ = tokio::task::spawn_blocking(move || shim.delete(&cid, &eid)).await;
+        let (status, _) = waited?;
+        let _ = shim.delete(id, exec_id).await;
         drop(finish);
+        // The readers end within a poll step of `finish`.
         let stdout = tokio::task::spawn_blocking(move || out_reader.join().unwrap_or_default())
             .await
             .unwrap_or_default();

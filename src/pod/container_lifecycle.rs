@@ -13,21 +13,36 @@ use super::{PodError, PodManager, Result, now_ns};
 use crate::store::{ContainerRecord, ContainerState, PodRecord};
 
 impl PodManager {
-    /// The shim of the pod `pod_id` (reconnecting with the stored address).
-    pub(crate) fn shim_of(&self, pod_id: &str) -> Result<Arc<ShimClient>> {
-        if let Some(s) = self.shims.lock().expect("shims lock").get(pod_id) {
-            return Ok(s.clone());
+    /// The shim of the pod `pod_id`: the connected one, else a new
+    /// connection to the stored address. Never starts a shim.
+    pub(crate) async fn shim_of(&self, pod_id: &str) -> Result<Arc<ShimClient>> {
+        if let Some(s) = self.connected_shim(pod_id) {
+            return Ok(s);
         }
-        let mut pod = self
+        let pod = self
             .store
             .pod(pod_id)?
             .ok_or_else(|| PodError::NotFound(format!("pod sandbox {pod_id}")))?;
-        if pod.shim_address.is_none() {
+        let Some(addr) = pod.shim_address else {
             return Err(PodError::FailedPrecondition(format!(
                 "pod sandbox {pod_id} has no shim"
             )));
+        };
+        let _serial = self.locks.exclusive(&super::shim_lock_key(pod_id)).await;
+        if let Some(s) = self.connected_shim(pod_id) {
+            return Ok(s);
         }
-        self.pod_shim(&mut pod)
+        let c = Arc::new(ShimClient::connect_alive(&addr).await?);
+        self.register_shim(pod_id, c.clone());
+        Ok(c)
+    }
+
+    /// The connected shim of `pod_id`, unless its connection closed.
+    pub(crate) fn connected_shim(&self, pod_id: &str) -> Option<Arc<ShimClient>> {
+        super::lock(&self.shims)
+            .get(pod_id)
+            .filter(|s| !s.is_closed())
+            .cloned()
     }
 
     fn container_or_not_found(&self, id: &str) -> Result<ContainerRecord> {
@@ -37,23 +52,20 @@ impl PodManager {
 
     /// Starts a created container.
     pub async fn start_container(&self, id: &str) -> Result<()> {
-        let _guard = self.lock.lock().await;
-        let mut c = self.container_or_not_found(id)?;
+        let c = self.container_or_not_found(id)?;
+        let _pod = self.locks.shared(&c.pod_id).await;
+        let _guard = self.locks.exclusive(&c.id).await;
+        let mut c = self.container_or_not_found(&c.id)?;
         if c.state != ContainerState::Created {
             return Err(PodError::FailedPrecondition(format!(
                 "container {} is {:?}, not created",
                 c.id, c.state
             )));
         }
-        let shim = self.shim_of(&c.pod_id)?;
-        let cid = c.id.clone();
-        let s = shim.clone();
+        let shim = self.shim_of(&c.pod_id).await?;
         // The process may exit before Start returns: take the start time first.
         let started_at = now_ns();
-        let pid = tokio::task::spawn_blocking(move || s.start(&cid, ""))
-            .await
-            .map_err(|e| PodError::Shim(format!("start task: {e}")))?;
-        let pid = match pid {
+        let pid = match shim.start(&c.id, "").await {
             Ok(pid) => pid,
             Err(e) => {
                 c.state = ContainerState::Exited;
@@ -79,33 +91,46 @@ impl PodManager {
         Ok(())
     }
 
-    /// A thread blocked in Task.Wait for the container's exit; records it.
+    /// A task pending in Task.Wait for the container's exit (a future on the
+    /// shim's connection, no thread); records the exit.
     pub(crate) fn spawn_waiter(&self, shim: Arc<ShimClient>, id: &str) {
         let me = self.me.clone();
         let id = id.to_owned();
-        let spawned = std::thread::Builder::new()
-            .name("exit-waiter".into())
-            .stack_size(128 * 1024)
-            .spawn(move || {
-                let res = shim.wait(&id, "", 0);
-                let Some(me) = me.upgrade() else { return };
-                match res {
-                    Ok((status, at)) => {
-                        let _guard = me.lock.blocking_lock();
-                        if let Err(e) = me.record_exit(&id, status, at) {
-                            tracing::warn!(container = %id, error = %e, "record exit");
-                        }
-                    }
-                    Err(e) => tracing::debug!(container = %id, error = %e, "wait ended"),
-                }
-            });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "spawn exit waiter");
+        tokio::spawn(async move {
+            let res = shim.wait(&id, "", 0).await;
+            let Some(me) = me.upgrade() else { return };
+            match res {
+                Ok((status, at)) => me.record_exit_event(&id, status, at).await,
+                Err(e) => tracing::debug!(container = %id, error = %e, "wait ended"),
+            }
+        });
+    }
+
+    /// Records an exit learnt outside any operation on the container (its
+    /// Wait or the shim's TaskExit event): waits for the container's own
+    /// lock only.
+    pub(crate) async fn record_exit_event(&self, id: &str, status: u32, at: i64) {
+        let _guard = self.locks.exclusive(id).await;
+        if let Err(e) = self.record_exit(id, status, at) {
+            tracing::warn!(container = %id, error = %e, "record exit");
         }
     }
 
-    /// Records an exit unless one was recorded already. Caller holds the lock.
+    /// Records an exit unless one was recorded already. Caller holds the
+    /// container's lock.
     pub(crate) fn record_exit(&self, id: &str, status: u32, at: i64) -> Result<()> {
+        self.record_exit_with(id, status, at, None)
+    }
+
+    /// As [`Self::record_exit`], with a message (why berthd, not the shim,
+    /// decided the container exited).
+    pub(crate) fn record_exit_with(
+        &self,
+        id: &str,
+        status: u32,
+        at: i64,
+        message: Option<&str>,
+    ) -> Result<()> {
         let Some(mut c) = self.store.container(id)? else {
             return Ok(());
         };
@@ -115,8 +140,7 @@ impl PodManager {
         c.state = ContainerState::Exited;
         c.exit_code = status as i32;
         c.finished_at = at.max(c.started_at);
-        let oom = self.oom.lock().expect("oom lock").remove(id)
-            || c.cgroup.as_deref().is_some_and(oom_killed);
+        let oom = super::lock(&self.oom).remove(id) || c.cgroup.as_deref().is_some_and(oom_killed);
         c.reason = if oom {
             "OOMKilled".into()
         } else if status == 0 {
@@ -124,6 +148,9 @@ impl PodManager {
         } else {
             "Error".into()
         };
+        if let Some(m) = message {
+            c.message = m.to_owned();
+        }
         self.store.put_container(&c)?;
         self.emit(
             cri::ContainerEventType::ContainerStoppedEvent,
@@ -134,15 +161,51 @@ impl PodManager {
         Ok(())
     }
 
-    /// Stops a container: SIGTERM, then SIGKILL after `timeout` seconds.
+    /// Stops a container: its stop signal, then SIGKILL after `timeout`
+    /// seconds. The grace period is waited out holding no lock: other
+    /// operations, also on this container (status, a RemoveContainer that
+    /// kills it at once), go on meanwhile.
     pub async fn stop_container(&self, id: &str, timeout: i64) -> Result<()> {
-        let _guard = self.lock.lock().await;
         let c = self.container_or_not_found(id)?;
-        self.stop_container_locked(&c.id, timeout).await
+        if timeout <= 0 {
+            let _guard = self.locks.exclusive(&c.id).await;
+            return self.stop_container_locked(&c.id, 0).await;
+        }
+        let (shim, signal) = {
+            let _guard = self.locks.exclusive(&c.id).await;
+            let Some(c) = self.store.container(&c.id)? else {
+                return Ok(());
+            };
+            if c.state != ContainerState::Running && c.state != ContainerState::Unknown {
+                return self.stop_container_locked(&c.id, 0).await;
+            }
+            let shim = match self.shim_of(&c.pod_id).await {
+                Ok(s) => s,
+                Err(e) => return self.stop_without_shim(&c, &e).await,
+            };
+            // The image's STOPSIGNAL, else SIGTERM (as containerd does).
+            let signal = super::stop_signal::stop_signal(&c.id, &c.stop_signal);
+            if let Err(e) = shim.kill(&c.id, "", signal as u32, false).await {
+                tracing::debug!(container = %c.id, signal, error = %e, "stop signal");
+            }
+            (shim, signal)
+        };
+        let waited =
+            tokio::time::timeout(Duration::from_secs(timeout as u64), shim.wait(&c.id, "", 0))
+                .await;
+        let _guard = self.locks.exclusive(&c.id).await;
+        match waited {
+            Ok(done) => self.finish_stop(&c, &shim, done).await,
+            Err(_) => {
+                tracing::info!(container = %c.id, timeout, signal, "no exit after the stop signal; sending SIGKILL");
+                self.stop_container_locked(&c.id, 0).await
+            }
+        }
     }
 
-    /// Stops a container; caller holds the lock. Idempotent.
-    pub(crate) async fn stop_container_locked(&self, id: &str, timeout: i64) -> Result<()> {
+    /// Stops a container at once (SIGKILL); caller holds the container's
+    /// lock. Idempotent.
+    pub(crate) async fn stop_container_locked(&self, id: &str, _timeout: i64) -> Result<()> {
         let Some(c) = self.store.container(id)? else {
             return Ok(());
         };
@@ -150,12 +213,8 @@ impl PodManager {
             ContainerState::Running | ContainerState::Unknown => {}
             ContainerState::Created => {
                 // Never started: kill the waiting init so the task can go.
-                if let Ok(shim) = self.shim_of(&c.pod_id) {
-                    let cid = c.id.clone();
-                    let _ = tokio::task::spawn_blocking(move || {
-                        shim.kill(&cid, "", libc::SIGKILL as u32, true)
-                    })
-                    .await;
+                if let Ok(shim) = self.shim_of(&c.pod_id).await {
+                    let _ = shim.kill(&c.id, "", libc::SIGKILL as u32, true).await;
                 }
                 let mut c = c;
                 c.state = ContainerState::Exited;
@@ -167,86 +226,58 @@ impl PodManager {
             }
             ContainerState::Exited => return Ok(()),
         }
-        let shim = match self.shim_of(&c.pod_id) {
+        let shim = match self.shim_of(&c.pod_id).await {
             Ok(s) => s,
-            Err(e) => {
-                // The shim is gone: so is the container.
-                tracing::warn!(container = %c.id, error = %e, "shim unreachable; marking exited");
-                return self.record_exit(&c.id, 137, now_ns());
-            }
+            Err(e) => return self.stop_without_shim(&c, &e).await,
         };
-        let cid = c.id.clone();
-        let waiter = {
-            let s = shim.clone();
-            let cid = cid.clone();
-            tokio::task::spawn_blocking(move || s.wait(&cid, "", 0))
-        };
-        tokio::pin!(waiter);
-        if timeout > 0 {
-            let s = shim.clone();
-            let cid2 = cid.clone();
-            // The image's STOPSIGNAL, else SIGTERM (as containerd does).
-            let signal = super::stop_signal::stop_signal(&cid, &c.stop_signal);
-            let sent = tokio::task::spawn_blocking(move || s.kill(&cid2, "", signal as u32, false))
-                .await
-                .map_err(|e| PodError::Shim(e.to_string()))?;
-            if let Err(e) = sent {
-                tracing::debug!(container = %cid, signal, error = %e, "stop signal");
-            }
-            if let Ok(done) =
-                tokio::time::timeout(Duration::from_secs(timeout as u64), &mut waiter).await
-            {
-                return self.finish_stop(&cid, done);
-            }
-            tracing::info!(container = %cid, timeout, "no exit after the stop signal; sending SIGKILL");
+        if let Err(e) = shim.kill(&c.id, "", libc::SIGKILL as u32, true).await {
+            tracing::debug!(container = %c.id, error = %e, "SIGKILL");
         }
-        let s = shim.clone();
-        let cid2 = cid.clone();
-        let sent =
-            tokio::task::spawn_blocking(move || s.kill(&cid2, "", libc::SIGKILL as u32, true))
-                .await
-                .map_err(|e| PodError::Shim(e.to_string()))?;
-        if let Err(e) = sent {
-            tracing::debug!(container = %cid, error = %e, "SIGKILL");
-        }
-        let done = waiter.await;
-        self.finish_stop(&cid, done)
+        let done = shim.wait(&c.id, "", 0).await;
+        self.finish_stop(&c, &shim, done).await
     }
 
-    fn finish_stop(
+    /// The pod's shim is gone: so is the container, once what is left of it
+    /// is killed through its cgroup (see [`Self::cleanup_dead_shim_container`]).
+    async fn stop_without_shim(&self, c: &ContainerRecord, e: &PodError) -> Result<()> {
+        tracing::warn!(container = %c.id, error = %e, "shim unreachable; cleaning up after it");
+        self.cleanup_dead_shim_container(c).await
+    }
+
+    async fn finish_stop(
         &self,
-        id: &str,
-        done: std::result::Result<Result<(u32, i64)>, tokio::task::JoinError>,
+        c: &ContainerRecord,
+        shim: &ShimClient,
+        done: Result<(u32, i64)>,
     ) -> Result<()> {
         match done {
-            Ok(Ok((status, at))) => self.record_exit(id, status, at),
-            Ok(Err(PodError::NotFound(_))) => self.record_exit(id, 137, now_ns()),
-            Ok(Err(e)) => Err(e),
-            Err(e) => Err(PodError::Shim(e.to_string())),
+            Ok((status, at)) => self.record_exit(&c.id, status, at),
+            Err(PodError::NotFound(_)) => self.record_exit(&c.id, 137, now_ns()),
+            // The shim died under the call.
+            Err(e) if shim.is_closed() => self.stop_without_shim(c, &e).await,
+            Err(e) => Err(e),
         }
     }
 
     /// Removes a container (force-stopping it first). Idempotent.
     pub async fn remove_container(&self, id: &str) -> Result<()> {
-        let _guard = self.lock.lock().await;
         let Some(c) = self.resolve_container(id)? else {
             return Ok(());
         };
+        let _guard = self.locks.exclusive(&c.id).await;
         self.remove_container_locked(&c.id).await
     }
 
+    /// Removes a container; caller holds the container's lock.
     pub(crate) async fn remove_container_locked(&self, id: &str) -> Result<()> {
         let Some(c) = self.store.container(id)? else {
             return Ok(());
         };
         self.stop_container_locked(id, 0).await?;
-        if let Ok(shim) = self.shim_of(&c.pod_id) {
-            let cid = c.id.clone();
-            let res = tokio::task::spawn_blocking(move || shim.delete(&cid, ""))
-                .await
-                .map_err(|e| PodError::Shim(e.to_string()))?;
-            match res {
+        if let Some(shim) = self.reachable_shim(&c.pod_id).await {
+            match shim.delete(&c.id, "").await {
                 Ok(()) | Err(PodError::NotFound(_)) => {}
+                Err(_) if shim.is_closed() => {}
                 Err(e) => return Err(e),
             }
         }
@@ -254,6 +285,10 @@ impl PodManager {
         self.images.remove_rootfs(&c.id)?;
         super::remove_dir_all(&c.bundle)?;
         self.store.delete_container(&c.id)?;
+        self.names.release(
+            &super::locks::container_name(&c.pod_id, &c.name, c.attempt),
+            &c.id,
+        );
         self.cpu_rates.forget(&c.id);
         self.emit(
             cri::ContainerEventType::ContainerDeletedEvent,
@@ -262,6 +297,11 @@ impl PodManager {
         );
         tracing::info!(container = %c.id, "container removed");
         Ok(())
+    }
+
+    /// The pod's shim if it is connected or answers a reconnect.
+    async fn reachable_shim(&self, pod_id: &str) -> Option<Arc<ShimClient>> {
+        self.shim_of(pod_id).await.ok()
     }
 
     /// Applies new resources to a running container.
@@ -297,7 +337,7 @@ impl PodManager {
             .into(),
             ..Default::default()
         };
-        let _guard = self.lock.lock().await;
+        let _guard = self.locks.exclusive(&c.id).await;
         let Some(mut c) = self.store.container(&c.id)? else {
             return Err(PodError::NotFound(format!("container {id}")));
         };
@@ -307,10 +347,8 @@ impl PodManager {
                 c.id, c.state
             )));
         }
-        let shim = self.shim_of(&c.pod_id)?;
-        tokio::task::spawn_blocking(move || shim.update(&req))
-            .await
-            .map_err(|e| PodError::Shim(e.to_string()))??;
+        let shim = self.shim_of(&c.pod_id).await?;
+        shim.update(&req).await?;
         // Remembered in the container's config, as containerd does, so that
         // ContainerStatus reports the resources in force.
         use prost::Message;
@@ -351,20 +389,41 @@ impl PodManager {
     }
 
     /// Shuts the pod's shim down (once it holds no container). Best effort.
+    /// A shim that is gone leaves its sockets behind: they are removed.
     pub(crate) async fn shutdown_shim(&self, pod: &PodRecord) {
-        let shim = self.shims.lock().expect("shims lock").remove(&pod.id);
-        let shim = match shim {
+        // Out of the map first: its connection closing is no death.
+        let shim = super::lock(&self.shims).remove(&pod.id);
+        let shim = match shim.filter(|s| !s.is_closed()) {
             Some(s) => Some(s),
-            None => pod
-                .shim_address
-                .as_deref()
-                .and_then(|a| ShimClient::connect(a).ok().map(Arc::new)),
+            None => match pod.shim_address.as_deref() {
+                Some(a) => ShimClient::connect(a).await.ok().map(Arc::new),
+                None => None,
+            },
         };
-        if let Some(shim) = shim {
-            let pid = shim.shim_pid();
-            let _ = tokio::task::spawn_blocking(move || shim.shutdown()).await;
-            if let Some(pid) = pid {
-                wait_gone(pid as i32).await;
+        if let Some(shim) = shim
+            && let Some(pid) = shim.shim_pid().await
+        {
+            let _ = shim.shutdown().await;
+            wait_gone(pid as i32).await;
+        } else if let Some(addr) = pod.shim_address.as_deref() {
+            remove_dead_shim_sockets(addr);
+        }
+    }
+}
+
+/// Removes a dead shim's ttrpc and attach sockets, unless a live shim
+/// answers on them.
+pub(crate) fn remove_dead_shim_sockets(address: &str) {
+    let path = std::path::Path::new(address.strip_prefix("unix://").unwrap_or(address));
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return;
+    }
+    for p in [path.to_path_buf(), crate::attach_wire::socket_path(address)] {
+        match std::fs::remove_file(&p) {
+            Ok(()) => tracing::debug!(socket = %p.display(), "removed a dead shim's socket"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(socket = %p.display(), error = %e, "remove a dead shim's socket")
             }
         }
     }

@@ -168,11 +168,8 @@ impl PodManager {
             ..Default::default()
         };
         if c.state == ContainerState::Running {
-            let shim = self.shim_of(&c.pod_id)?;
-            let cid = c.id.clone();
-            let res = tokio::task::spawn_blocking(move || shim.stats(&cid))
-                .await
-                .map_err(|e| PodError::Shim(e.to_string()))?;
+            let shim = self.shim_of(&c.pod_id).await?;
+            let res = shim.stats(&c.id).await;
             if let Ok(resp) = res
                 && let Some(any) = resp.stats.as_ref()
                 && let Ok(m) = Metrics::parse_from_bytes(&any.value)

@@ -82,11 +82,13 @@ pub(crate) fn spawn_exit_recorder(
                 .as_ref()
                 .map(|t| t.seconds * 1_000_000_000 + i64::from(t.nanos))
                 .unwrap_or_else(super::now_ns);
-            let _guard = me.lock.lock().await;
             tracing::debug!(container = %ev.container_id, exit_status = ev.exit_status, "exit event");
-            if let Err(e) = me.record_exit(&ev.container_id, ev.exit_status, at) {
-                tracing::warn!(container = %ev.container_id, error = %e, "record exit event");
-            }
+            // Each on its own task: an exit waits for its container's lock
+            // only, never behind another container's.
+            tokio::spawn(async move {
+                me.record_exit_event(&ev.container_id, ev.exit_status, at)
+                    .await;
+            });
         }
     });
 }

@@ -22,20 +22,16 @@ pub fn host_hostname() -> String {
         .unwrap_or_default()
 }
 
-/// The hostname of a pod: the configured one, else the host's for a host
-/// network pod, else the pod name (as containerd does).
-pub fn pod_hostname(config: &cri::PodSandboxConfig, host_network: bool) -> String {
+/// The hostname of a pod: the configured one, else the node's, whether the
+/// pod has a network of its own or not. containerd does the same (its
+/// `setupSandboxFiles` writes `os.Hostname()` to the pod's /etc/hostname when
+/// the config names none); the pod's name is no hostname: it may be longer
+/// than the 64 bytes a UTS namespace holds.
+pub fn pod_hostname(config: &cri::PodSandboxConfig) -> String {
     if !config.hostname.is_empty() {
         return config.hostname.clone();
     }
-    if host_network {
-        return host_hostname();
-    }
-    config
-        .metadata
-        .as_ref()
-        .map(|m| m.name.clone())
-        .unwrap_or_default()
+    host_hostname()
 }
 
 /// Writes hostname, hosts and resolv.conf into `dir`.

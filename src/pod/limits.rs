@@ -145,7 +145,8 @@ mod tests {
             }),
             ..Default::default()
         };
-        c.annotations.insert("k".into(), "v".repeat(MAX_ANNOTATIONS - 1));
+        c.annotations
+            .insert("k".into(), "v".repeat(MAX_ANNOTATIONS - 1));
         assert!(check_pod_config(&c).is_ok());
         c.annotations.insert("k2".into(), "v".into());
         let e = check_pod_config(&c).unwrap_err().to_string();

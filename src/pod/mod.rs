@@ -17,11 +17,13 @@ mod container_exec;
 mod container_lifecycle;
 mod container_status;
 mod cpu_rate;
+mod dead_shim;
 mod error;
 mod files;
 mod host_devices;
 mod host_features;
 mod limits;
+mod locks;
 pub mod namespaces;
 pub mod pod_init;
 mod pod_remove;
@@ -41,7 +43,7 @@ pub use stream_backend::PodStreamBackend;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use error::PodError;
 
@@ -66,8 +68,11 @@ pub struct PodManager {
     store: MetadataStore,
     images: Arc<ImageStore>,
     network: Option<PodNetwork>,
-    /// Serialises the operations that change pods and containers.
-    lock: tokio::sync::Mutex<()>,
+    /// One lock per pod and per container: only operations on the same
+    /// object wait for each other (`locks.rs`).
+    locks: locks::ObjectLocks,
+    /// Pod and container names reserved for their ids.
+    names: locks::NameIndex,
     /// Connected shims by pod id.
     shims: Mutex<HashMap<String, Arc<ShimClient>>>,
     /// The ttrpc events endpoint the shims publish to.
@@ -78,7 +83,7 @@ pub struct PodManager {
     oom: shim_client::OomSet,
     /// Last cpu samples, for `usage_nano_cores`.
     cpu_rates: cpu_rate::CpuRates,
-    /// This manager, for the exit waiter threads.
+    /// This manager, for the exit waiter and shim monitor tasks.
     me: std::sync::Weak<PodManager>,
 }
 
@@ -102,14 +107,15 @@ impl PodManager {
         let store = MetadataStore::open(&config.root.join("metadata").join("pods.redb"))?;
         let oom = shim_client::OomSet::default();
         let (exits_tx, exits_rx) = tokio::sync::mpsc::unbounded_channel();
-        let events_socket = shim_client::serve_events(&config.state, oom.clone(), exits_tx)?;
+        let events_socket = shim_client::serve_events(&config.state, oom.clone(), exits_tx).await?;
         let events_address = events_socket.address.clone();
         let manager = Arc::new_cyclic(|me| Self {
             config,
             store,
             images,
             network,
-            lock: tokio::sync::Mutex::new(()),
+            locks: locks::ObjectLocks::default(),
+            names: locks::NameIndex::default(),
             shims: Mutex::new(HashMap::new()),
             events_address,
             events_socket,
@@ -193,6 +199,17 @@ impl PodManager {
             None => Ok(None),
         }
     }
+}
+
+/// The lock that serialises starting or reconnecting a pod's shim.
+fn shim_lock_key(pod_id: &str) -> String {
+    format!("shim/{pod_id}")
+}
+
+/// A std mutex whose poisoning is not a permanent failure: what it guards
+/// (maps, sets) is consistent at every step, so the guard is taken back.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A new random 64-hex-digit id.

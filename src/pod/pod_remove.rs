@@ -12,22 +12,27 @@ impl PodManager {
         let Some(pod) = self.resolve_pod(id)? else {
             return Ok(());
         };
+        let _guard = self.locks.exclusive(&pod.id).await;
         // Stops the containers and tears the network down; a CNI DEL that
         // fails fails this call too, and the pod stays for kubelet to retry.
-        self.stop_pod(&pod.id).await?;
-        let _guard = self.lock.lock().await;
+        self.stop_pod_locked(&pod.id).await?;
         // As the stop left it (network torn down, so not torn down twice).
         let Some(pod) = self.store.pod(&pod.id)? else {
             return Ok(());
         };
         for c in self.store.containers()? {
             if c.pod_id == pod.id {
+                let _c = self.locks.exclusive(&c.id).await;
                 self.remove_container_locked(&c.id).await?;
             }
         }
         self.shutdown_shim(&pod).await;
         self.teardown_pod(&pod).await?;
         self.store.delete_pod(&pod.id)?;
+        self.names.release(
+            &super::locks::pod_name(&pod.name, &pod.namespace, &pod.uid, pod.attempt),
+            &pod.id,
+        );
         self.emit(
             k8s_cri::v1::ContainerEventType::ContainerDeletedEvent,
             &pod.id,

@@ -70,20 +70,21 @@ impl PodManager {
                 .transpose()?,
             None => None,
         };
-        let _guard = self.lock.lock().await;
-        let taken = self.store.pods()?.into_iter().find(|p| {
-            p.name == meta.name
-                && p.namespace == meta.namespace
-                && p.uid == meta.uid
-                && p.attempt == meta.attempt
-        });
-        if let Some(p) = taken {
-            return Err(PodError::AlreadyExists(format!(
-                "pod name {}/{} (uid {}, attempt {}) is reserved by pod {}",
-                meta.namespace, meta.name, meta.uid, meta.attempt, p.id
-            )));
-        }
         let id = new_id()?;
+        let reservation = self
+            .names
+            .reserve_until_made(
+                &super::locks::pod_name(&meta.name, &meta.namespace, &meta.uid, meta.attempt),
+                &id,
+            )
+            .map_err(|holder| {
+                PodError::AlreadyExists(format!(
+                    "pod name {}/{} (uid {}, attempt {}) is reserved by pod {holder}",
+                    meta.namespace, meta.name, meta.uid, meta.attempt
+                ))
+            })?;
+        // Only this pod's own operations wait for its set-up.
+        let _guard = self.locks.exclusive(&id).await;
         let span = tracing::info_span!("run_pod", pod = %id, name = %meta.name);
         let _enter = span.enter();
         let dir = self.pod_dir(&id);
@@ -115,6 +116,7 @@ impl PodManager {
             .await
         {
             Ok(()) => {
+                reservation.keep();
                 tracing::info!(pod = %id, name = %meta.name, ips = ?record.ips, "pod ready");
                 // The sandbox's own events carry its id as the container id.
                 self.emit(cri::ContainerEventType::ContainerCreatedEvent, &id, &id);
@@ -145,7 +147,7 @@ impl PodManager {
         std::fs::create_dir_all(&dir)
             .map_err(|e| PodError::io(format!("create {}", dir.display()), e))?;
         let host_network = is_node(ns.network);
-        let hostname = files::pod_hostname(config, host_network);
+        let hostname = files::pod_hostname(config);
         if !host_network {
             crate::spec::validate_hostname(&hostname)?;
         }

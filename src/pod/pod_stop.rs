@@ -8,12 +8,21 @@ impl PodManager {
     /// Stops the pod's containers (SIGKILL, as containerd does for a pod
     /// stop) and tears down its network.
     pub async fn stop_pod(&self, id: &str) -> Result<()> {
-        let Some(mut pod) = self.resolve_pod(id)? else {
+        let Some(pod) = self.resolve_pod(id)? else {
             return Ok(());
         };
-        let _guard = self.lock.lock().await;
+        let _guard = self.locks.exclusive(&pod.id).await;
+        self.stop_pod_locked(&pod.id).await
+    }
+
+    /// Stops the pod; caller holds the pod's lock exclusively.
+    pub(crate) async fn stop_pod_locked(&self, id: &str) -> Result<()> {
+        let Some(mut pod) = self.store.pod(id)? else {
+            return Ok(());
+        };
         for c in self.store.containers()? {
             if c.pod_id == pod.id {
+                let _c = self.locks.exclusive(&c.id).await;
                 self.stop_container_locked(&c.id, 0).await?;
             }
         }

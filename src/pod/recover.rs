@@ -8,7 +8,6 @@ use crate::store::ContainerState;
 
 impl PodManager {
     pub(crate) async fn recover(&self) -> Result<()> {
-        let _guard = self.lock.lock().await;
         let mut pods = self.store.pods()?;
         // RunPodSandbox cut off by a crash: undo what it made, forget the pod.
         for pod in pods.iter().filter(|p| p.setting_up) {
@@ -21,30 +20,31 @@ impl PodManager {
         }
         pods.retain(|p| !p.setting_up);
         for pod in &pods {
+            self.names
+                .reserve(
+                    &super::locks::pod_name(&pod.name, &pod.namespace, &pod.uid, pod.attempt),
+                    &pod.id,
+                )
+                .ok();
             let Some(addr) = &pod.shim_address else {
                 continue;
             };
-            match ShimClient::connect(addr) {
-                Ok(c) if c.alive() => {
-                    self.shims
-                        .lock()
-                        .expect("shims lock")
-                        .insert(pod.id.clone(), std::sync::Arc::new(c));
-                }
-                _ => tracing::warn!(pod = %pod.id, shim = %addr, "the pod's shim is gone"),
+            match ShimClient::connect_alive(addr).await {
+                Ok(c) => self.register_shim(&pod.id, std::sync::Arc::new(c)),
+                Err(_) => tracing::warn!(pod = %pod.id, shim = %addr, "the pod's shim is gone"),
             }
         }
         for mut c in self.store.containers()? {
+            self.names
+                .reserve(
+                    &super::locks::container_name(&c.pod_id, &c.name, c.attempt),
+                    &c.id,
+                )
+                .ok();
             if c.state != ContainerState::Running {
                 continue;
             }
-            let shim = self
-                .shims
-                .lock()
-                .expect("shims lock")
-                .get(&c.pod_id)
-                .cloned();
-            let Some(shim) = shim else {
+            let Some(shim) = self.connected_shim(&c.pod_id) else {
                 c.state = ContainerState::Exited;
                 c.exit_code = 255;
                 c.reason = "Unknown".into();
@@ -53,11 +53,7 @@ impl PodManager {
                 self.store.put_container(&c)?;
                 continue;
             };
-            let id = c.id.clone();
-            let s = shim.clone();
-            let st = tokio::task::spawn_blocking(move || s.state(&id, ""))
-                .await
-                .map_err(|e| super::PodError::Shim(e.to_string()))?;
+            let st = shim.state(&c.id, "").await;
             match st {
                 Ok(st)
                     if st.status.value() == containerd_shim_protos::api::Status::STOPPED as i32 =>

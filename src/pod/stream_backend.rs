@@ -94,10 +94,10 @@ struct ExecGuard {
     shim: Arc<ShimClient>,
     container: String,
     exec_id: String,
-    /// Whether Start succeeded, sent by the Start call itself: a session
-    /// dropped while Start is in flight (the blocking call runs on) must
-    /// still learn that the process started, and kill it.
-    started: Option<std::sync::mpsc::Receiver<bool>>,
+    /// Whether Start succeeded, sent by the Start task itself: a session
+    /// dropped while Start is in flight (the task runs on) must still learn
+    /// that the process started, and kill it.
+    started: Option<tokio::sync::oneshot::Receiver<bool>>,
     armed: bool,
 }
 
@@ -113,16 +113,21 @@ impl Drop for ExecGuard {
             self.started.take(),
         );
         tracing::debug!(container = %cid, exec = %eid, "exec session dropped: killing the process");
-        // The shim client is blocking; a plain thread works in and out of
-        // the runtime, and during its shutdown.
-        std::thread::spawn(move || {
+        // Not during the runtime's own shutdown: the shim then outlives it.
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
             // Waits for an in-flight Start to return.
-            let started = started.is_some_and(|rx| rx.recv().unwrap_or(false));
+            let started = match started {
+                Some(rx) => rx.await.unwrap_or(false),
+                None => false,
+            };
             if started {
-                let _ = shim.kill(&cid, &eid, libc::SIGKILL as u32, false);
-                let _ = shim.wait(&cid, &eid, 30_000_000_000);
+                let _ = shim.kill(&cid, &eid, libc::SIGKILL as u32, false).await;
+                let _ = shim.wait(&cid, &eid, 30_000_000_000).await;
             }
-            let _ = shim.delete(&cid, &eid);
+            let _ = shim.delete(&cid, &eid).await;
         });
     }
 }
@@ -160,12 +165,6 @@ async fn copy_in(
 ) -> std::io::Result<u64> {
     tokio::io::copy(&mut from, &mut to).await
     // Dropping `to` closes the fifo: the process reads EOF.
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| PodError::Shim(e.to_string()))?
 }
 
 impl PodManager {
@@ -253,10 +252,9 @@ impl PodManager {
             .into(),
             ..Default::default()
         };
-        let shim = self.shim_of(&c.pod_id)?;
-        let s = shim.clone();
-        blocking(move || s.exec(&req)).await?;
-        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let shim = self.shim_of(&c.pod_id).await?;
+        shim.exec(&req).await?;
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
         let mut guard = ExecGuard {
             shim: shim.clone(),
             container: c.id.clone(),
@@ -265,12 +263,15 @@ impl PodManager {
             armed: true,
         };
         let (s, cid, eid) = (shim.clone(), c.id.clone(), exec_id.clone());
-        blocking(move || {
-            let r = s.start(&cid, &eid);
+        // On its own task: it completes (and tells the guard) even when
+        // this session is dropped meanwhile.
+        tokio::spawn(async move {
+            let r = s.start(&cid, &eid).await;
             let _ = started_tx.send(r.is_ok());
             r
         })
-        .await?;
+        .await
+        .map_err(|e| PodError::Shim(e.to_string()))??;
         // The shim opens the stdio fifos at Start: now the stdin write end
         // can open (a fifo's write end needs a reader).
         let stdin_tx = match &stdin_path {
@@ -287,8 +288,7 @@ impl PodManager {
         let (err_rx, err_hold) = err.unzip();
         drop((out_hold, err_hold));
 
-        let (s, cid, eid) = (shim.clone(), c.id.clone(), exec_id.clone());
-        let wait = blocking(move || s.wait(&cid, &eid, 0));
+        let wait = shim.wait(&c.id, &exec_id, 0);
         let outputs = async {
             let o = async {
                 if let (Some(rx), Some(to)) = (out_rx, stdout) {
@@ -315,11 +315,9 @@ impl PodManager {
             let resizes = async {
                 let Some(mut rx) = resize else { return };
                 while let Some(size) = rx.recv().await {
-                    let (s, cid, eid) = (shim.clone(), c.id.clone(), exec_id.clone());
-                    let r = blocking(move || {
-                        s.resize_pty(&cid, &eid, size.width.into(), size.height.into())
-                    })
-                    .await;
+                    let r = shim
+                        .resize_pty(&c.id, &exec_id, size.width.into(), size.height.into())
+                        .await;
                     if let Err(e) = r {
                         tracing::debug!(error = %e, "resize failed");
                     }
@@ -334,8 +332,7 @@ impl PodManager {
             () = background => unreachable!("pending never completes"),
         };
         guard.armed = false;
-        let (s, cid, eid) = (shim.clone(), c.id.clone(), exec_id.clone());
-        let _ = blocking(move || s.delete(&cid, &eid)).await;
+        let _ = shim.delete(&c.id, &exec_id).await;
         drop(fifos);
         let (status, _) = status?;
         Ok(status as i32)

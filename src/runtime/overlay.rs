@@ -102,7 +102,14 @@ fn mount_lowerdir_plus(
             }
         }
     }
-    let failed = |what: String| move |e| Fallback::Failed(RuntimeError::Sys { context: what, source: e });
+    let failed = |what: String| {
+        move |e| {
+            Fallback::Failed(RuntimeError::Sys {
+                context: what,
+                source: e,
+            })
+        }
+    };
     for (key, dir) in [("upperdir", &layers.upper), ("workdir", &layers.work)] {
         if let Some(d) = dir {
             ctx.set_string(key, &d.to_string_lossy())
@@ -116,11 +123,14 @@ fn mount_lowerdir_plus(
         }
         .map_err(failed(format!("overlay option {o}")))?;
     }
-    let mnt = ctx
-        .mount(attrs)
-        .map_err(failed(format!("create the overlay for {}", target.display())))?;
-    mount_api::attach(mnt.as_fd(), target)
-        .map_err(failed(format!("attach the overlay at {}", target.display())))
+    let mnt = ctx.mount(attrs).map_err(failed(format!(
+        "create the overlay for {}",
+        target.display()
+    )))?;
+    mount_api::attach(mnt.as_fd(), target).map_err(failed(format!(
+        "attach the overlay at {}",
+        target.display()
+    )))
 }
 
 /// The classic option string with `lower` as the lower dirs.
@@ -148,8 +158,14 @@ fn mount_classic(
         .collect();
     let data = option_string(layers, &lower);
     if data.len() < MAX_MOUNT_DATA {
-        return nix::mount::mount(Some("overlay"), target, Some("overlay"), flags, Some(data.as_str()))
-            .map_err(sys(format!("mount overlay at {}", target.display())));
+        return nix::mount::mount(
+            Some("overlay"),
+            target,
+            Some("overlay"),
+            flags,
+            Some(data.as_str()),
+        )
+        .map_err(sys(format!("mount overlay at {}", target.display())));
     }
     // Short names for the layers, relative to a directory of links.
     let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
@@ -160,14 +176,22 @@ fn mount_classic(
     };
     let links = parent.join(format!(".{}.lowers", name.to_string_lossy()));
     let _ = std::fs::remove_dir_all(&links);
-    let io = |what: String| move |source| RuntimeError::Io { context: what, source };
+    let io = |what: String| {
+        move |source| RuntimeError::Io {
+            context: what,
+            source,
+        }
+    };
     std::fs::create_dir(&links).map_err(io(format!("create {}", links.display())))?;
     let result = (|| {
         let mut short = Vec::with_capacity(layers.lower.len());
         for (i, l) in layers.lower.iter().enumerate() {
             let n = i.to_string();
-            std::os::unix::fs::symlink(l, links.join(&n))
-                .map_err(io(format!("link {} in {}", l.display(), links.display())))?;
+            std::os::unix::fs::symlink(l, links.join(&n)).map_err(io(format!(
+                "link {} in {}",
+                l.display(),
+                links.display()
+            )))?;
             short.push(n);
         }
         let data = option_string(layers, &short);
@@ -189,8 +213,10 @@ fn mount_classic(
 /// process keeps its own.
 fn mount_in(dir: &Path, target: &Path, flags: MsFlags, data: &str) -> Result<(), RuntimeError> {
     let dir = dir.to_owned();
-    let target = std::path::absolute(target)
-        .map_err(|source| RuntimeError::Io { context: format!("resolve {}", target.display()), source })?;
+    let target = std::path::absolute(target).map_err(|source| RuntimeError::Io {
+        context: format!("resolve {}", target.display()),
+        source,
+    })?;
     let data = data.to_owned();
     let worker = std::thread::Builder::new()
         .name("overlay-mount".into())
@@ -200,13 +226,24 @@ fn mount_in(dir: &Path, target: &Path, flags: MsFlags, data: &str) -> Result<(),
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)
                 .map_err(sys("unshare(CLONE_FS)".into()))?;
             nix::unistd::chdir(&dir).map_err(sys(format!("chdir {}", dir.display())))?;
-            nix::mount::mount(Some("overlay"), &target, Some("overlay"), flags, Some(data.as_str()))
-                .map_err(sys(format!("mount overlay at {}", target.display())))
+            nix::mount::mount(
+                Some("overlay"),
+                &target,
+                Some("overlay"),
+                flags,
+                Some(data.as_str()),
+            )
+            .map_err(sys(format!("mount overlay at {}", target.display())))
         })
-        .map_err(|source| RuntimeError::Io { context: "start the overlay mount thread".into(), source })?;
-    worker
-        .join()
-        .unwrap_or_else(|_| Err(RuntimeError::InvalidSpec("the overlay mount thread panicked".into())))
+        .map_err(|source| RuntimeError::Io {
+            context: "start the overlay mount thread".into(),
+            source,
+        })?;
+    worker.join().unwrap_or_else(|_| {
+        Err(RuntimeError::InvalidSpec(
+            "the overlay mount thread panicked".into(),
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -261,7 +298,10 @@ mod tests {
         std::fs::remove_dir_all(l.work.as_ref().unwrap()).unwrap();
         std::fs::create_dir_all(l.work.as_ref().unwrap()).unwrap();
         mount_classic(&l, MsFlags::empty(), &target).unwrap();
-        assert_eq!(std::fs::read_to_string(target.join("written")).unwrap(), "up");
+        assert_eq!(
+            std::fs::read_to_string(target.join("written")).unwrap(),
+            "up"
+        );
         assert!(!tmp.path().join(".rootfs.lowers").exists());
         check(&target, 127);
         // Read-only through either way.

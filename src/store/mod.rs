@@ -99,7 +99,10 @@ impl MetadataStore {
     }
 
     fn is_deleted(&self, table: TableDefinition<&str, &[u8]>, id: &str) -> bool {
-        let pending = self.unwritten_deletes.lock().unwrap_or_else(|p| p.into_inner());
+        let pending = self
+            .unwritten_deletes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         !pending.is_empty() && pending.contains(&(table.name().to_owned(), id.to_owned()))
     }
 
@@ -126,11 +129,17 @@ impl MetadataStore {
             tx.commit().map_err(db_err)
         })?;
         if !pending.is_empty() {
-            let mut left = self.unwritten_deletes.lock().unwrap_or_else(|p| p.into_inner());
+            let mut left = self
+                .unwritten_deletes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             for p in &pending {
                 left.remove(p);
             }
-            tracing::info!(records = pending.len(), "deletes that had failed are written");
+            tracing::info!(
+                records = pending.len(),
+                "deletes that had failed are written"
+            );
         }
         Ok(())
     }
@@ -335,7 +344,10 @@ mod tests {
         store.put_pod(&pod("after", 10)).unwrap();
         drop(store);
         let store = MetadataStore::open(&path).unwrap();
-        assert!(store.pod("gone").unwrap().is_none(), "the delete was never written");
+        assert!(
+            store.pod("gone").unwrap().is_none(),
+            "the delete was never written"
+        );
         assert!(store.pod("keep").unwrap().is_some());
         assert!(store.pod("after").unwrap().is_some());
         drop(store);

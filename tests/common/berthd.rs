@@ -124,6 +124,36 @@ impl Berthd {
         Ok(berthd)
     }
 
+    /// As [`Berthd::start_with`], without `--log-level` and without
+    /// RUST_LOG: the log level is the config file's (SIGHUP reloads it).
+    pub fn start_file_logged(dirs: &BerthdDirs, args: Vec<String>, socket: &Path) -> Result<Self> {
+        let log = next_log_path(dirs.tmp.path());
+        let stderr = File::create(&log)?;
+        let child = Command::new(berthd_bin())
+            .args(&args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .context("spawn berthd")?;
+        let mut berthd = Berthd {
+            child: Some(child),
+            socket: socket.to_owned(),
+            log,
+        };
+        berthd.wait_ready()?;
+        Ok(berthd)
+    }
+
+    /// Whether the process is still running (not exited, not reaped).
+    pub fn alive(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
     pub fn pid(&self) -> Pid {
         Pid::from_raw(self.child.as_ref().expect("berthd running").id() as i32)
     }

@@ -69,16 +69,12 @@ impl PodEnv {
         pod_sandbox_config(name, host_network, &self.log_dir, &self.cgroup_parent)
     }
 
-    /// Whether the test's cgroup parent is gone from every v1 controller
-    /// (removing it first if it is empty).
+    /// Whether the test's cgroup parent is gone from every hierarchy (each
+    /// v1 controller, or the v2 tree), removing it first if it is empty.
+    /// Panics if there is no hierarchy to look in.
     pub fn remove_cgroup_parent(&self) -> Vec<PathBuf> {
         let mut left = Vec::new();
-        for c in [
-            "cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids",
-        ] {
-            let p = Path::new("/sys/fs/cgroup")
-                .join(c)
-                .join(self.cgroup_parent.trim_start_matches('/'));
+        for p in super::cgroupfs::dirs(&self.cgroup_parent) {
             if p.exists() {
                 // Leaf directories the pods made must be gone already.
                 if let Ok(rd) = std::fs::read_dir(&p) {
@@ -113,16 +109,7 @@ impl Drop for PodEnv {
         // reparented, not killed): kill whatever is left in the test's
         // cgroups, and wait (bounded) until they are gone so that the
         // cgroups can be removed.
-        let roots: Vec<_> = [
-            "cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids",
-        ]
-        .iter()
-        .map(|c| {
-            Path::new("/sys/fs/cgroup")
-                .join(c)
-                .join(self.cgroup_parent.trim_start_matches('/'))
-        })
-        .collect();
+        let roots = super::cgroupfs::dirs(&self.cgroup_parent);
         for _ in 0..100 {
             let pids: Vec<i32> = roots.iter().flat_map(|r| cgroup_tree_pids(r)).collect();
             if pids.is_empty() {
@@ -141,13 +128,8 @@ impl Drop for PodEnv {
         for m in mounts {
             let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
         }
-        for c in [
-            "cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids",
-        ] {
-            let root = Path::new("/sys/fs/cgroup")
-                .join(c)
-                .join(self.cgroup_parent.trim_start_matches('/'));
-            remove_cgroup_tree(&root);
+        for root in &roots {
+            remove_cgroup_tree(root);
         }
         let _ = std::process::Command::new("ip")
             .args(["link", "del", &self.bridge])
@@ -306,7 +288,14 @@ pub async fn container_status(rt: &mut Runtime, id: &str) -> Result<cri::Contain
 
 /// Polls ContainerStatus until the container has exited.
 pub async fn wait_exited(rt: &mut Runtime, id: &str) -> Result<cri::ContainerStatus> {
-    let deadline = Instant::now() + PATIENCE;
+    // In the VM lane (software emulation, 20-50x slower) a container's own
+    // work takes that much longer too.
+    let patience = if std::env::var_os("BERTH_IN_VM").is_some() {
+        PATIENCE * 5
+    } else {
+        PATIENCE
+    };
+    let deadline = Instant::now() + patience;
     loop {
         let s = container_status(rt, id).await?;
         if s.state == cri::ContainerState::ContainerExited as i32 {

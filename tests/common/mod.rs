@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod berthd;
+pub mod cgroupfs;
 pub mod containerd_cri;
 pub mod cri_bench;
 pub mod cri_images;
@@ -10,6 +11,7 @@ pub mod gate_proxy;
 pub mod local_backend;
 pub mod netns;
 pub mod oci_image;
+pub mod prom_text;
 pub mod registry;
 pub mod spdy_client;
 pub mod stream_checks;

@@ -15,6 +15,9 @@ pub enum CgroupError {
     /// cgroups-rs reported a failure.
     #[error("cgroup {path}: {message}")]
     Backend { path: String, message: String },
+    /// systemd refused or failed a unit operation (systemd cgroup driver).
+    #[error("systemd unit {unit}: {message}")]
+    Systemd { unit: String, message: String },
     /// Reading or writing a cgroup file failed.
     #[error("cgroup {path}: {source}")]
     Io {

@@ -28,6 +28,7 @@ mod hierarchy;
 mod oom;
 mod plan;
 mod stats;
+pub mod systemd;
 
 pub use error::CgroupError;
 pub use hierarchy::{CGROUP2_ROOT_ENV, Hierarchy};
