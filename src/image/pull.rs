@@ -491,7 +491,7 @@ impl Drop for AbortOnDrop {
 /// (u64::MAX when that cannot be read).
 fn free_bytes(dir: &std::path::Path) -> u64 {
     match nix::sys::statvfs::statvfs(dir) {
-        Ok(s) => (s.blocks_available() as u64).saturating_mul(s.fragment_size() as u64),
+        Ok(s) => s.blocks_available().saturating_mul(s.fragment_size()),
         Err(_) => u64::MAX,
     }
 }
