@@ -117,6 +117,14 @@ fn main() -> ExitCode {
 fn run_daemon(cli: &Cli) -> anyhow::Result<()> {
     let config = cli.effective_config()?;
     let log_filter = init_logging(cli, &config)?;
+    // Large buffers (ExecSync output of up to 16 MiB per stream, their
+    // gRPC encoding) go back to the kernel when freed, instead of staying
+    // in malloc's arenas (measured: +16 MiB RSS per 100 MiB ExecSync).
+    if !berth::runtime::malloc_mmap_threshold(1 << 20) {
+        tracing::warn!("mallopt(M_MMAP_THRESHOLD) refused");
+    }
+    // Before any thread, and before an upgrade can replace the binary.
+    berth::pod::pod_init::open_own_executable().context("cannot open berthd's own executable")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("berthd")

@@ -44,14 +44,17 @@ struct Mounted(PathBuf);
 impl Mounted {
     fn new(m: &RootfsMount, target: &Path) -> Self {
         std::fs::create_dir_all(target).unwrap();
-        m.mount(target).unwrap();
+        // The overlay as the shim mounts it (runtime::overlay).
+        let layers = berth::runtime::idmap::parse_overlay(&m.options());
+        berth::runtime::overlay::mount_overlay(&layers, nix::mount::MsFlags::empty(), target)
+            .unwrap();
         Mounted(target.to_owned())
     }
 }
 
 impl Drop for Mounted {
     fn drop(&mut self) {
-        let _ = RootfsMount::unmount(&self.0);
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::empty());
     }
 }
 

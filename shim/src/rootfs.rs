@@ -164,6 +164,18 @@ fn mount_idmapped(m: &Mount, target: &Path, userns: BorrowedFd<'_>) -> Result<()
 
 fn mount_one(m: &Mount, target: &Path) -> Result<()> {
     let opts = parse_options(&m.options);
+    if m.type_ == "overlay" && !opts.flags.contains(MsFlags::MS_REMOUNT) {
+        // Any number of layers: `lowerdir+`, else short relative names.
+        let layers = berth::runtime::idmap::parse_overlay(&opts.data);
+        berth::runtime::overlay::mount_overlay(&layers, opts.flags, target).map_err(|e| {
+            ShimError::InvalidArgument(format!(
+                "mount overlay at {} ({} lower dirs): {e}",
+                target.display(),
+                layers.lower.len()
+            ))
+        })?;
+        return set_propagation(&opts, target);
+    }
     if opts.data.len() >= MAX_MOUNT_DATA {
         return Err(ShimError::InvalidArgument(format!(
             "{} mount options are {} bytes, more than the kernel's {MAX_MOUNT_DATA}",
@@ -208,6 +220,10 @@ fn mount_one(m: &Mount, target: &Path) -> Result<()> {
             target.display()
         )))?;
     }
+    set_propagation(&opts, target)
+}
+
+fn set_propagation(opts: &MountOptions, target: &Path) -> Result<()> {
     if !opts.propagation.is_empty() {
         nix::mount::mount(
             None::<&str>,

@@ -96,6 +96,8 @@ impl From<crate::pod::PodError> for Status {
             E::Network(crate::network::NetworkError::InvalidRequest(_)) => Code::InvalidArgument,
             // No CNI config yet: the node is not ready for pod networks.
             E::Network(crate::network::NetworkError::NotReady(_)) => Code::FailedPrecondition,
+            E::Store(e) if is_disk_full(e.raw_os_error()) => Code::ResourceExhausted,
+            E::Io { source, .. } if is_disk_full(source.raw_os_error()) => Code::ResourceExhausted,
             E::Namespace(_)
             | E::Cgroup(_)
             | E::Io { .. }
@@ -108,8 +110,18 @@ impl From<crate::pod::PodError> for Status {
         } else {
             tracing::debug!(error = %err, code = ?code, "pod/container request refused");
         }
-        Status::new(code, err.to_string())
+        let message = if code == Code::ResourceExhausted {
+            format!("{err} (the disk is full: free space on it and retry)")
+        } else {
+            err.to_string()
+        };
+        Status::new(code, message)
     }
+}
+
+/// ENOSPC or EDQUOT: the disk (or the quota) is full.
+fn is_disk_full(errno: Option<i32>) -> bool {
+    matches!(errno, Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }
 
 impl From<crate::stream::StreamError> for Status {
@@ -217,6 +229,23 @@ mod tests {
                 st.message()
             );
         }
+    }
+
+    #[test]
+    fn a_full_disk_is_resource_exhausted() {
+        use crate::pod::PodError;
+        use crate::store::StoreError;
+        let full = || std::io::Error::from_raw_os_error(libc::ENOSPC);
+        for err in [
+            PodError::Store(StoreError::DbIo(full())),
+            PodError::io("write hosts", full()),
+        ] {
+            let st = Status::from(err);
+            assert_eq!(st.code(), Code::ResourceExhausted, "{}", st.message());
+            assert!(st.message().contains("disk is full"), "{}", st.message());
+        }
+        let st = Status::from(PodError::Store(StoreError::PreviousIo));
+        assert_eq!(st.code(), Code::Internal);
     }
 
     #[test]

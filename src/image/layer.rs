@@ -22,6 +22,10 @@ pub struct LayerJob {
     pub media_type: String,
     pub diff_id: String,
     pub max_uncompressed: u64,
+    /// Whether `max_uncompressed` is the free space of the image
+    /// filesystem (less than the configured `max_layer_bytes`): exceeding
+    /// it means the disk would be full.
+    pub limited_by_free_space: bool,
 }
 
 /// A verified layer, ready to be moved into place.
@@ -186,6 +190,15 @@ pub fn run(
     let (diff_digest, diff_size, decoder) = match finished {
         Ok(v) => v,
         Err(e) => {
+            if e.get_ref().is_some_and(|i| i.is::<LimitExceeded>()) && job.limited_by_free_space {
+                return Err(ImageError::Io {
+                    context: format!(
+                        "layer {}: uncompressed it is larger than the {} bytes free on the image filesystem",
+                        job.digest, job.max_uncompressed
+                    ),
+                    source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+                });
+            }
             if e.get_ref().is_some_and(|i| i.is::<LimitExceeded>()) {
                 return Err(ImageError::UnsafeLayer {
                     digest: job.digest.clone(),
@@ -273,6 +286,7 @@ mod tests {
             media_type: media_type.into(),
             diff_id: crate::image::content::sha256_digest(diff),
             max_uncompressed: 1 << 30,
+            limited_by_free_space: false,
         }
     }
 

@@ -358,12 +358,16 @@ impl ImageStore {
             progress.layers.fetch_add(1, Ordering::Relaxed);
             return Ok(None);
         }
+        // A decompression bomb stops where the disk would be full, not
+        // only at the configured bound (64 GiB by default).
+        let free = free_bytes(&self.root);
         let job = LayerJob {
             digest: layer.digest.clone(),
             size: layer.size as u64,
             media_type: layer.media_type.clone(),
             diff_id: diff_id.to_owned(),
-            max_uncompressed: self.config.max_layer_bytes,
+            max_uncompressed: self.config.max_layer_bytes.min(free),
+            limited_by_free_space: free < self.config.max_layer_bytes,
         };
         let blob = self.content.temp_file()?;
         let dir = tempfile::Builder::new()
@@ -480,5 +484,14 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// Bytes an unprivileged writer may still use on the filesystem of `dir`
+/// (u64::MAX when that cannot be read).
+fn free_bytes(dir: &std::path::Path) -> u64 {
+    match nix::sys::statvfs::statvfs(dir) {
+        Ok(s) => s.blocks_available().saturating_mul(s.fragment_size()),
+        Err(_) => u64::MAX,
     }
 }

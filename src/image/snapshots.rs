@@ -2,12 +2,7 @@
 //! shared by every image that has it; and the per-container upper/work dirs
 //! and overlay mount on top of them.
 
-use std::ffi::CString;
 use std::path::{Path, PathBuf};
-
-use rustix::mount::{
-    FsMountFlags, FsOpenFlags, MountAttrFlags, MountFlags, MoveMountFlags, UnmountFlags,
-};
 
 use super::content::io_err;
 use super::{ImageError, RootfsMount};
@@ -103,7 +98,8 @@ impl SnapshotStore {
 }
 
 impl RootfsMount {
-    /// The classic `lowerdir=...,upperdir=...,workdir=...` option string.
+    /// The classic `lowerdir=...,upperdir=...,workdir=...` option string
+    /// (the shim mounts it with `runtime::overlay`, any number of layers).
     pub fn options(&self) -> String {
         let lower: Vec<String> = self
             .lower_dirs
@@ -116,80 +112,5 @@ impl RootfsMount {
             self.upper_dir.display(),
             self.work_dir.display()
         )
-    }
-
-    /// Mounts the overlay on `target`. Lower dirs are passed one at a time
-    /// (`lowerdir+`, new mount API), so any number of layers fits; kernels
-    /// without it get the classic option string, which must fit in a page.
-    pub fn mount(&self, target: &Path) -> Result<(), ImageError> {
-        match self.mount_fsconfig(target) {
-            Ok(()) => Ok(()),
-            Err(e) if e == rustix::io::Errno::NOSYS || e == rustix::io::Errno::INVAL => {
-                tracing::debug!(error = %e, "new mount API unusable for overlay, using mount(2)");
-                self.mount_classic(target)
-            }
-            Err(e) => Err(ImageError::Io {
-                context: format!("mount overlay on {}", target.display()),
-                source: e.into(),
-            }),
-        }
-    }
-
-    fn mount_fsconfig(&self, target: &Path) -> rustix::io::Result<()> {
-        let fs = rustix::mount::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)?;
-        for lower in &self.lower_dirs {
-            rustix::mount::fsconfig_set_string(&fs, "lowerdir+", lower.as_path())?;
-        }
-        rustix::mount::fsconfig_set_string(&fs, "upperdir", self.upper_dir.as_path())?;
-        rustix::mount::fsconfig_set_string(&fs, "workdir", self.work_dir.as_path())?;
-        rustix::mount::fsconfig_create(&fs)?;
-        let mnt =
-            rustix::mount::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty())?;
-        rustix::mount::move_mount(
-            &mnt,
-            "",
-            rustix::fs::CWD,
-            target,
-            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
-        )
-    }
-
-    fn mount_classic(&self, target: &Path) -> Result<(), ImageError> {
-        let options = self.options();
-        let page = 4096; // one page of mount options
-        if options.len() >= page {
-            return Err(ImageError::Io {
-                context: format!(
-                    "mount overlay on {}: {} lower dirs need {} bytes of options (limit {page}) and this kernel has no lowerdir+",
-                    target.display(),
-                    self.lower_dirs.len(),
-                    options.len()
-                ),
-                source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
-            });
-        }
-        let data = CString::new(options).map_err(|e| ImageError::Io {
-            context: "overlay options".into(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
-        })?;
-        rustix::mount::mount(
-            "overlay",
-            target,
-            "overlay",
-            MountFlags::empty(),
-            data.as_c_str(),
-        )
-        .map_err(|e| ImageError::Io {
-            context: format!("mount overlay on {}", target.display()),
-            source: e.into(),
-        })
-    }
-
-    /// Unmounts what [`RootfsMount::mount`] mounted on `target`.
-    pub fn unmount(target: &Path) -> Result<(), ImageError> {
-        rustix::mount::unmount(target, UnmountFlags::empty()).map_err(|e| ImageError::Io {
-            context: format!("unmount {}", target.display()),
-            source: e.into(),
-        })
     }
 }

@@ -188,8 +188,35 @@ impl<R: Read> Read for GoTarEnd<R> {
 fn unsafe_layer(digest: &str, reason: impl Into<String>) -> ImageError {
     ImageError::UnsafeLayer {
         digest: digest.to_owned(),
-        reason: reason.into(),
+        reason: printable(&reason.into()),
     }
+}
+
+/// At most this much of an archive's text goes into an error message.
+const MAX_REASON: usize = 512;
+
+/// `reason` with control characters escaped and cut to [`MAX_REASON`]
+/// bytes: a garbage layer's header bytes end up in the tar crate's
+/// messages, and from there in kubelet's events and berthd's log.
+fn printable(reason: &str) -> String {
+    let mut out = String::new();
+    for c in reason.chars() {
+        if c.is_control() || c == '\u{fffd}' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+        if out.len() > MAX_REASON {
+            let mut cut = MAX_REASON;
+            while !out.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            out.truncate(cut);
+            out.push_str("...");
+            break;
+        }
+    }
+    out
 }
 
 /// Splits an archive path into safe components: `.` and leading `/` are
@@ -226,6 +253,20 @@ impl Unpacker<'_> {
         unsafe_layer(self.digest, reason)
     }
 
+    /// A failed file system call: the disk is full (ENOSPC, EDQUOT: an
+    /// I/O error, ResourceExhausted), else the archive is to blame.
+    fn fs_err(&self, what: String, e: impl Into<std::io::Error>) -> ImageError {
+        let e: std::io::Error = e.into();
+        if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
+            ImageError::Io {
+                context: format!("layer {}: {what}", self.digest),
+                source: e,
+            }
+        } else {
+            self.err(format!("{what}: {e}"))
+        }
+    }
+
     /// Opens (creating as needed) the directory `comps` under the root,
     /// refusing any component that is not a real directory.
     fn dir(&mut self, comps: &[&OsStr], create: bool) -> Result<BorrowedFd<'_>, ImageError> {
@@ -241,10 +282,12 @@ impl Unpacker<'_> {
                         match rustix::fs::mkdirat(parent, *c, Mode::from_raw_mode(0o755)) {
                             Ok(()) => self.stats.implicit_dirs.push(comps[..=i].iter().collect()),
                             Err(Errno::EXIST) => {}
-                            Err(e) => return Err(self.err(format!("mkdir {}: {e}", key.display()))),
+                            Err(e) => {
+                                return Err(self.fs_err(format!("mkdir {}", key.display()), e));
+                            }
                         }
                         rustix::fs::openat(parent, *c, DIR_FLAGS, Mode::empty())
-                            .map_err(|e| self.err(format!("open {}: {e}", key.display())))?
+                            .map_err(|e| self.fs_err(format!("open {}", key.display()), e))?
                     }
                     Err(Errno::LOOP) | Err(Errno::NOTDIR) => {
                         return Err(self.err(format!(
@@ -252,14 +295,14 @@ impl Unpacker<'_> {
                             key.display()
                         )));
                     }
-                    Err(e) => return Err(self.err(format!("open {}: {e}", key.display()))),
+                    Err(e) => return Err(self.fs_err(format!("open {}", key.display()), e)),
                 };
                 cur = Some(fd);
             }
             let fd = match cur {
                 Some(fd) => fd,
                 None => rustix::io::fcntl_dupfd_cloexec(&self.root, 0)
-                    .map_err(|e| self.err(format!("dup: {e}")))?,
+                    .map_err(|e| self.fs_err("dup".into(), e))?,
             };
             self.cached_parent = Some((key, fd));
         }
@@ -300,7 +343,7 @@ impl Unpacker<'_> {
                     b"y",
                     XattrFlags::empty(),
                 )
-                .map_err(|e| self.err(format!("opaque whiteout in {}: {e}", path.display())));
+                .map_err(|e| self.fs_err(format!("opaque whiteout in {}", path.display()), e));
             }
             if target.starts_with(b".wh.") {
                 return Ok(()); // aufs bookkeeping (.wh..wh.plnk etc.)
@@ -318,7 +361,7 @@ impl Unpacker<'_> {
                 self.stats.implicit_dirs.retain(|d| *d != full);
                 let dir = self.dir(&parents, true)?;
                 let dir = rustix::io::fcntl_dupfd_cloexec(dir, 0)
-                    .map_err(|e| self.err(format!("dup: {e}")))?;
+                    .map_err(|e| self.fs_err("dup".into(), e))?;
                 let dir = dir.as_fd();
                 if matches!(&self.cached_parent, Some((k, _)) if k.starts_with(parents.iter().chain([&name]).collect::<PathBuf>()))
                 {
@@ -328,22 +371,22 @@ impl Unpacker<'_> {
                     Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {}
                     Ok(_) => {
                         remove_all_at(dir, name)
-                            .map_err(|e| self.err(format!("replace {}: {e}", path.display())))?;
+                            .map_err(|e| self.fs_err(format!("replace {}", path.display()), e))?;
                         rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o755))
-                            .map_err(|e| self.err(format!("mkdir {}: {e}", path.display())))?;
+                            .map_err(|e| self.fs_err(format!("mkdir {}", path.display()), e))?;
                     }
                     Err(Errno::NOENT) => rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o755))
-                        .map_err(|e| self.err(format!("mkdir {}: {e}", path.display())))?,
-                    Err(e) => return Err(self.err(format!("stat {}: {e}", path.display()))),
+                        .map_err(|e| self.fs_err(format!("mkdir {}", path.display()), e))?,
+                    Err(e) => return Err(self.fs_err(format!("stat {}", path.display()), e)),
                 }
                 let fd = rustix::fs::openat(dir, name, DIR_FLAGS, Mode::empty())
-                    .map_err(|e| self.err(format!("open {}: {e}", path.display())))?;
+                    .map_err(|e| self.fs_err(format!("open {}", path.display()), e))?;
                 self.finish(&fd, uid, gid, mode, &xattrs, None, &path)?;
             }
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
                 let dir = self.dir(&parents, true)?;
                 let dir = rustix::io::fcntl_dupfd_cloexec(dir, 0)
-                    .map_err(|e| self.err(format!("dup: {e}")))?;
+                    .map_err(|e| self.fs_err("dup".into(), e))?;
                 self.clear(&dir, name, &path)?;
                 let fd = rustix::fs::openat(
                     &dir,
@@ -355,12 +398,12 @@ impl Unpacker<'_> {
                         | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o600),
                 )
-                .map_err(|e| self.err(format!("create {}: {e}", path.display())))?;
+                .map_err(|e| self.fs_err(format!("create {}", path.display()), e))?;
                 let mut file = std::fs::File::from(fd);
                 loop {
                     let n = entry
                         .read(&mut self.buf)
-                        .map_err(|e| self.err(format!("read {}: {e}", path.display())))?;
+                        .map_err(|e| self.fs_err(format!("read {}", path.display()), e))?;
                     if n == 0 {
                         break;
                     }
@@ -372,7 +415,7 @@ impl Unpacker<'_> {
                         )));
                     }
                     file.write_all(&self.buf[..n])
-                        .map_err(|e| self.err(format!("write {}: {e}", path.display())))?;
+                        .map_err(|e| self.fs_err(format!("write {}", path.display()), e))?;
                 }
                 let fd = OwnedFd::from(file);
                 self.finish(&fd, uid, gid, mode, &xattrs, Some(mtime), &path)?;
@@ -385,12 +428,12 @@ impl Unpacker<'_> {
                     .into_owned();
                 let dir = self.dir(&parents, true)?;
                 let dir = rustix::io::fcntl_dupfd_cloexec(dir, 0)
-                    .map_err(|e| self.err(format!("dup: {e}")))?;
+                    .map_err(|e| self.fs_err("dup".into(), e))?;
                 self.clear(&dir, name, &path)?;
                 // The target is stored, never followed: nothing here or later
                 // resolves through it (every open uses O_NOFOLLOW per component).
                 rustix::fs::symlinkat(&target, &dir, name)
-                    .map_err(|e| self.err(format!("symlink {}: {e}", path.display())))?;
+                    .map_err(|e| self.fs_err(format!("symlink {}", path.display()), e))?;
                 let _ = rustix::fs::chownat(
                     &dir,
                     name,
@@ -417,10 +460,10 @@ impl Unpacker<'_> {
                 let tparents: Vec<&OsStr> = tparents.to_vec();
                 let tdir = self.dir(&tparents, false)?;
                 let tdir = rustix::io::fcntl_dupfd_cloexec(tdir, 0)
-                    .map_err(|e| self.err(format!("dup: {e}")))?;
+                    .map_err(|e| self.fs_err("dup".into(), e))?;
                 let dir = self.dir(&parents, true)?;
                 let dir = rustix::io::fcntl_dupfd_cloexec(dir, 0)
-                    .map_err(|e| self.err(format!("dup: {e}")))?;
+                    .map_err(|e| self.fs_err("dup".into(), e))?;
                 if tparents == parents && tname == name {
                     return Ok(());
                 }
@@ -437,7 +480,7 @@ impl Unpacker<'_> {
             tar::EntryType::Fifo => {
                 let dir = self.dir(&parents, true)?;
                 let dir = rustix::io::fcntl_dupfd_cloexec(dir, 0)
-                    .map_err(|e| self.err(format!("dup: {e}")))?;
+                    .map_err(|e| self.fs_err("dup".into(), e))?;
                 self.clear(&dir, name, &path)?;
                 rustix::fs::mknodat(
                     &dir,
@@ -446,7 +489,7 @@ impl Unpacker<'_> {
                     Mode::from_raw_mode(mode & 0o777),
                     0,
                 )
-                .map_err(|e| self.err(format!("mkfifo {}: {e}", path.display())))?;
+                .map_err(|e| self.fs_err(format!("mkfifo {}", path.display()), e))?;
                 let _ = rustix::fs::chownat(
                     &dir,
                     name,
@@ -484,10 +527,10 @@ impl Unpacker<'_> {
     ) -> Result<(), ImageError> {
         let dir = self.dir(parents, true)?;
         let dir =
-            rustix::io::fcntl_dupfd_cloexec(dir, 0).map_err(|e| self.err(format!("dup: {e}")))?;
+            rustix::io::fcntl_dupfd_cloexec(dir, 0).map_err(|e| self.fs_err("dup".into(), e))?;
         self.clear(&dir, target, path)?;
         rustix::fs::mknodat(&dir, target, FileType::CharacterDevice, Mode::empty(), 0)
-            .map_err(|e| self.err(format!("whiteout {}: {e}", path.display())))
+            .map_err(|e| self.fs_err(format!("whiteout {}", path.display()), e))
     }
 
     /// Removes whatever an earlier entry left at `name` (later entries win).
@@ -500,9 +543,9 @@ impl Unpacker<'_> {
                     self.cached_parent = None;
                 }
                 remove_all_at(dir.as_fd(), name)
-                    .map_err(|e| self.err(format!("replace {}: {e}", path.display())))
+                    .map_err(|e| self.fs_err(format!("replace {}", path.display()), e))
             }
-            Err(e) => Err(self.err(format!("stat {}: {e}", path.display()))),
+            Err(e) => Err(self.fs_err(format!("stat {}", path.display()), e)),
         }
     }
 
@@ -518,10 +561,10 @@ impl Unpacker<'_> {
         path: &Path,
     ) -> Result<(), ImageError> {
         rustix::fs::fchown(fd, uid_of(uid), gid_of(gid))
-            .map_err(|e| self.err(format!("chown {}: {e}", path.display())))?;
+            .map_err(|e| self.fs_err(format!("chown {}", path.display()), e))?;
         // After chown, which clears setuid/setgid.
         rustix::fs::fchmod(fd, Mode::from_raw_mode(mode))
-            .map_err(|e| self.err(format!("chmod {}: {e}", path.display())))?;
+            .map_err(|e| self.fs_err(format!("chmod {}", path.display()), e))?;
         for (k, v) in xattrs {
             if let Err(e) = rustix::fs::fsetxattr(fd, k.as_str(), v, XattrFlags::empty()) {
                 tracing::debug!(layer = self.digest, path = %path.display(), xattr = %k, error = %e, "cannot set xattr");

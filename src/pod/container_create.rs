@@ -80,6 +80,63 @@ fn localhost_seccomp_profile(config: &cri::ContainerConfig) -> Result<Option<Str
     }
 }
 
+/// The container's log file: `log_path` joined under the pod's
+/// `log_directory` as containerd does (`filepath.Join`: an absolute
+/// `log_path` lands under the directory too, `..` is resolved lexically),
+/// refusing what resolves outside the directory, which containerd does not.
+/// Empty when either is empty (no log file).
+pub(crate) fn container_log_path(log_directory: &str, log_path: &str) -> Result<String> {
+    if log_directory.is_empty() || log_path.is_empty() {
+        return Ok(String::new());
+    }
+    let dir = checked_log_directory(log_directory)?;
+    let mut out = dir.clone();
+    let mut depth = 0usize;
+    for part in log_path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." if depth == 0 => {
+                return Err(PodError::InvalidArgument(format!(
+                    "log_path {log_path:?} resolves outside the pod's log_directory {log_directory:?}"
+                )));
+            }
+            ".." => {
+                out.pop();
+                depth -= 1;
+            }
+            p => {
+                out.push(p);
+                depth += 1;
+            }
+        }
+    }
+    if depth == 0 {
+        return Err(PodError::InvalidArgument(format!(
+            "log_path {log_path:?} names the pod's log_directory itself, not a file in it"
+        )));
+    }
+    Ok(out.display().to_string())
+}
+
+/// The pod's `log_directory`, which must be absolute; `..` is refused.
+pub(crate) fn checked_log_directory(log_directory: &str) -> Result<PathBuf> {
+    let dir = Path::new(log_directory);
+    if !dir.is_absolute() {
+        return Err(PodError::InvalidArgument(format!(
+            "log_directory {log_directory:?} is not an absolute path"
+        )));
+    }
+    if dir
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(PodError::InvalidArgument(format!(
+            "log_directory {log_directory:?} contains \"..\""
+        )));
+    }
+    Ok(dir.components().collect())
+}
+
 fn ns_of(p: &Option<PathBuf>) -> PodNamespace {
     match p {
         Some(p) => PodNamespace::Path(p.clone()),
@@ -140,6 +197,7 @@ impl PodManager {
                 "container metadata has no name".into(),
             ));
         }
+        super::limits::check_container_config(&config)?;
         let image_name = config
             .image
             .as_ref()
@@ -186,14 +244,7 @@ impl PodManager {
             _ => cri::PodSandboxConfig::decode(pod.config.as_slice()).unwrap_or_default(),
         };
         let bundle = self.containers_dir().join(&id);
-        let log_path = if sandbox_config.log_directory.is_empty() || config.log_path.is_empty() {
-            String::new()
-        } else {
-            Path::new(&sandbox_config.log_directory)
-                .join(&config.log_path)
-                .display()
-                .to_string()
-        };
+        let log_path = container_log_path(&sandbox_config.log_directory, &config.log_path)?;
         let mut record = ContainerRecord {
             id: id.clone(),
             pod_id: pod.id.clone(),
@@ -509,5 +560,43 @@ fn runc_systemd_options() -> containerd_shim_protos::protobuf::well_known_types:
         type_url: "containerd.runc.v1.Options".into(),
         value: o.write_to_bytes().unwrap_or_default(),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_paths_stay_inside_the_log_directory() {
+        let ok = |d: &str, p: &str| container_log_path(d, p).unwrap();
+        let refused = |d: &str, p: &str| {
+            assert!(
+                matches!(container_log_path(d, p), Err(PodError::InvalidArgument(_))),
+                "{d:?} + {p:?} accepted"
+            )
+        };
+        assert_eq!(
+            ok("/var/log/pods/p", "app/0.log"),
+            "/var/log/pods/p/app/0.log"
+        );
+        assert_eq!(
+            ok("/var/log/pods/p/", "./app//0.log"),
+            "/var/log/pods/p/app/0.log"
+        );
+        // As containerd's filepath.Join: an absolute path goes under the dir.
+        assert_eq!(
+            ok("/var/log/pods/p", "/tmp/elsewhere/abs.log"),
+            "/var/log/pods/p/tmp/elsewhere/abs.log"
+        );
+        assert_eq!(ok("/var/log/pods/p", "a/../b.log"), "/var/log/pods/p/b.log");
+        refused("/var/log/pods/p", "../../x/dd.log");
+        refused("/var/log/pods/p", "a/../../b.log");
+        refused("/var/log/pods/p", "..");
+        refused("/var/log/pods/p", "a/..");
+        refused("var/log/pods/p", "app/0.log");
+        refused("/var/log/../p", "app/0.log");
+        assert_eq!(ok("", "app/0.log"), "");
+        assert_eq!(ok("/var/log/pods/p", ""), "");
     }
 }

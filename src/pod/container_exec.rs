@@ -50,9 +50,10 @@ fn reader(path: &Path, done: Arc<AtomicBool>) -> Result<std::thread::JoinHandle<
                 Ok(0) if seen_writer || finished => break,
                 Ok(n) if n > 0 => {
                     seen_writer = true;
-                    if (out.len() as u64) < MAX_OUTPUT {
-                        out.extend_from_slice(&buf[..n]);
-                    }
+                    // Exactly up to the cap: a push past it would double
+                    // the buffer's capacity to 32 MiB.
+                    let room = (MAX_OUTPUT as usize).saturating_sub(out.len());
+                    out.extend_from_slice(&buf[..n.min(room)]);
                     continue;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {

@@ -9,8 +9,10 @@
 //! own process group, so it outlives berthd like the shims do.
 
 use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 
 use nix::sched::{CloneFlags, unshare};
 use nix::sys::signal::{SigSet, Signal};
@@ -92,11 +94,37 @@ fn init_loop() -> ! {
     }
 }
 
+/// berthd's own executable, open since start-up: the file this process
+/// runs, also after a package upgrade or a rebuild renamed another file over
+/// its path (then `/proc/self/exe` reads `.../berthd (deleted)`, a path
+/// that no longer exists). Close-on-exec: no child inherits it.
+static OWN_EXE: OnceLock<OwnedFd> = OnceLock::new();
+
+/// Opens berthd's own executable for [`spawn`]; call it once at start-up.
+/// Later calls (and a [`spawn`] without it) reuse the first handle.
+pub fn open_own_executable() -> Result<()> {
+    own_executable().map(drop)
+}
+
+fn own_executable() -> Result<&'static OwnedFd> {
+    if let Some(fd) = OWN_EXE.get() {
+        return Ok(fd);
+    }
+    // Opening the magic link opens the running file itself, deleted or not.
+    let file = std::fs::File::open("/proc/self/exe")
+        .map_err(|e| PodError::io("open /proc/self/exe", e))?;
+    Ok(OWN_EXE.get_or_init(|| OwnedFd::from(file)))
+}
+
 /// Starts the init of pod `pod_id` (inside the user namespace pinned at
 /// `userns`, if any); returns its host pid.
 pub fn spawn(pod_id: &str, userns: Option<&Path>) -> Result<i32> {
-    let exe = std::env::current_exe().map_err(|e| PodError::io("current exe", e))?;
+    // Executed through the open handle (execve of /proc/self/fd/N: the fd
+    // is close-on-exec, so it is still open in the child until the exec
+    // succeeds, and the new program does not inherit it).
+    let exe = format!("/proc/self/fd/{}", own_executable()?.as_raw_fd());
     let mut cmd = Command::new(&exe);
+    std::os::unix::process::CommandExt::arg0(&mut cmd, "berthd");
     cmd.args([POD_INIT_ARG, pod_id]);
     if let Some(u) = userns {
         cmd.arg(u);
@@ -107,7 +135,7 @@ pub fn spawn(pod_id: &str, userns: Option<&Path>) -> Result<i32> {
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let out = cmd
         .output()
-        .map_err(|e| PodError::io(format!("run {} {POD_INIT_ARG}", exe.display()), e))?;
+        .map_err(|e| PodError::io(format!("run berthd {POD_INIT_ARG} (from {exe})"), e))?;
     let text = String::from_utf8_lossy(&out.stdout);
     match text.trim().parse::<i32>() {
         Ok(pid) if out.status.success() && pid > 0 => Ok(pid),

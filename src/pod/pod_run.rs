@@ -48,6 +48,10 @@ impl PodManager {
         if meta.name.is_empty() {
             return Err(PodError::InvalidArgument("pod metadata has no name".into()));
         }
+        super::limits::check_pod_config(&config)?;
+        if !config.log_directory.is_empty() {
+            super::container_create::checked_log_directory(&config.log_directory)?;
+        }
         let ns = namespace_options(&config);
         if ns.network == cri::NamespaceMode::Target as i32
             || ns.ipc == cri::NamespaceMode::Target as i32

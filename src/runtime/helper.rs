@@ -430,6 +430,16 @@ fn readonly_overlay_exe() -> std::result::Result<OwnedFd, String> {
         return Err(format!("odd executable path {}", exe.display()));
     };
     let ours = std::fs::metadata("/proc/self/exe").map_err(|e| format!("stat exe: {e}"))?;
+    // The overlay opens the executable by name: after an upgrade renamed
+    // another binary over it, that name is a different file (whose helper
+    // protocol may differ), and only the sealed copy of our own one is right.
+    {
+        use std::os::unix::fs::MetadataExt;
+        let named = std::fs::metadata(&exe).map_err(|e| format!("stat {}: {e}", exe.display()))?;
+        if (named.dev(), named.ino()) != (ours.dev(), ours.ino()) {
+            return Err(format!("{} was replaced on disk", exe.display()));
+        }
+    }
     // overlayfs wants two lower layers when there is no upper one: an empty
     // directory of our own is the second (the executable's is on top).
     let nanos = std::time::SystemTime::now()

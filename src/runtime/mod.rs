@@ -74,6 +74,7 @@ mod kill;
 mod mount_api;
 mod mount_options;
 mod namespaces;
+pub mod overlay;
 mod path;
 mod process_spec;
 mod protocol;
@@ -84,6 +85,7 @@ mod state;
 mod sys;
 pub use error::RuntimeError;
 pub use state::has_exited;
+pub use sys::malloc_mmap_threshold;
 
 /// Result of runtime operations.
 pub type Result<T> = std::result::Result<T, RuntimeError>;

@@ -427,3 +427,14 @@ impl Drop for UsernsChild {
         reap_failed_child(self.pid);
     }
 }
+
+/// Makes glibc's malloc serve every allocation of `bytes` or more with its
+/// own mmap, so that freeing it returns the memory to the kernel at once.
+/// glibc otherwise raises this threshold to the largest block freed so far
+/// (up to 32 MiB), after which such blocks come from the per-thread arenas
+/// and stay resident there once freed. Returns whether malloc took it.
+pub fn malloc_mmap_threshold(bytes: usize) -> bool {
+    let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: mallopt only changes malloc's tuning parameters.
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, bytes) == 1 }
+}

@@ -104,9 +104,33 @@ impl Berthd {
         level: &str,
         envs: &[(&str, &str)],
     ) -> Result<Self> {
+        Self::start_binary_env(Path::new(berthd_bin()), dirs, args, socket, level, envs)
+    }
+
+    /// As [`Berthd::start_logged`], running the berthd executable at `bin`
+    /// (a copy the test may replace on disk).
+    pub fn start_binary(
+        bin: &Path,
+        dirs: &BerthdDirs,
+        args: Vec<String>,
+        socket: &Path,
+        level: &str,
+    ) -> Result<Self> {
+        Self::start_binary_env(bin, dirs, args, socket, level, &[])
+    }
+
+    /// As [`Berthd::start_binary`], with extra environment variables.
+    pub fn start_binary_env(
+        bin: &Path,
+        dirs: &BerthdDirs,
+        args: Vec<String>,
+        socket: &Path,
+        level: &str,
+        envs: &[(&str, &str)],
+    ) -> Result<Self> {
         let log = next_log_path(dirs.tmp.path());
         let stderr = File::create(&log)?;
-        let child = Command::new(berthd_bin())
+        let child = Command::new(bin)
             .args(&args)
             .envs(envs.iter().copied())
             .arg("--log-level")
