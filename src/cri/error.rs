@@ -12,9 +12,7 @@ use crate::image::ImageError;
 
 /// A call of the CRI that berth does not implement yet.
 pub fn unimplemented(call: &str) -> Status {
-    Status::unimplemented(format!(
-        "berth: {call} is not built yet (checkpointing is still to come; Exec/Attach/PortForward need the streaming server)"
-    ))
+    Status::unimplemented(format!("berth: {call} is not built yet in this berthd"))
 }
 
 /// A request that lacks a required field or has an unusable value.

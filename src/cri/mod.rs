@@ -1,8 +1,8 @@
 //! The CRI gRPC services: thin adapters from CRI messages to the subsystems.
 //!
 //! - [`server`]: the unix socket, the tonic server, graceful shutdown.
-//! - [`runtime_service`]: `runtime.v1.RuntimeService` (Version, Status; the
-//!   pod and container calls answer Unimplemented until they are built).
+//! - [`runtime_service`]: `runtime.v1.RuntimeService` on [`crate::pod`]
+//!   (the calls berth does not serve yet answer Unimplemented, saying so).
 //! - [`image_service`]: `runtime.v1.ImageService` on [`crate::image::ImageStore`].
 //! - [`error`]: the one place subsystem errors become gRPC statuses.
 //! - [`authority`]: any `:authority` a client sends on the CRI socket.

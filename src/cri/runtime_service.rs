@@ -14,7 +14,7 @@ use tonic::codegen::tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::config::Config;
-use crate::cri::error::{invalid_argument, unimplemented};
+use crate::cri::error::invalid_argument;
 use crate::cri::{RUNTIME_API_VERSION, RUNTIME_NAME};
 use crate::pod::{PodError, PodManager};
 use crate::stream::StreamServer;
@@ -98,7 +98,11 @@ impl CriRuntimeService {
     }
 
     fn stream(&self, call: &str) -> Result<&StreamServer, Status> {
-        self.stream.as_deref().ok_or_else(|| unimplemented(call))
+        self.stream.as_deref().ok_or_else(|| {
+            Status::unimplemented(format!(
+                "berth: {call} needs the streaming server, which this berthd was started without"
+            ))
+        })
     }
 
     async fn conditions(&self) -> Vec<cri::RuntimeCondition> {

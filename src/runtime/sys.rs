@@ -1,5 +1,7 @@
 //! The few system calls the runtime needs that have no safe wrapper in `nix`
-//! or `std`. Every `unsafe` block of the runtime lives here.
+//! or `std`. With `mount_api.rs`, `protocol.rs` (fd passing) and
+//! `seccomp/sys.rs`, this is the runtime's syscall layer: its `unsafe` blocks
+//! live in these files, each with a `// SAFETY:` line.
 
 use std::ffi::CString;
 use std::io;
