@@ -77,7 +77,7 @@ async fn a_127_layer_image_runs_through_berthd() -> Result<()> {
     assert_eq!(st.exit_code, 0, "{st:?}");
     let out = log_text(std::path::Path::new(&st.log_path));
     assert_eq!(
-        out.trim().split_whitespace().collect::<Vec<_>>().join("\n"),
+        out.split_whitespace().collect::<Vec<_>>().join("\n"),
         expected()
     );
     stop_and_remove_pod(&mut rt, &pod).await?;
