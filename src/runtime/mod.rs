@@ -196,7 +196,7 @@ pub struct StatsV2 {
     pub memory_swap_peak_bytes: u64,
     /// io.stat, one entry per device.
     pub io: Vec<IoUsage>,
-    /// hugetlb.<size>.current / .max / .events (max).
+    /// `hugetlb.<size>.current` / .max / .events (max).
     pub hugetlb: Vec<HugetlbUsage>,
     /// Pressure stall information (cpu.pressure, memory.pressure,
     /// io.pressure) where the kernel has PSI.
