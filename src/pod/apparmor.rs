@@ -20,8 +20,23 @@ const PROFILES: &str = "/sys/kernel/security/apparmor/profiles";
 pub(crate) fn host_enabled() -> bool {
     static ENABLED_ONCE: OnceLock<bool> = OnceLock::new();
     *ENABLED_ONCE.get_or_init(|| {
-        let on = std::fs::read_to_string(ENABLED).is_ok_and(|s| enabled_value(&s));
-        tracing::info!(apparmor = on, "AppArmor probed ({ENABLED})");
+        // As containerd's (and runc's) probe: the kernel has it on, its
+        // securityfs is there and `apparmor_parser` is installed. A Debian
+        // node whose kernel enables AppArmor but lacks the apparmor package
+        // runs unconfined, as under containerd.
+        let kernel = std::fs::read_to_string(ENABLED).is_ok_and(|s| enabled_value(&s));
+        let securityfs = std::path::Path::new("/sys/kernel/security/apparmor").exists();
+        let parser = ["/sbin/apparmor_parser", "/usr/sbin/apparmor_parser"]
+            .iter()
+            .any(|p| std::path::Path::new(p).exists());
+        let on = kernel && securityfs && parser;
+        tracing::info!(
+            apparmor = on,
+            kernel,
+            securityfs,
+            parser,
+            "AppArmor probed ({ENABLED}, /sys/kernel/security/apparmor, apparmor_parser)"
+        );
         on
     })
 }
