@@ -123,10 +123,19 @@ fn mount_lowerdir_plus(
         }
         .map_err(failed(format!("overlay option {o}")))?;
     }
-    let mnt = ctx.mount(attrs).map_err(failed(format!(
-        "create the overlay for {}",
-        target.display()
-    )))?;
+    let mnt = match ctx.mount(attrs) {
+        Ok(mnt) => mnt,
+        // Before 6.5 overlayfs takes its options through the legacy parser,
+        // which accepts any key and only refuses `lowerdir+` here, at create
+        // (Debian 12's 6.1, found by the VM lane).
+        Err(e @ Errno::EINVAL) => return Err(Fallback::Classic(e)),
+        Err(e) => {
+            return Err(failed(format!(
+                "create the overlay for {}",
+                target.display()
+            ))(e));
+        }
+    };
     mount_api::attach(mnt.as_fd(), target).map_err(failed(format!(
         "attach the overlay at {}",
         target.display()
