@@ -156,7 +156,10 @@ async fn container_pid(
 }
 
 /// Whether the pod is listed Ready.
-async fn pod_ready(rt: &mut RuntimeServiceClient<tonic::transport::Channel>, pod: &str) -> Result<bool> {
+async fn pod_ready(
+    rt: &mut RuntimeServiceClient<tonic::transport::Channel>,
+    pod: &str,
+) -> Result<bool> {
     let items = rt
         .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
         .await?
@@ -278,7 +281,10 @@ async fn pods_survive_restart_and_stop_of_the_service() -> Result<()> {
         alive(ctr_pid) && container_pid(&mut rt, &ctr).await? == ctr_pid,
         "the same container process {ctr_pid} after the restart"
     );
-    ensure!(pod_ready(&mut rt, &pod).await?, "the pod is Ready after the restart");
+    ensure!(
+        pod_ready(&mut rt, &pod).await?,
+        "the pod is Ready after the restart"
+    );
     exec_echo(&mut rt, &ctr, "after-restart").await?;
     // Still manageable: a new container in the pod, started, exec'd into,
     // stopped and removed by the new berthd.
@@ -289,7 +295,10 @@ async fn pods_survive_restart_and_stop_of_the_service() -> Result<()> {
         container_id: second_ctr.clone(),
     })
     .await?;
-    ensure!(running(&mut rt, &second_ctr).await?, "the second container runs");
+    ensure!(
+        running(&mut rt, &second_ctr).await?,
+        "the second container runs"
+    );
     exec_echo(&mut rt, &second_ctr, "second").await?;
     rt.stop_container(cri::StopContainerRequest {
         container_id: second_ctr.clone(),
@@ -300,7 +309,10 @@ async fn pods_survive_restart_and_stop_of_the_service() -> Result<()> {
         container_id: second_ctr.clone(),
     })
     .await?;
-    ensure!(running(&mut rt, &ctr).await?, "the first container still runs");
+    ensure!(
+        running(&mut rt, &ctr).await?,
+        "the first container still runs"
+    );
 
     step("systemctl stop, then start");
     // --- stop: berthd gone, the pod still there.
@@ -317,7 +329,10 @@ async fn pods_survive_restart_and_stop_of_the_service() -> Result<()> {
             && alive(ctr_pid),
         "the same container process, never restarted"
     );
-    ensure!(pod_ready(&mut rt, &pod).await?, "the pod is Ready after stop + start");
+    ensure!(
+        pod_ready(&mut rt, &pod).await?,
+        "the pod is Ready after stop + start"
+    );
     exec_echo(&mut rt, &ctr, "after-stop").await?;
 
     step("stop and remove the pod");

@@ -263,7 +263,11 @@ fn mount_idmapped_classic(
             std::fs::create_dir(&at).map_err(|e| format!("create {}: {e}", at.display()))?;
             let tree = idmapped_tree(l, false, userns)?;
             mount_api::attach(tree.as_fd(), &at).map_err(|e| {
-                format!("attach the idmapped {} at {}: {e}", l.display(), at.display())
+                format!(
+                    "attach the idmapped {} at {}: {e}",
+                    l.display(),
+                    at.display()
+                )
             })?;
             attached.push(at.clone());
             mapped.lower.push(at);

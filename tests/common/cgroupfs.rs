@@ -63,7 +63,10 @@ pub fn dir(controller: &str, path: &str) -> PathBuf {
 pub fn relative(path: &str) -> String {
     let rel = path.trim_start_matches('/');
     let (first, rest) = rel.split_once('/').unwrap_or((rel, ""));
-    let Some(stem) = first.strip_suffix(".slice").filter(|s| !s.is_empty() && *s != "-") else {
+    let Some(stem) = first
+        .strip_suffix(".slice")
+        .filter(|s| !s.is_empty() && *s != "-")
+    else {
         return rel.to_owned();
     };
     let mut parts = Vec::new();
