@@ -70,6 +70,10 @@ const TESTS: &[Test] = &[
     ),
     ("rlimits_umask_and_devices", rlimits_umask_and_devices),
     (
+        "device_cgroup_refuses_unlisted_devices",
+        device_cgroup_refuses_unlisted_devices,
+    ),
+    (
         "unprivileged_limits_are_clamped",
         unprivileged_limits_are_clamped,
     ),
@@ -579,6 +583,50 @@ fn rlimits_umask_and_devices() -> Result<()> {
     let want = "77\n88\n0027\ncharacter special file 1:3\ncharacter special file 1:5\n\
                 character special file 5:0\n/proc/self/fd\npts/ptmx\n500\n";
     ensure!(out.stdout == want, "stdout {:?} want {want:?}", out.stdout);
+    Ok(())
+}
+
+/// The device cgroup (v1: devices.allow / deny; v2: the eBPF device
+/// program): a container with CAP_MKNOD may make a node for a device its
+/// rules do not allow (mknod of anything is a default), but not open it,
+/// while /dev/null works. c 1:11 is /dev/kmsg, which every kernel has and
+/// root may open.
+fn device_cgroup_refuses_unlisted_devices() -> Result<()> {
+    use oci_spec::runtime::{Capability as C, LinuxCapabilitiesBuilder};
+    let bundle = busybox_bundle()?;
+    let id = unique_id("devcg");
+    let mut spec = spec(
+        &bundle,
+        &id,
+        &[
+            "sh",
+            "-c",
+            "mknod /tmp/kmsg c 1 11 || exit 10; \
+             if head -c 0 </tmp/kmsg; then echo opened; else echo refused; fi; \
+             echo x >/dev/null && echo null-ok",
+        ],
+    );
+    set_process(&mut spec, |p| {
+        let caps: std::collections::HashSet<C> = [C::Mknod, C::Kill].into_iter().collect();
+        p.set_capabilities(Some(
+            LinuxCapabilitiesBuilder::default()
+                .bounding(caps.clone())
+                .permitted(caps.clone())
+                .inheritable(caps.clone())
+                .effective(caps)
+                .ambient(std::collections::HashSet::<C>::new())
+                .build()
+                .unwrap(),
+        ));
+    });
+    let out = run(&bundle, &id, &spec)?;
+    ensure!(out.code == 0, "exit {} stderr {}", out.code, out.stderr);
+    ensure!(
+        out.stdout == "refused\nnull-ok\n" && out.stderr.contains("not permitted"),
+        "stdout {:?} stderr {:?}",
+        out.stdout,
+        out.stderr
+    );
     Ok(())
 }
 
