@@ -116,31 +116,47 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> Result<libc::c_long, Errno> {
 }
 
 /// Loads a cgroup device program; on failure, the verifier's log with the
-/// errno.
+/// errno. The first attempt asks for no log (before 6.4 a log that does
+/// not fit its buffer fails the load with ENOSPC); a failed load is
+/// repeated with the log on, as libbpf does.
 pub fn load_cgroup_device(insns: &[Insn]) -> Result<OwnedFd, (Errno, String)> {
+    match load(insns, None) {
+        Ok(fd) => Ok(fd),
+        Err(e) => {
+            let mut log = vec![0u8; 64 * 1024];
+            match load(insns, Some(&mut log)) {
+                Ok(fd) => Ok(fd),
+                Err(_) => {
+                    let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+                    Err((e, String::from_utf8_lossy(&log[..end]).trim().to_owned()))
+                }
+            }
+        }
+    }
+}
+
+fn load(insns: &[Insn], log: Option<&mut [u8]>) -> Result<OwnedFd, Errno> {
     let license = c"Apache";
-    let mut log = vec![0u8; 16 * 1024];
     let mut name = [0u8; 16];
     name[..9].copy_from_slice(b"berth_dev");
+    let (log_level, log_size, log_buf) = match log {
+        Some(l) => (1, l.len() as u32, l.as_mut_ptr() as u64),
+        None => (0, 0, 0),
+    };
     let mut attr = ProgLoadAttr {
         prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
         insn_cnt: insns.len() as u32,
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
-        log_level: 1,
-        log_size: log.len() as u32,
-        log_buf: log.as_mut_ptr() as u64,
+        log_level,
+        log_size,
+        log_buf,
         prog_name: name,
         ..Default::default()
     };
-    match bpf(BPF_PROG_LOAD, &mut attr) {
-        // SAFETY: BPF_PROG_LOAD returned a new fd that nothing else owns.
-        Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) }),
-        Err(e) => {
-            let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
-            Err((e, String::from_utf8_lossy(&log[..end]).trim().to_owned()))
-        }
-    }
+    let fd = bpf(BPF_PROG_LOAD, &mut attr)?;
+    // SAFETY: BPF_PROG_LOAD returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Attaches the device program `prog` to the cgroup directory `cgroup`,

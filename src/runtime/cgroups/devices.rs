@@ -264,9 +264,6 @@ pub(crate) fn v2_program(rules: &[Rule]) -> Vec<Insn> {
     p
 }
 
-/// `CGROUP2_SUPER_MAGIC`.
-const CGROUP2_MAGIC: i64 = 0x6367_7270;
-
 /// Loads the device program for `spec` and attaches it to the v2 cgroup
 /// `dir`, then detaches the programs that were attached there before (an
 /// update replaces the rules, as runc does). A directory that is not on a
@@ -277,7 +274,7 @@ pub(crate) fn apply_v2(dir: &Path, spec: &[LinuxDeviceCgroup]) -> Result<()> {
         .map(OwnedFd::from)
         .map_err(|e| fsio::io_err(dir, e))?;
     match nix::sys::statfs::fstatfs(&cgroup) {
-        Ok(s) if s.filesystem_type().0 as i64 == CGROUP2_MAGIC => {}
+        Ok(s) if s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC => {}
         Ok(_) => {
             tracing::debug!(cgroup = %dir.display(), "not a cgroup2 directory: no device program");
             return Ok(());
