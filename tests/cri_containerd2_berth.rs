@@ -227,7 +227,9 @@ async fn check_pod(
             .as_array()
             .and_then(|ns| ns.iter().find(|n| n["type"] == "network"))
             .and_then(|n| n["path"].as_str())
-            .with_context(|| format!("no network namespace path in the sandbox's spec: {pod_info}"))?
+            .with_context(|| {
+                format!("no network namespace path in the sandbox's spec: {pod_info}")
+            })?
             .to_string();
         let pinned = netns_inode(&netns_path)?;
         let mut pids = vec![("sandbox".to_string(), pod_info["pid"].as_i64().unwrap_or(0))];
@@ -360,10 +362,19 @@ async fn pod_network_capabilities_and_features_under_containerd2() -> Result<()>
     // A host port per test process and handler (the portmap plugin's DNAT
     // on the host).
     let host_port = 20_000 + (std::process::id() % 10_000) as i32;
-    for (i, handler) in [BERTH_HANDLER, BERTH_NATIVE_HANDLER].into_iter().enumerate() {
-        check_pod(&mut rt, &ctd, handler, &image, host_port + 10_000 * i as i32)
-            .await
-            .with_context(|| format!("handler {handler}; containerd log:\n{}", ctd.log_tail()))?;
+    for (i, handler) in [BERTH_HANDLER, BERTH_NATIVE_HANDLER]
+        .into_iter()
+        .enumerate()
+    {
+        check_pod(
+            &mut rt,
+            &ctd,
+            handler,
+            &image,
+            host_port + 10_000 * i as i32,
+        )
+        .await
+        .with_context(|| format!("handler {handler}; containerd log:\n{}", ctd.log_tail()))?;
     }
     Ok(())
 }
