@@ -378,3 +378,122 @@ async fn pod_network_capabilities_and_features_under_containerd2() -> Result<()>
     }
     Ok(())
 }
+
+/// What the features now let critest run on berth under containerd 2.1: a
+/// pod with its own user namespace (`hostUsers: false`). containerd hands
+/// no network namespace path then: the runtime creates the netns inside
+/// the user namespace and containerd pins `/proc/<pid>/ns/net` afterwards
+/// and runs CNI in it. Checked: the mapping inside, the container's root
+/// as the mapped host id, and a server on port 80 reachable at the pod IP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_namespaced_pod_under_containerd2() -> Result<()> {
+    let Some(bin_dir) = containerd2_dir() else {
+        eprintln!("skipped: containerd 2.x is not extracted (run tests/setup-containerd2.sh)");
+        return Ok(());
+    };
+    let registry = Registry::start()?;
+    let (pause, image) = push_bench_images(&registry).await?;
+    let ctd = ContainerdCri::start_with(
+        22,
+        &registry.host,
+        &pause,
+        CriOptions {
+            bin_dir: Some(bin_dir),
+            berth_shim: Some(shim_binary()),
+        },
+    )?;
+    ctd.wait_cri_ready().await?;
+    let mut rt = ctd.runtime().await?;
+    let mut images = ctd.images().await?;
+    for i in [&pause, &image] {
+        pull(&mut images, i, None)
+            .await
+            .with_context(|| format!("pull {i}; log:\n{}", ctd.log_tail()))?;
+    }
+    let host_id = 1_000_000 + (std::process::id() % 100) * 65_536;
+    let map = cri::IdMapping {
+        host_id,
+        container_id: 0,
+        length: 65_536,
+    };
+    let mut pod_config = ctd.pod_config("userns", false);
+    pod_config
+        .linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+        .and_then(|s| s.namespace_options.as_mut())
+        .context("namespace options")?
+        .userns_options = Some(cri::UserNamespace {
+        mode: cri::NamespaceMode::Pod as i32,
+        uids: vec![map],
+        gids: vec![map],
+    });
+    let pod = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_config.clone()),
+            runtime_handler: BERTH_HANDLER.into(),
+        })
+        .await
+        .with_context(|| format!("RunPodSandbox; log:\n{}", ctd.log_tail()))?
+        .into_inner()
+        .pod_sandbox_id;
+    let result = async {
+        let ip = pod_status(&mut rt, &pod)
+            .await?
+            .network
+            .map(|n| n.ip)
+            .filter(|ip| !ip.is_empty())
+            .context("the pod has no IP")?;
+        let server = create_container(
+            &mut rt,
+            &pod,
+            &pod_config,
+            container_config(
+                "server",
+                &image,
+                &format!(
+                    "mkdir -p /www && echo {PAGE} > /www/index.html && \
+                     exec busybox httpd -f -p 80 -h /www"
+                ),
+            ),
+        )
+        .await?;
+        start(&mut rt, &server).await?;
+        let uid_map = exec(&mut rt, &server, &["cat", "/proc/self/uid_map"]).await?;
+        let fields: Vec<&str> = uid_map.split_whitespace().collect();
+        ensure!(
+            fields == ["0", &host_id.to_string(), "65536"],
+            "uid_map {uid_map:?}"
+        );
+        let info = verbose_info(
+            &rt.container_status(cri::ContainerStatusRequest {
+                container_id: server.clone(),
+                verbose: true,
+            })
+            .await?
+            .into_inner()
+            .info,
+        )?;
+        let pid = info["pid"].as_i64().context("no pid")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let uid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|l| l.split_whitespace().next())
+            .context("no Uid")?;
+        ensure!(
+            uid == host_id.to_string(),
+            "the container's root is host uid {uid}"
+        );
+        let addr = format!("{ip}:80");
+        tokio::task::spawn_blocking(move || http_get(&addr))
+            .await?
+            .with_context(|| format!("host to the user-namespaced pod at {ip}"))?;
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    let teardown = stop_and_remove_pod(&mut rt, &pod).await;
+    result.with_context(|| format!("containerd log:\n{}", ctd.log_tail()))?;
+    teardown?;
+    Ok(())
+}
