@@ -263,7 +263,8 @@ fn idmapped_mounts(
         m.typ().as_deref() == Some("bind")
             || super::mount_options::parse(m.options().as_deref().unwrap_or(&[])).bind
     };
-    if !mounts.iter().any(wanted) && !(userns && mounts.iter().any(is_bind)) {
+    let needed = mounts.iter().any(wanted) || (userns && mounts.iter().any(is_bind));
+    if !needed {
         return Ok(Vec::new());
     }
     let linux = spec.linux().as_ref();
