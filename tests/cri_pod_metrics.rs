@@ -221,3 +221,148 @@ async fn pod_stats_come_from_the_pod_cgroup_and_every_interface() -> Result<()> 
 
     s.finish(&[&pod]).await
 }
+
+/// The value of metric `name` whose label `key` is `value` in `metrics`,
+/// checked against its descriptor's label keys.
+fn metric_value(
+    descriptors: &[cri::MetricDescriptor],
+    metrics: &[cri::Metric],
+    name: &str,
+    key: &str,
+    value: &str,
+) -> Option<(u64, i32)> {
+    let d = descriptors.iter().find(|d| d.name == name)?;
+    let at = d.label_keys.iter().position(|k| k == key)?;
+    metrics
+        .iter()
+        .filter(|m| m.name == name)
+        .inspect(|m| assert_eq!(m.label_values.len(), d.label_keys.len(), "{m:?}"))
+        .find(|m| m.label_values[at] == value)
+        .map(|m| (m.value.map(|v| v.value).unwrap_or(0), m.metric_type))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cadvisor_metrics_from_the_cgroups_and_the_pod_netns() -> Result<()> {
+    let mut s = setup("podmetrics", 2).await?;
+    let (pod, ctr, netns) = s.busy_pod("metrics").await?;
+    add_veth_pair(&netns, "gm")?;
+    wait_processes(&mut s, &pod, 3).await?;
+
+    let descriptors =
+        s.rt.list_metric_descriptors(cri::ListMetricDescriptorsRequest {})
+            .await?
+            .into_inner()
+            .descriptors;
+    let names: Vec<&str> = descriptors.iter().map(|d| d.name.as_str()).collect();
+    for want in [
+        "container_cpu_usage_seconds_total",
+        "container_memory_working_set_bytes",
+        "container_network_receive_bytes_total",
+        "container_fs_usage_bytes",
+        "container_processes",
+    ] {
+        assert!(names.contains(&want), "{want} in {names:?}");
+    }
+    let base = ["id", "image", "namespace", "pod", "container"];
+    let net = descriptors
+        .iter()
+        .find(|d| d.name == "container_network_receive_bytes_total")
+        .context("network descriptor")?;
+    assert_eq!(net.label_keys, [&base[..], &["interface"]].concat());
+    // PSI metrics are described exactly where the cgroups report PSI.
+    let psi = common::cgroupfs::unified() && std::fs::read_to_string("/proc/pressure/cpu").is_ok();
+    assert_eq!(
+        names.iter().any(|n| n.starts_with("container_pressure_")),
+        psi,
+        "pressure descriptors iff PSI: {names:?}"
+    );
+    if !psi {
+        println!(
+            "skipped: container_pressure_* values (no cgroup v2 PSI on this host; the VM lane has it)"
+        );
+    }
+
+    let all =
+        s.rt.list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {})
+            .await?
+            .into_inner()
+            .pod_metrics;
+    let pm = all
+        .iter()
+        .find(|p| p.pod_sandbox_id == pod)
+        .context("the pod's metrics")?;
+    // Network: the pod's, one series per interface of its namespace.
+    let counter = cri::MetricType::Counter as i32;
+    let gauge = cri::MetricType::Gauge as i32;
+    for iface in ["eth0", "gm0", "gm1"] {
+        let (_, kind) = metric_value(
+            &descriptors,
+            &pm.metrics,
+            "container_network_receive_bytes_total",
+            "interface",
+            iface,
+        )
+        .with_context(|| format!("rx bytes of {iface}: {:?}", pm.metrics))?;
+        assert_eq!(kind, counter);
+    }
+    let pod_label = pm
+        .metrics
+        .iter()
+        .find(|m| m.name == "container_network_transmit_bytes_total")
+        .map(|m| m.label_values[4].clone());
+    assert_eq!(pod_label.as_deref(), Some("POD"));
+    // The container's: cgroup and writable layer.
+    let cm = pm
+        .container_metrics
+        .iter()
+        .find(|c| c.container_id == ctr)
+        .context("the container's metrics")?;
+    let (procs, kind) = metric_value(&descriptors, &cm.metrics, "container_processes", "id", &ctr)
+        .context("container_processes")?;
+    assert!(procs >= 3, "sh + 2 sleeps: {procs}");
+    assert_eq!(kind, gauge);
+    let (ws, _) = metric_value(
+        &descriptors,
+        &cm.metrics,
+        "container_memory_working_set_bytes",
+        "container",
+        "work",
+    )
+    .context("working set")?;
+    assert!(ws > 0);
+    let (_, kind) = metric_value(
+        &descriptors,
+        &cm.metrics,
+        "container_cpu_usage_seconds_total",
+        "cpu",
+        "total",
+    )
+    .context("cpu usage")?;
+    assert_eq!(kind, counter);
+    let (limit, _) = metric_value(
+        &descriptors,
+        &cm.metrics,
+        "container_fs_limit_bytes",
+        "id",
+        &ctr,
+    )
+    .context("fs limit")?;
+    assert!(limit > 0);
+    assert!(
+        metric_value(
+            &descriptors,
+            &cm.metrics,
+            "container_fs_usage_bytes",
+            "pod",
+            "metrics"
+        )
+        .is_some(),
+        "{:?}",
+        cm.metrics
+    );
+    for m in &cm.metrics {
+        assert!(names.contains(&m.name.as_str()), "{} is described", m.name);
+    }
+
+    s.finish(&[&pod]).await
+}

@@ -277,7 +277,7 @@ fn read_runtime_spec(bundle: &std::path::Path) -> Option<oci_spec::runtime::Spec
 
 /// Bytes (allocated blocks) and inodes under `dir`, not following symlinks
 /// nor crossing into other filesystems.
-fn dir_usage(dir: &std::path::Path) -> (u64, u64) {
+pub(crate) fn dir_usage(dir: &std::path::Path) -> (u64, u64) {
     use std::os::unix::fs::MetadataExt;
     let Ok(root) = std::fs::symlink_metadata(dir) else {
         return (0, 0);

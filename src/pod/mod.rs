@@ -29,6 +29,7 @@ mod locks;
 pub mod namespaces;
 mod oom_floor;
 pub mod pod_init;
+mod pod_metrics;
 mod pod_reality;
 mod pod_remove;
 mod pod_resources;
