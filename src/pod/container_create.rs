@@ -292,6 +292,9 @@ impl PodManager {
                     let _ = shim.delete(&id, "").await;
                 }
                 let _ = self.images.remove_rootfs(&id);
+                if let Ok(Some(c)) = self.store.container(&id) {
+                    let _ = self.release_image_volumes(&c).await;
+                }
                 let _ = super::remove_dir_all(&bundle);
                 let _ = self.store.delete_container(&id);
                 drop(reservation);
@@ -401,6 +404,9 @@ impl PodManager {
         };
         let target_pid_ns = self.target_pid_namespace(config, &pod.id)?;
         super::host_paths::create_missing_host_paths(&config.mounts)?;
+        // Image volumes become read-only binds of the pod's mounts of them.
+        let resolved = self.resolve_image_volumes(pod, config, record).await?;
+        let config = resolved.as_ref().unwrap_or(config);
         let seccomp_profile = localhost_seccomp_profile(config)?;
         let rootfs_path = bundle.join("rootfs");
         let cdi_names = crate::cdi::requested_devices(

@@ -24,6 +24,7 @@ mod files;
 mod host_devices;
 mod host_features;
 mod host_paths;
+mod image_volumes;
 mod limits;
 mod locks;
 pub mod namespaces;
