@@ -20,6 +20,7 @@ packages=(
   openssl                         # cri_stream_tls makes a self-signed certificate
   umoci skopeo                    # cri_image_umoci: an image a real builder made, pushed by skopeo
   python3-venv python3-pip        # cri_grpcio: Python grpcio (PyPI) as a third-party CRI client
+  criu                            # cri_checkpoint: CheckpointContainer dumps with CRIU
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -495,11 +495,13 @@ impl RuntimeService for CriRuntimeService {
 
     async fn checkpoint_container(
         &self,
-        _request: Request<cri::CheckpointContainerRequest>,
+        request: Request<cri::CheckpointContainerRequest>,
     ) -> Result<Response<cri::CheckpointContainerResponse>, Status> {
-        Err(Status::unimplemented(
-            "berth: CheckpointContainer is not built yet (no CRIU checkpoint/restore in berth's runtime)",
-        ))
+        let req = request.into_inner();
+        self.pods
+            .checkpoint_container(&req.container_id, &req.location)
+            .await?;
+        Ok(Response::new(cri::CheckpointContainerResponse {}))
     }
 
     async fn list_metric_descriptors(

@@ -13,6 +13,7 @@
 
 mod apparmor;
 mod container_attach;
+mod container_checkpoint;
 mod container_create;
 mod container_exec;
 mod container_lifecycle;
