@@ -41,6 +41,13 @@ echo "== containerd 2.x for the shim tests (Debian unstable, pinned low, extract
 containerd2_bin=$(tests/setup-containerd2.sh)
 export BERTH_CONTAINERD2_BIN_DIR="$containerd2_bin"
 
+echo "== CRIU for cri_checkpoint (Debian 12's, or unstable's extracted where 12's fails criu check)"
+if criu_cmd=$(tests/setup-criu.sh); then
+  export BERTH_CRIU="$criu_cmd"
+else
+  echo "no working CRIU: cri_checkpoint will print skipped"
+fi
+
 echo "== format, lints, docs"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings

@@ -137,7 +137,9 @@ impl Inner {
     fn on_exit(&self, pid: i32, status: u32) {
         let mut pids = self.pids.locked();
         let Some(p) = pids.remove(&pid) else {
-            tracing::debug!(pid, status, "reaped a process the shim does not track");
+            if !crate::helper_run::exited(pid, status) {
+                tracing::debug!(pid, status, "reaped a process the shim does not track");
+            }
             return;
         };
         let at = now();
@@ -637,7 +639,10 @@ impl Inner {
             )));
         }
         let work = std::path::PathBuf::from(format!("{}.work", req.path));
-        berth::runtime::checkpoint::dump(c.init.pid(), images, &work, true)?;
+        let run = |cmd: &mut std::process::Command| {
+            crate::helper_run::output(cmd, &|| self.children_added())
+        };
+        berth::runtime::checkpoint::dump(c.init.pid(), images, &work, true, &run)?;
         Ok(())
     }
 

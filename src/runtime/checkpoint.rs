@@ -58,6 +58,7 @@ pub fn criu_check() -> Result<(), String> {
 /// filesystem, filesystem type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountPoint {
+    pub id: u64,
     pub point: String,
     pub root: String,
     pub fstype: String,
@@ -68,10 +69,12 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountPoint> {
     text.lines()
         .filter_map(|l| {
             let mut it = l.split(' ');
-            let root = it.nth(3)?;
+            let id = it.next()?.parse().ok()?;
+            let root = it.nth(2)?;
             let point = it.next()?;
             let fstype = l.split(" - ").nth(1)?.split(' ').next()?;
             Some(MountPoint {
+                id,
                 point: unescape(point),
                 root: unescape(root),
                 fstype: fstype.to_owned(),
@@ -124,6 +127,9 @@ pub struct DumpTarget<'a> {
     pub mounts: &'a [MountPoint],
     /// The inode of the network namespace it joined, when not its own.
     pub joined_netns: Option<u64>,
+    /// Files the tree holds open that live outside its mounts (stdio the
+    /// shim opened, such as the host's /dev/null): (mount id, inode).
+    pub external_files: &'a [(u64, u64)],
     pub leave_running: bool,
 }
 
@@ -152,6 +158,10 @@ pub fn dump_args(t: &DumpTarget<'_>) -> Vec<String> {
         a.push("--external".to_owned());
         a.push(format!("net[{ino}]:extRootNetNS"));
     }
+    for (mnt, ino) in t.external_files {
+        a.push("--external".to_owned());
+        a.push(format!("file[{mnt:x}:{ino:x}]"));
+    }
     let mut seen = std::collections::HashSet::new();
     for m in t.mounts.iter().filter(|m| is_external(m)) {
         if seen.insert(m.point.clone()) {
@@ -162,18 +172,88 @@ pub fn dump_args(t: &DumpTarget<'_>) -> Vec<String> {
     a
 }
 
+/// `pid` and its descendants (from /proc/<pid>/task/*/children).
+fn process_tree(pid: i32) -> Vec<i32> {
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
+            for t in tasks.flatten() {
+                let children =
+                    std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+                out.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<i32>().ok()),
+                );
+            }
+        }
+        i += 1;
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Regular files the tree holds open on mounts that are not the
+/// container's (`mounts`): (mount id, inode), as CRIU's `file[]` keys.
+fn files_outside(tree: &[i32], mounts: &[MountPoint]) -> Vec<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let ours: std::collections::HashSet<u64> = mounts.iter().map(|m| m.id).collect();
+    let mut out = Vec::new();
+    for p in tree {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{p}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(target) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            if !target.is_absolute() {
+                continue; // pipe:[..], socket:[..], anon_inode:..
+            }
+            let info = std::fs::read_to_string(format!(
+                "/proc/{p}/fdinfo/{}",
+                fd.file_name().to_string_lossy()
+            ))
+            .unwrap_or_default();
+            let Some(mnt) = info
+                .lines()
+                .find_map(|l| l.strip_prefix("mnt_id:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+            else {
+                continue;
+            };
+            if ours.contains(&mnt) {
+                continue;
+            }
+            if let Ok(m) = std::fs::metadata(fd.path()) {
+                out.push((mnt, m.ino()));
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 fn ns_inode(path: &str) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).ok().map(|m| m.ino())
 }
 
+/// Runs a command to completion (the shim's runs it past its reaper).
+pub type Runner<'a> = dyn Fn(&mut Command) -> std::io::Result<std::process::Output> + 'a;
+
 /// Dumps the process tree of `pid` into `images_dir` with CRIU (its log
-/// in `work_dir/dump.log`).
+/// in `work_dir/dump.log`), running CRIU through `run`.
 pub fn dump(
     pid: i32,
     images_dir: &Path,
     work_dir: &Path,
     leave_running: bool,
+    run: &Runner<'_>,
 ) -> Result<(), RuntimeError> {
     let io = |what: &str, p: &Path| {
         let context = format!("{what} {}", p.display());
@@ -189,18 +269,18 @@ pub fn dump(
     // tree created it; the pod's (pinned, joined by every container) is
     // external to the dump. berth's containers always join the pod's.
     let joined_netns = theirs.filter(|ino| Some(*ino) != ns_inode("/proc/self/ns/net"));
+    let external_files = files_outside(&process_tree(pid), &mounts);
     let args = dump_args(&DumpTarget {
         pid,
         images_dir,
         work_dir,
         mounts: &mounts,
         joined_netns,
+        external_files: &external_files,
         leave_running,
     });
     tracing::info!(pid, images = %images_dir.display(), "criu dump");
-    let out = Command::new(criu_binary())
-        .args(&args)
-        .output()
+    let out = run(Command::new(criu_binary()).args(&args))
         .map_err(|e| RuntimeError::Checkpoint(format!("cannot run {}: {e}", criu_binary())))?;
     if !out.status.success() {
         let log = std::fs::read_to_string(work_dir.join("dump.log")).unwrap_or_default();
@@ -245,6 +325,7 @@ mod tests {
         assert_eq!(m[4].root, "/var/lib/berth/pods/p1/hosts");
         assert_eq!(m[6].root, "/data/my dir");
         assert_eq!(m[0].fstype, "overlay");
+        assert_eq!((m[0].id, m[7].id), (1, 8));
     }
 
     #[test]
@@ -256,6 +337,7 @@ mod tests {
             work_dir: Path::new("/ck/work"),
             mounts: &mounts,
             joined_netns: Some(4026532000),
+            external_files: &[(24, 5)],
             leave_running: true,
         });
         let s = args.join(" ");
@@ -263,6 +345,7 @@ mod tests {
         assert!(s.contains("--leave-running"));
         assert!(s.contains("--manage-cgroups=ignore"));
         assert!(s.contains("--external net[4026532000]:extRootNetNS"));
+        assert!(s.contains("--external file[18:5]"), "{s}");
         for ext in ["/etc/hosts", "/dev/shm", "/mnt/vol"] {
             assert!(s.contains(&format!("mnt[{ext}]:{ext}")), "{ext} in {s}");
         }
@@ -273,6 +356,7 @@ mod tests {
         let kept = dump_args(&DumpTarget {
             leave_running: false,
             joined_netns: None,
+            external_files: &[],
             mounts: &[],
             pid: 1,
             images_dir: Path::new("/i"),
