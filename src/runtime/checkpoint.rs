@@ -54,7 +54,7 @@ pub fn criu_check() -> Result<(), String> {
         .to_owned())
 }
 
-/// One line of /proc/<pid>/mountinfo: mount point, root within its
+/// One line of `/proc/<pid>/mountinfo`: mount point, root within its
 /// filesystem, filesystem type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountPoint {
@@ -123,7 +123,7 @@ pub struct DumpTarget<'a> {
     pub pid: i32,
     pub images_dir: &'a Path,
     pub work_dir: &'a Path,
-    /// The container's mounts (its /proc/<pid>/mountinfo).
+    /// The container's mounts (its `/proc/<pid>/mountinfo`).
     pub mounts: &'a [MountPoint],
     /// The inode of the network namespace it joined, when not its own.
     pub joined_netns: Option<u64>,
@@ -172,7 +172,7 @@ pub fn dump_args(t: &DumpTarget<'_>) -> Vec<String> {
     a
 }
 
-/// `pid` and its descendants (from /proc/<pid>/task/*/children).
+/// `pid` and its descendants (from `/proc/<pid>/task/*/children`).
 fn process_tree(pid: i32) -> Vec<i32> {
     let mut out = vec![pid];
     let mut i = 0;
