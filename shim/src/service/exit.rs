@@ -14,7 +14,9 @@ impl<R: Runtime> Inner<R> {
     pub(super) fn on_exit(&self, pid: i32, status: u32) {
         let mut pids = self.pids.locked();
         let Some(p) = pids.remove(&pid) else {
-            tracing::debug!(pid, status, "reaped a process the shim does not track");
+            if !crate::helper_run::exited(pid, status) {
+                tracing::debug!(pid, status, "reaped a process the shim does not track");
+            }
             return;
         };
         let at = now();

@@ -6,7 +6,7 @@
 //! rust-extensions' runc-shim `TaskService<F, C>` and runwasi's
 //! `Local<I: Instance>`. One file per operation: `create.rs`, `start.rs`,
 //! `exec.rs`, `kill.rs`, `delete.rs`, `control.rs` (pause, resume,
-//! update), `query.rs` (state, pids), `io.rs` (close_io, resize_pty),
+//! update), `checkpoint.rs` (CRIU), `query.rs` (state, pids), `io.rs` (close_io, resize_pty),
 //! `exit.rs` (the reaper's exits), `oom.rs` (the OOM watcher); `ttrpc.rs`
 //! maps the ttrpc `Task` trait onto them.
 //!
@@ -14,6 +14,7 @@
 //! TaskStart or TaskExecStarted is queued under the `pids` lock that the
 //! exit dispatch also takes, so it always precedes the process' TaskExit.
 
+mod checkpoint;
 mod control;
 mod create;
 mod delete;

@@ -51,6 +51,14 @@ pub trait RuntimeContainer: Clone + Send + Sync + 'static {
     fn delete(&self) -> Result<()>;
     /// Keeps the container's record in `bundle` for `delete` after a crash.
     fn persist(&self, bundle: &Path) -> Result<()>;
+    /// Dumps the running container into `images` (work files and log in
+    /// `work`), leaving it running; helper processes are run by `run`.
+    fn checkpoint(
+        &self,
+        images: &Path,
+        work: &Path,
+        run: &berth::runtime::checkpoint::Runner<'_>,
+    ) -> Result<()>;
 }
 
 /// berth's in-process runtime.
@@ -101,5 +109,15 @@ impl RuntimeContainer for berth::runtime::Container {
     }
     fn persist(&self, bundle: &Path) -> Result<()> {
         super::state_file::write(bundle, self)
+    }
+    fn checkpoint(
+        &self,
+        images: &Path,
+        work: &Path,
+        run: &berth::runtime::checkpoint::Runner<'_>,
+    ) -> Result<()> {
+        Ok(berth::runtime::checkpoint::dump(
+            self.pid, images, work, true, run,
+        )?)
     }
 }

@@ -132,6 +132,16 @@ impl RuntimeContainer for StubContainer {
     fn persist(&self, _bundle: &std::path::Path) -> Result<()> {
         Ok(())
     }
+    fn checkpoint(
+        &self,
+        images: &std::path::Path,
+        _work: &std::path::Path,
+        _run: &berth::runtime::checkpoint::Runner<'_>,
+    ) -> Result<()> {
+        self.rec
+            .call(format!("checkpoint {} {}", self.id, images.display()));
+        Ok(())
+    }
 }
 
 struct Fixture {
@@ -407,6 +417,29 @@ fn pause_and_resume_a_running_container() {
         f.rec.calls(),
         ["create c1", "start c1", "pause c1", "resume c1"]
     );
+}
+
+#[test]
+fn only_a_running_container_is_checkpointed() {
+    use containerd_shim::protos::shim::shim::CheckpointTaskRequest;
+    let f = Fixture::new();
+    let req = |path: &str| CheckpointTaskRequest {
+        id: "c1".into(),
+        path: path.into(),
+        ..Default::default()
+    };
+    f.create("c1").unwrap();
+    assert_eq!(
+        code(f.inner().checkpoint(&req("/img"))),
+        Code::FAILED_PRECONDITION
+    );
+    f.start("c1", "").unwrap();
+    assert_eq!(
+        code(f.inner().checkpoint(&req("img"))),
+        Code::INVALID_ARGUMENT
+    );
+    f.inner().checkpoint(&req("/img")).unwrap();
+    assert_eq!(f.rec.calls().last().unwrap(), "checkpoint c1 /img");
 }
 
 #[test]

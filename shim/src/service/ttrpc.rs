@@ -17,7 +17,7 @@ use containerd_shim::{Task, TtrpcContext, TtrpcResult};
 
 use super::runtime::{Runtime, RuntimeContainer};
 use super::{IO_DRAIN, TaskService};
-use crate::error::{Result, ShimError};
+use crate::error::Result;
 use crate::metrics;
 
 /// Runs one RPC: a panic becomes an Internal error instead of a request
@@ -175,9 +175,7 @@ impl<R: Runtime> Task for TaskService<R> {
 
     fn checkpoint(&self, _ctx: &TtrpcContext, req: CheckpointTaskRequest) -> TtrpcResult<Empty> {
         rpc("Checkpoint", &req.id, || {
-            Err(ShimError::Unimplemented(
-                "checkpoint is not supported by berth (no CRIU integration)".into(),
-            ))
+            self.inner.checkpoint(&req).map(|()| Empty::new())
         })
     }
 }
