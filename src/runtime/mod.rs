@@ -63,6 +63,7 @@ use serde::{Deserialize, Serialize};
 mod apparmor;
 mod bpf;
 pub mod cgroups;
+pub mod checkpoint;
 mod create;
 mod delete;
 mod error;
