@@ -302,13 +302,18 @@ struct Summary {
 
 impl Summary {
     fn row(&mut self, what: &str, who: &str, figure: String, ratio: String) {
-        self.rows
-            .push([what.into(), who.into(), figure, ratio]);
+        self.rows.push([what.into(), who.into(), figure, ratio]);
     }
 
     fn print(&self) {
         let w: Vec<usize> = (0..4)
-            .map(|k| self.rows.iter().map(|r| r[k].chars().count()).max().unwrap_or(0))
+            .map(|k| {
+                self.rows
+                    .iter()
+                    .map(|r| r[k].chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
             .collect();
         println!("\n=== cri_concurrency summary ===");
         for r in &self.rows {
@@ -344,8 +349,8 @@ async fn main() -> Result<()> {
     if !preflight("cri_concurrency")? {
         return Ok(());
     }
-    let phases = std::env::var("BERTH_BENCH_PHASES")
-        .unwrap_or_else(|_| "grace,rate,list,growth".into());
+    let phases =
+        std::env::var("BERTH_BENCH_PHASES").unwrap_or_else(|_| "grace,rate,list,growth".into());
     let has = |p: &str| phases.split(',').any(|x| x.trim() == p);
     println!("load average at start: {}", load_average());
     let setup = Setup::start().await?;
@@ -428,7 +433,10 @@ async fn grace(sides: &mut [Side], summary: &mut Summary) -> Result<()> {
     let in_grace: Vec<bool> = stops.iter().map(|t| !t.is_finished()).collect();
     let mut stop_took = Vec::new();
     for t in stops {
-        stop_took.push(t.await?.context("StopContainer of the stubborn container")?);
+        stop_took.push(
+            t.await?
+                .context("StopContainer of the stubborn container")?,
+        );
     }
     for (s, (pod, ctr, _)) in sides.iter_mut().zip(&stubborn) {
         s.teardown(pod, Some(ctr)).await?;
@@ -589,12 +597,11 @@ async fn list(sides: &mut [Side], summary: &mut Summary) -> Result<()> {
         // Until every `true` is recorded as exited (bounded).
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            let list = s
-                .rt
-                .list_containers(cri::ListContainersRequest { filter: None })
-                .await?
-                .into_inner()
-                .containers;
+            let list =
+                s.rt.list_containers(cri::ListContainersRequest { filter: None })
+                    .await?
+                    .into_inner()
+                    .containers;
             let running = list
                 .iter()
                 .filter(|c| c.state == cri::ContainerState::ContainerRunning as i32)
@@ -614,22 +621,20 @@ async fn list(sides: &mut [Side], summary: &mut Summary) -> Result<()> {
         let (mut lc, mut lp) = (Vec::new(), Vec::new());
         for i in 0..calls + 10 {
             let t = Instant::now();
-            let n = s
-                .rt
-                .list_containers(cri::ListContainersRequest { filter: None })
-                .await?
-                .into_inner()
-                .containers
-                .len();
+            let n =
+                s.rt.list_containers(cri::ListContainersRequest { filter: None })
+                    .await?
+                    .into_inner()
+                    .containers
+                    .len();
             let a = t.elapsed();
             let t = Instant::now();
-            let m = s
-                .rt
-                .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
-                .await?
-                .into_inner()
-                .items
-                .len();
+            let m =
+                s.rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+                    .await?
+                    .into_inner()
+                    .items
+                    .len();
             let b = t.elapsed();
             anyhow::ensure!(n == total && m == pods, "{}: listed {n} / {m}", s.name);
             if i >= 10 {
