@@ -63,7 +63,11 @@ fn concurrent_writers_lose_nothing_and_survive_a_reopen() {
     assert_eq!(listed(&store), expected);
     drop(store);
     let store = MetadataStore::open(&path).unwrap();
-    assert_eq!(listed(&store), expected, "what the database holds after a reopen");
+    assert_eq!(
+        listed(&store),
+        expected,
+        "what the database holds after a reopen"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
