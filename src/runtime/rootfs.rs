@@ -33,8 +33,10 @@ pub struct RootfsContext<'a> {
     pub userns: bool,
     /// The helper's `/proc/self/cgroup` (the container's cgroups).
     pub cgroup_file: &'a str,
-    /// Per spec mount (same index): a detached idmapped tree the helper made
-    /// for a bind mount with uid/gid mappings, attached instead of a bind.
+    /// Per spec mount (same index): a detached tree the helper made before
+    /// it joined the user namespace, attached instead of a bind: idmapped
+    /// for a bind mount with uid/gid mappings, a plain copy of the source
+    /// for any other bind mount of a container in a user namespace.
     pub idmapped: &'a [Option<OwnedFd>],
 }
 
@@ -208,15 +210,19 @@ fn mount_entry(
             .source()
             .as_ref()
             .ok_or_else(|| format!("{what}: bind mount without a source"))?;
-        let kind = if std::fs::metadata(src).map(|m| m.is_dir()).unwrap_or(true) {
-            Kind::Dir
-        } else {
-            Kind::File
+        // A detached tree tells what it is (its source may be out of the
+        // reach of a user-namespaced process: see `RootfsContext::idmapped`).
+        let is_dir = match idmapped {
+            Some(tree) => nix::sys::stat::fstat(tree.as_fd())
+                .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+                .unwrap_or(true),
+            None => std::fs::metadata(src).map(|m| m.is_dir()).unwrap_or(true),
         };
+        let kind = if is_dir { Kind::Dir } else { Kind::File };
         let target = ensure_in_root(root, dest, kind).map_err(|e| format!("{what}: {e}"))?;
         if let Some(tree) = idmapped {
             idmap::attach_at(tree.as_fd(), target.as_fd())
-                .map_err(|e| format!("{what} (idmapped, from {}): {e}", src.display()))?;
+                .map_err(|e| format!("{what} (detached tree of {}): {e}", src.display()))?;
         } else {
             let mut flags = MsFlags::MS_BIND;
             if opts.recursive {
