@@ -76,7 +76,7 @@ pub mod idmap;
 mod init;
 mod kill;
 mod mount_api;
-mod mount_options;
+pub mod mount_options;
 mod namespaces;
 pub mod overlay;
 mod path;
