@@ -1,45 +1,9 @@
 //! The rootfs set-up's unit tests: pure parts, and the exact kernel calls
 //! for each kind of spec mount, recorded by `RecordingSyscall` on a
 //! temporary rootfs (no root needed).
-use super::cgroupfs::{cgroup_hierarchies, cgroup_path_for};
 use super::devices::device_list;
 use super::*;
 use std::path::PathBuf;
-
-const MOUNTINFO: &str = "\
-22 1 0:21 / /sys rw,nosuid - sysfs sysfs rw
-30 22 0:26 / /sys/fs/cgroup rw - tmpfs tmpfs rw,mode=755
-31 30 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw,nsdelegate
-32 30 0:28 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu
-33 30 0:29 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct
-34 30 0:30 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
-35 30 0:31 / /sys/fs/cgroup/sys\\040temd rw - cgroup cgroup rw,xattr,name=systemd
-";
-
-#[test]
-fn hierarchies_from_mountinfo() {
-    let h = cgroup_hierarchies(MOUNTINFO);
-    assert_eq!(h.len(), 5);
-    assert!(h[0].v2);
-    assert_eq!(h[1].controllers, vec!["cpu"]);
-    assert_eq!(h[2].controllers, vec!["cpu", "cpuacct"]);
-    assert_eq!(h[4].mount_point, PathBuf::from("/sys/fs/cgroup/sys temd"));
-    assert_eq!(h[4].controllers, vec!["name=systemd"]);
-}
-
-#[test]
-fn cgroup_paths_match_their_hierarchy() {
-    let h = cgroup_hierarchies(MOUNTINFO);
-    let file = "12:memory:/berth/c1\n4:cpu:/berth/c1-cpu\n3:cpu,cpuacct:/x\n0::/v2path\n";
-    assert_eq!(cgroup_path_for(file, &h[0]).as_deref(), Some("/v2path"));
-    assert_eq!(
-        cgroup_path_for(file, &h[1]).as_deref(),
-        Some("/berth/c1-cpu")
-    );
-    assert_eq!(cgroup_path_for(file, &h[2]).as_deref(), Some("/x"));
-    assert_eq!(cgroup_path_for(file, &h[3]).as_deref(), Some("/berth/c1"));
-    assert_eq!(cgroup_path_for(file, &h[4]), None);
-}
 
 #[test]
 fn default_devices_and_spec_devices() {
