@@ -78,6 +78,7 @@ mod kill;
 mod mount_api;
 pub mod mount_options;
 mod namespaces;
+pub mod ns_pin;
 pub mod overlay;
 mod path;
 mod process_spec;
