@@ -259,6 +259,15 @@ impl Berthd {
         Ok(RuntimeServiceClient::new(self.channel().await?))
     }
 
+    /// One Version call: berthd answers CRI on its socket.
+    pub async fn serves(&self) -> Result<()> {
+        self.runtime()
+            .await?
+            .version(k8s_cri::v1::VersionRequest::default())
+            .await?;
+        Ok(())
+    }
+
     pub async fn images(&self) -> Result<ImageServiceClient<Channel>> {
         Ok(ImageServiceClient::new(self.channel().await?))
     }
