@@ -504,3 +504,34 @@ fn exec(sock: BorrowedFd<'_>, t: &ExecTarget) -> ! {
     let _ = nix::unistd::write(std::io::stderr(), format!("berth: {msg}\n").as_bytes());
     sys::exit_now(127)
 }
+
+#[cfg(test)]
+mod tests {
+    use nix::sched::CloneFlags;
+    use oci_spec::runtime::SpecBuilder;
+
+    use super::*;
+    use crate::runtime::syscall::recording::{Call, RecordingSyscall};
+
+    fn plan(clone_flags: libc::c_int) -> NamespacePlan {
+        NamespacePlan {
+            clone_flags,
+            join: vec![],
+        }
+    }
+
+    #[test]
+    fn hostname_is_set_only_in_a_uts_namespace() {
+        let k = RecordingSyscall::new(Path::new("/nonexistent"));
+        let spec = SpecBuilder::default().hostname("pod-a").build().unwrap();
+        set_hostname(&k, &spec, &plan(CloneFlags::CLONE_NEWUTS.bits())).unwrap();
+        assert_eq!(k.take(), vec![Call::Sethostname("pod-a".into())]);
+        let err = set_hostname(&k, &spec, &plan(0)).unwrap_err();
+        assert!(err.contains("no UTS namespace"), "{err}");
+        assert_eq!(k.take(), vec![]);
+        // An empty hostname: no call.
+        let spec = SpecBuilder::default().hostname("").build().unwrap();
+        set_hostname(&k, &spec, &plan(CloneFlags::CLONE_NEWUTS.bits())).unwrap();
+        assert_eq!(k.take(), vec![]);
+    }
+}
