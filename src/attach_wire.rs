@@ -60,6 +60,14 @@ pub fn stdin_uri(once: bool) -> String {
     }
 }
 
+/// Parses a request line (without its `\n`) as the shim reads it.
+pub fn parse_request(line: &[u8]) -> Result<AttachRequest, String> {
+    if line.len() > MAX_REQUEST_LINE {
+        return Err("request line too long".into());
+    }
+    serde_json::from_slice(line).map_err(|e| format!("bad request: {e}"))
+}
+
 /// `Some(stdin_once)` when `uri` is an attach stdin URI.
 pub fn parse_stdin_uri(uri: &str) -> Option<bool> {
     uri.strip_prefix(STDIN_SCHEME).map(|rest| rest == ONCE)
