@@ -28,6 +28,11 @@ use super::sys::{self, CloneResult};
 use super::syscall::{LinuxSyscall, Syscall};
 use super::{Result, RuntimeError};
 
+/// setns(2) into the namespace of `typ` that `fd` is open on.
+fn join_namespace(typ: LinuxNamespaceType, fd: BorrowedFd<'_>) -> nix::Result<()> {
+    LinuxSyscall.setns(fd, CloneFlags::from_bits_retain(namespaces::flag(typ)))
+}
+
 /// The environment variable that marks a process as the init helper.
 pub const HELPER_ENV: &str = "_BERTH_RUNTIME_INIT_HELPER";
 /// The fd number the helper finds its socket at.
@@ -172,18 +177,13 @@ fn create(
         Some(_) => format!("0::/{}\n", req.cgroup_path.trim_start_matches('/')),
     };
     for (typ, path, fd) in &joins {
-        LinuxSyscall
-            .setns(
-                fd.as_fd(),
-                CloneFlags::from_bits_retain(namespaces::flag(*typ)),
+        join_namespace(*typ, fd.as_fd()).map_err(|e| {
+            format!(
+                "join {} namespace {}: {e}",
+                namespaces::proc_name(*typ),
+                path.display()
             )
-            .map_err(|e| {
-                format!(
-                    "join {} namespace {}: {e}",
-                    namespaces::proc_name(*typ),
-                    path.display()
-                )
-            })?;
+        })?;
     }
     drop(joins);
     let new_userns = plan.creates(LinuxNamespaceType::User);
@@ -363,17 +363,12 @@ fn exec(
         .any(|(t, _)| matches!(t, LinuxNamespaceType::Cgroup | LinuxNamespaceType::User));
     let into = join_cgroup(wait_for_proceed(sock)?, joins_boundary)?;
     for (typ, fd) in &joins {
-        LinuxSyscall
-            .setns(
-                fd.as_fd(),
-                CloneFlags::from_bits_retain(namespaces::flag(*typ)),
+        join_namespace(*typ, fd.as_fd()).map_err(|e| {
+            format!(
+                "join the container's {} namespace: {e}",
+                namespaces::proc_name(*typ)
             )
-            .map_err(|e| {
-                format!(
-                    "join the container's {} namespace: {e}",
-                    namespaces::proc_name(*typ)
-                )
-            })?;
+        })?;
     }
     drop(joins);
     let cloned = clone_into(libc::CLONE_PARENT, into.as_ref());
