@@ -117,4 +117,22 @@ mod tests {
         let h = frame_header(STDERR, 70_000);
         assert_eq!(parse_frame_header(&h), (STDERR, 70_000));
     }
+
+    #[test]
+    fn request_lines() {
+        let r = parse_request(br#"{"container":"c1","stdin":true,"stdout":true,"stderr":false}"#)
+            .unwrap();
+        assert_eq!(
+            r,
+            AttachRequest {
+                container: "c1".into(),
+                stdin: true,
+                stdout: true,
+                stderr: false,
+            }
+        );
+        assert!(parse_request(b"").unwrap_err().starts_with("bad request"));
+        let long = vec![b' '; MAX_REQUEST_LINE + 1];
+        assert_eq!(parse_request(&long).unwrap_err(), "request line too long");
+    }
 }
