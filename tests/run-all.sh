@@ -20,6 +20,7 @@ packages=(
   openssl                         # cri_stream_tls makes a self-signed certificate
   umoci skopeo                    # cri_image_umoci: an image a real builder made, pushed by skopeo
   python3-venv python3-pip        # cri_grpcio: Python grpcio (PyPI) as a third-party CRI client
+  criu                            # cri_checkpoint: CheckpointContainer dumps with CRIU
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -39,6 +40,13 @@ fi
 echo "== containerd 2.x for the shim tests (Debian unstable, pinned low, extracted)"
 containerd2_bin=$(tests/setup-containerd2.sh)
 export BERTH_CONTAINERD2_BIN_DIR="$containerd2_bin"
+
+echo "== CRIU for cri_checkpoint (Debian 12's, or unstable's extracted where 12's fails criu check)"
+if criu_cmd=$(tests/setup-criu.sh); then
+  export BERTH_CRIU="$criu_cmd"
+else
+  echo "no working CRIU: cri_checkpoint will print skipped"
+fi
 
 echo "== format, lints, docs"
 cargo fmt --all --check

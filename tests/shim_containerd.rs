@@ -880,23 +880,117 @@ fn info_prints_runtime_info_with_oci_features() {
     assert_eq!(echoed.options.type_url, options.type_url);
     assert_eq!(echoed.options.value, options.value);
 
-    // Side by side with containerd 2.x's runc shim: the same type URL.
+    // Side by side with containerd 2.x's runc shim, given the runtime
+    // options containerd's CRI sends for a runc-typed handler: the same
+    // fields in the same order, the options byte for byte, the features
+    // under the same type URL as JSON without `null`s (Go's omitempty).
     match containerd::containerd2_bin_dir() {
         Some(dir) if std::path::Path::new("/usr/sbin/runc").exists() => {
-            let runc = info(&dir.join("containerd-shim-runc-v2"), &[]);
-            assert_eq!(runc.features.type_url, ours.features.type_url);
+            let runc_options = containerd_shim_protos::shim::oci::Options {
+                binary_name: "/usr/sbin/runc".into(),
+                root: "/run/berth-test-info".into(),
+                ..Default::default()
+            };
+            let options = Any {
+                type_url: "containerd.runc.v1.Options".into(),
+                value: runc_options.write_to_bytes().unwrap(),
+                ..Default::default()
+            }
+            .write_to_bytes()
+            .unwrap();
+            let runc_bin = dir.join("containerd-shim-runc-v2");
+            let raw = |bin: &std::path::Path| -> Vec<u8> {
+                let mut child = std::process::Command::new(bin)
+                    .arg("-info")
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                child.stdin.take().unwrap().write_all(&options).unwrap();
+                let out = child.wait_with_output().unwrap();
+                assert!(out.status.success(), "{} -info", bin.display());
+                out.stdout
+            };
+            let (theirs_raw, mine_raw) = (raw(&runc_bin), raw(&shim));
+            assert_eq!(
+                top_level_fields(&mine_raw),
+                top_level_fields(&theirs_raw),
+                "RuntimeInfo fields (number, wire type) in order"
+            );
+            let runc = RuntimeInfo::parse_from_bytes(&theirs_raw).unwrap();
+            let mine_info = RuntimeInfo::parse_from_bytes(&mine_raw).unwrap();
+            assert_eq!(
+                mine_info.options.write_to_bytes().unwrap(),
+                runc.options.write_to_bytes().unwrap(),
+                "options echoed as the runc shim re-encodes them"
+            );
+            assert_eq!(runc.features.type_url, mine_info.features.type_url);
+            assert_eq!(
+                top_level_fields(&mine_info.version.write_to_bytes().unwrap()),
+                top_level_fields(&runc.version.write_to_bytes().unwrap()),
+                "RuntimeVersion fields"
+            );
             let theirs: serde_json::Value = serde_json::from_slice(&runc.features.value).unwrap();
-            let mine: serde_json::Value = serde_json::from_slice(&ours.features.value).unwrap();
+            let mine: serde_json::Value =
+                serde_json::from_slice(&mine_info.features.value).unwrap();
             for key in ["ociVersionMin", "ociVersionMax", "mountOptions", "linux"] {
                 assert!(
                     theirs.get(key).is_some() && mine.get(key).is_some(),
                     "{key}"
                 );
             }
+            assert!(
+                !has_null(&mine),
+                "absent fields are left out, as Go's omitempty: {mine}"
+            );
+            assert!(!has_null(&theirs), "the runc shim's: {theirs}");
         }
         _ => eprintln!(
             "skipped: the comparison with containerd 2.x's runc shim (run tests/setup-containerd2.sh)"
         ),
+    }
+}
+
+/// The (field number, wire type) of each top-level field of protobuf
+/// message `b`, in order (every field here is length-delimited or varint).
+fn top_level_fields(b: &[u8]) -> Vec<(u64, u64)> {
+    fn varint(b: &[u8], i: &mut usize) -> u64 {
+        let (mut v, mut shift) = (0u64, 0);
+        loop {
+            let c = b[*i];
+            *i += 1;
+            v |= u64::from(c & 0x7f) << shift;
+            if c < 0x80 {
+                return v;
+            }
+            shift += 7;
+        }
+    }
+    let (mut out, mut i) = (Vec::new(), 0);
+    while i < b.len() {
+        let key = varint(b, &mut i);
+        let wire = key & 7;
+        match wire {
+            0 => {
+                varint(b, &mut i);
+            }
+            2 => {
+                let len = varint(b, &mut i) as usize;
+                i += len;
+            }
+            w => panic!("unexpected wire type {w}"),
+        }
+        out.push((key >> 3, wire));
+    }
+    out
+}
+
+fn has_null(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Null => true,
+        serde_json::Value::Array(a) => a.iter().any(has_null),
+        serde_json::Value::Object(m) => m.values().any(has_null),
+        _ => false,
     }
 }
 

@@ -53,6 +53,14 @@ impl EventSender {
         EventSender { tx: None }
     }
 
+    /// A sender whose events (topic, encoded event) the test reads from
+    /// the receiver, in order.
+    #[cfg(test)]
+    pub fn recording() -> (EventSender, std::sync::mpsc::Receiver<(String, Any)>) {
+        let (tx, rx) = channel::<Encoded>();
+        (EventSender { tx: Some(tx) }, rx)
+    }
+
     /// Queues `event` under its topic.
     pub fn send<E: Event + Message>(&self, event: E) {
         let topic = event.topic();

@@ -6,6 +6,7 @@ mod bootstrap;
 mod cri_log;
 mod error;
 mod events;
+mod helper_run;
 mod info;
 mod metrics;
 mod process;

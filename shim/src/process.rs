@@ -10,6 +10,9 @@ use containerd_shim::protos::types::task::Status;
 
 use crate::stdio::{ProcessIo, StdioPaths};
 
+/// Kills every process left in a container.
+pub type KillAll = Box<dyn Fn() -> crate::error::Result<()> + Send + Sync>;
+
 /// How a process ended.
 #[derive(Debug, Clone)]
 pub struct Exit {
@@ -33,8 +36,8 @@ pub struct Process {
     /// The OCI process of an exec (the init's is in the container's spec).
     pub spec: Option<oci_spec::runtime::Process>,
     /// The init of a container without its own pid namespace: on its exit
-    /// the rest of the container is killed (runc's behaviour).
-    pub kill_all_on_exit: Option<berth::runtime::Container>,
+    /// the rest of the container is killed with this (runc's behaviour).
+    pub kill_all_on_exit: Option<KillAll>,
     pub io: Mutex<Option<Arc<ProcessIo>>>,
     state: Mutex<State>,
     exited: Condvar,

@@ -45,15 +45,35 @@ pub fn parse_options(options: &[String]) -> MountOptions {
     }
 }
 
+/// Removes containerd's `uidmap=` / `gidmap=` options from `m`: containerd
+/// 2.x's CRI adds them to a user-namespaced pod's overlay mounts for its
+/// own mount package, which idmaps the lower layers with them; the kernel
+/// knows no such overlay option. True if there were any.
+fn take_idmap_options(m: &mut Mount) -> bool {
+    let before = m.options.len();
+    m.options
+        .retain(|o| !o.starts_with("uidmap=") && !o.starts_with("gidmap="));
+    m.options.len() != before
+}
+
 /// Mounts every mount of `mounts`, in order, at `target` (containerd's `mount.All`).
 ///
 /// With `userns`, the mounts are idmapped with that user namespace: an
-/// overlay's lower layers, or a bind mount's source.
+/// overlay's lower layers, or a bind mount's source. containerd's
+/// `uidmap=`/`gidmap=` options ask for the same (the mappings of the pod's
+/// user namespace, which is the spec's): they are taken off and honoured
+/// through `userns`; without one they are refused.
 pub fn mount_all(mounts: &[Mount], target: &Path, userns: Option<BorrowedFd<'_>>) -> Result<()> {
     for (i, m) in mounts.iter().enumerate() {
+        let mut m = m.clone();
+        let idmap_asked = take_idmap_options(&mut m);
         let res = match userns {
-            Some(u) => mount_idmapped(m, target, u),
-            None => mount_one(m, target),
+            Some(u) => mount_idmapped(&m, target, u),
+            None if idmap_asked => Err(ShimError::InvalidArgument(format!(
+                "the {} mount asks for idmapped layers (uidmap/gidmap) but the spec has no user namespace",
+                m.type_
+            ))),
+            None => mount_one(&m, target),
         };
         if let Err(e) = res {
             // Leave nothing half-mounted behind.
@@ -261,6 +281,34 @@ mod tests {
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn containerd_idmap_options_are_taken_off() {
+        let mut m = Mount {
+            type_: "overlay".into(),
+            options: s(&[
+                "index=off",
+                "lowerdir=/l1:/l2",
+                "uidmap=0:100000:65536",
+                "gidmap=0:100000:65536",
+            ]),
+            ..Default::default()
+        };
+        assert!(take_idmap_options(&mut m));
+        assert_eq!(m.options, s(&["index=off", "lowerdir=/l1:/l2"]));
+        assert!(!take_idmap_options(&mut m));
+        let err = mount_all(
+            &[Mount {
+                type_: "overlay".into(),
+                options: s(&["lowerdir=/nonexistent", "uidmap=0:1:1"]),
+                ..Default::default()
+            }],
+            Path::new("/nonexistent-target"),
+            None,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("no user namespace"), "{err}");
     }
 
     #[test]

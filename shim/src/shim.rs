@@ -120,7 +120,7 @@ impl Shim for BerthShim {
     fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
         let bundle = std::env::current_dir().map_err(other("current dir"))?;
         let mut pid = 0;
-        if let Some(c) = service::read_state(&bundle) {
+        if let Some(c) = service::state_file::read(&bundle) {
             pid = c.pid as u32;
             if let Err(e) = c.kill(libc::SIGKILL, true) {
                 tracing::debug!(container = %self.id, error = %e, "kill leftovers");
@@ -130,7 +130,7 @@ impl Shim for BerthShim {
             }
         }
         crate::rootfs::unmount_all(&bundle.join("rootfs"));
-        let _ = std::fs::remove_file(bundle.join(service::STATE_FILE));
+        let _ = std::fs::remove_file(bundle.join(service::state_file::STATE_FILE));
         // The dead shim's socket, unless another container's shim serves it.
         if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {
             let path = socket_path(address.trim());
@@ -165,7 +165,7 @@ impl BerthShim {
         let address = std::env::var("TTRPC_ADDRESS").unwrap_or_default();
         let events =
             EventSender::start(address, self.namespace.clone()).expect("start the events thread");
-        TaskService::new(&self.namespace, events, self.exit.clone())
+        TaskService::new(service::Berth, &self.namespace, events, self.exit.clone())
             .expect("start the task service")
     }
 }

@@ -98,6 +98,7 @@ impl From<crate::pod::PodError> for Status {
             E::Io { source, .. } if is_disk_full(source.raw_os_error()) => Code::ResourceExhausted,
             E::Namespace(_)
             | E::Cgroup(_)
+            | E::ImageVolume(_)
             | E::Io { .. }
             | E::Store(_)
             | E::Network(_)

@@ -495,29 +495,32 @@ impl RuntimeService for CriRuntimeService {
 
     async fn checkpoint_container(
         &self,
-        _request: Request<cri::CheckpointContainerRequest>,
+        request: Request<cri::CheckpointContainerRequest>,
     ) -> Result<Response<cri::CheckpointContainerResponse>, Status> {
-        Err(Status::unimplemented(
-            "berth: CheckpointContainer is not built yet (no CRIU checkpoint/restore in berth's runtime)",
-        ))
+        let req = request.into_inner();
+        self.pods
+            .checkpoint_container(&req.container_id, &req.location)
+            .await?;
+        Ok(Response::new(cri::CheckpointContainerResponse {}))
     }
 
     async fn list_metric_descriptors(
         &self,
         _request: Request<cri::ListMetricDescriptorsRequest>,
     ) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
-        Err(Status::unimplemented(
-            "berth: ListMetricDescriptors is not built yet; kubelet's cAdvisor-stats mode serves these metrics",
-        ))
+        Ok(Response::new(cri::ListMetricDescriptorsResponse {
+            descriptors: self.pods.metric_descriptors(),
+        }))
     }
 
     async fn list_pod_sandbox_metrics(
         &self,
         _request: Request<cri::ListPodSandboxMetricsRequest>,
     ) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
-        Err(Status::unimplemented(
-            "berth: ListPodSandboxMetrics is not built yet; kubelet's cAdvisor-stats mode serves these metrics",
-        ))
+        let pod_metrics = self.pods.list_pod_metrics().await?;
+        Ok(Response::new(cri::ListPodSandboxMetricsResponse {
+            pod_metrics,
+        }))
     }
 
     async fn runtime_config(

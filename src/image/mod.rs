@@ -324,6 +324,37 @@ impl ImageStore {
         }
     }
 
+    /// Holds image `image_id`'s layers for `holder` (an image volume: GC
+    /// keeps them while held, as it keeps a container's) and returns their
+    /// directories, top-most first; empty for an image without layers.
+    pub fn hold_image_layers(&self, holder: &str, image_id: &str) -> Result<Vec<PathBuf>> {
+        let id = self
+            .resolve(image_id)?
+            .ok_or_else(|| ImageError::NotFound(image_id.to_owned()))?;
+        let image = self
+            .meta
+            .image(&id)?
+            .ok_or_else(|| ImageError::NotFound(image_id.to_owned()))?;
+        let chain_ids = image.record.chain_ids.clone();
+        self.meta.hold(
+            holder,
+            &ContainerHold {
+                image_id: id,
+                chain_ids: chain_ids.clone(),
+            },
+        )?;
+        Ok(chain_ids
+            .iter()
+            .rev()
+            .map(|c| self.snapshots.path(c))
+            .collect())
+    }
+
+    /// Drops what [`ImageStore::hold_image_layers`] held. Idempotent.
+    pub fn release_image_layers(&self, holder: &str) -> Result<()> {
+        self.meta.release(holder)
+    }
+
     /// Removes what [`ImageStore::prepare_rootfs`] made. Idempotent.
     pub fn remove_rootfs(&self, container_id: &str) -> Result<()> {
         self.meta.release(container_id)?;

@@ -208,19 +208,48 @@ pub async fn link_stats(h: &Handle, name: &str) -> Result<Option<InterfaceStats>
     let Some(link) = get_link(h, name).await? else {
         return Ok(None);
     };
-    let mut st = InterfaceStats {
-        name: name.to_string(),
-        ..Default::default()
-    };
+    Ok(Some(counters(link)))
+}
+
+/// The counters of a link message (its name from IFLA_IFNAME).
+fn counters(link: LinkMessage) -> InterfaceStats {
+    let mut st = InterfaceStats::default();
     for a in link.attributes {
-        if let LinkAttribute::Stats64(s) = a {
-            st.rx_bytes = s.rx_bytes;
-            st.rx_errors = s.rx_errors;
-            st.tx_bytes = s.tx_bytes;
-            st.tx_errors = s.tx_errors;
+        match a {
+            LinkAttribute::IfName(n) => st.name = n,
+            LinkAttribute::Stats64(s) => {
+                st.rx_bytes = s.rx_bytes;
+                st.rx_packets = s.rx_packets;
+                st.rx_errors = s.rx_errors;
+                st.rx_dropped = s.rx_dropped;
+                st.tx_bytes = s.tx_bytes;
+                st.tx_packets = s.tx_packets;
+                st.tx_errors = s.tx_errors;
+                st.tx_dropped = s.tx_dropped;
+            }
+            _ => {}
         }
     }
-    Ok(Some(st))
+    st
+}
+
+/// Counters of every link but `lo` (a handle opened in the pod's
+/// namespace), as CRI-O's stats server lists a pod's links; sorted by name.
+pub async fn all_link_stats(h: &Handle) -> Result<Vec<InterfaceStats>, NetworkError> {
+    let mut links = h.link().get().execute();
+    let mut out = Vec::new();
+    while let Some(link) = links
+        .try_next()
+        .await
+        .map_err(|e| NetworkError::netlink("list links".to_string(), e))?
+    {
+        let st = counters(link);
+        if st.name != "lo" && !st.name.is_empty() {
+            out.push(st);
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
 }
 
 /// Writes a sysctl given as path parts under /proc/sys (of the calling

@@ -21,6 +21,6 @@ pub use error::NetworkError;
 pub use netns::{create_netns, is_netns, remove_netns, run_in_netns};
 pub use pod_network::PodNetwork;
 pub use types::{
-    Bandwidth, DnsConfig, InterfaceStats, NetworkReadiness, PodNetworkRequest, PodNetworkStatus,
-    PortMapping, Protocol,
+    Bandwidth, DnsConfig, InterfaceStats, NetworkReadiness, PodInterfaces, PodNetworkRequest,
+    PodNetworkStatus, PortMapping, Protocol,
 };

@@ -17,7 +17,9 @@ use super::links;
 use super::netns;
 use super::nft::NftTable;
 use super::state::{CniPodState, PodMode, PodState, StateDir, check_pod_id};
-use super::types::{InterfaceStats, NetworkReadiness, PodNetworkRequest, PodNetworkStatus};
+use super::types::{
+    InterfaceStats, NetworkReadiness, PodInterfaces, PodNetworkRequest, PodNetworkStatus,
+};
 
 const POD_IFNAME: &str = "eth0";
 
@@ -523,6 +525,30 @@ impl PodNetwork {
         }
         let h = netns::netlink_in(netns_path)?;
         links::link_stats(&h, &ifname).await
+    }
+
+    /// The counters of every interface in the pod's namespace but `lo`
+    /// (CNI plugins may add more than the pod's own), None when the
+    /// namespace is gone.
+    pub async fn all_interface_stats(
+        &self,
+        pod_id: &str,
+        netns_path: &Path,
+    ) -> Result<Option<PodInterfaces>, NetworkError> {
+        check_pod_id(pod_id)?;
+        let default_name = self
+            .pods
+            .load(pod_id)?
+            .map(|s| s.interface)
+            .unwrap_or_else(|| POD_IFNAME.into());
+        if !netns::is_netns(netns_path) {
+            return Ok(None);
+        }
+        let h = netns::netlink_in(netns_path)?;
+        Ok(Some(PodInterfaces {
+            default_name,
+            interfaces: links::all_link_stats(&h).await?,
+        }))
     }
 
     /// The IPs a pod was given (from its state), for PodSandboxStatus.

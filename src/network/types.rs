@@ -85,12 +85,32 @@ pub struct NetworkReadiness {
     pub message: String,
 }
 
-/// Counters of the pod's interface (for PodSandboxStats).
+/// Counters of one interface in a pod's namespace (for PodSandboxStats and
+/// the `container_network_*` metrics).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct InterfaceStats {
     pub name: String,
     pub rx_bytes: u64,
+    pub rx_packets: u64,
     pub rx_errors: u64,
+    pub rx_dropped: u64,
     pub tx_bytes: u64,
+    pub tx_packets: u64,
     pub tx_errors: u64,
+    pub tx_dropped: u64,
+}
+
+/// The counters of every interface in a pod's namespace but `lo`, and the
+/// name of the pod's own (default) interface.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodInterfaces {
+    pub default_name: String,
+    pub interfaces: Vec<InterfaceStats>,
+}
+
+impl PodInterfaces {
+    /// The pod's own interface, when it is there.
+    pub fn default_interface(&self) -> Option<&InterfaceStats> {
+        self.interfaces.iter().find(|i| i.name == self.default_name)
+    }
 }

@@ -208,6 +208,13 @@ impl PodManager {
                 "container config names no image".into(),
             ));
         }
+        // containerd and CRI-O restore a checkpoint when the image is a
+        // checkpoint archive; berth recognises one and says what is missing.
+        if super::container_checkpoint::is_checkpoint_archive(&image_name) {
+            return Err(PodError::Unimplemented(format!(
+                "{image_name} is a container checkpoint archive: restoring one (CRIU restore in berth's runtime) is not built yet"
+            )));
+        }
         let pod = self
             .resolve_pod(pod_id)?
             .ok_or_else(|| PodError::NotFound(format!("pod sandbox {pod_id}")))?;
@@ -292,6 +299,9 @@ impl PodManager {
                     let _ = shim.delete(&id, "").await;
                 }
                 let _ = self.images.remove_rootfs(&id);
+                if let Ok(Some(c)) = self.store.container(&id) {
+                    let _ = self.release_image_volumes(&c).await;
+                }
                 let _ = super::remove_dir_all(&bundle);
                 let _ = self.store.delete_container(&id);
                 drop(reservation);
@@ -401,6 +411,9 @@ impl PodManager {
         };
         let target_pid_ns = self.target_pid_namespace(config, &pod.id)?;
         super::host_paths::create_missing_host_paths(&config.mounts)?;
+        // Image volumes become read-only binds of the pod's mounts of them.
+        let resolved = self.resolve_image_volumes(pod, config, record).await?;
+        let config = resolved.as_ref().unwrap_or(config);
         let seccomp_profile = localhost_seccomp_profile(config)?;
         let rootfs_path = bundle.join("rootfs");
         let cdi_names = crate::cdi::requested_devices(

@@ -283,6 +283,7 @@ impl PodManager {
         }
         crate::pod::namespaces::unmount_dir(&c.bundle.join("rootfs"))?;
         self.images.remove_rootfs(&c.id)?;
+        self.release_image_volumes(&c).await?;
         super::remove_dir_all(&c.bundle)?;
         self.store.delete_container(&c.id)?;
         self.names.release(

@@ -215,7 +215,14 @@ impl PodManager {
                     working_set_bytes: Some(cri::UInt64Value {
                         value: u.memory_usage.saturating_sub(u.inactive_file),
                     }),
-                    available_bytes: None,
+                    // The limit minus the working set, 0 without a limit
+                    // (containerd's getAvailableBytes).
+                    available_bytes: Some(cri::UInt64Value {
+                        value: match u.memory_limit {
+                            0 | u64::MAX => 0,
+                            l => l.saturating_sub(u.memory_usage.saturating_sub(u.inactive_file)),
+                        },
+                    }),
                     usage_bytes: Some(cri::UInt64Value {
                         value: u.memory_usage,
                     }),
@@ -226,6 +233,17 @@ impl PodManager {
                     major_page_faults: Some(cri::UInt64Value {
                         value: u.major_page_faults,
                     }),
+                });
+                // As CRI-O: available is the limit minus the usage, 0
+                // without a limit.
+                let available = match u.swap_limit {
+                    0 | u64::MAX => 0,
+                    l => l.saturating_sub(u.swap),
+                };
+                stats.swap = Some(cri::SwapUsage {
+                    timestamp: at,
+                    swap_usage_bytes: Some(cri::UInt64Value { value: u.swap }),
+                    swap_available_bytes: Some(cri::UInt64Value { value: available }),
                 });
             }
         }
@@ -259,7 +277,7 @@ fn read_runtime_spec(bundle: &std::path::Path) -> Option<oci_spec::runtime::Spec
 
 /// Bytes (allocated blocks) and inodes under `dir`, not following symlinks
 /// nor crossing into other filesystems.
-fn dir_usage(dir: &std::path::Path) -> (u64, u64) {
+pub(crate) fn dir_usage(dir: &std::path::Path) -> (u64, u64) {
     use std::os::unix::fs::MetadataExt;
     let Ok(root) = std::fs::symlink_metadata(dir) else {
         return (0, 0);
@@ -297,6 +315,12 @@ pub(crate) struct ShimUsage {
     pub rss: u64,
     pub page_faults: u64,
     pub major_page_faults: u64,
+    /// The memory limit (u64::MAX or 0: none).
+    pub memory_limit: u64,
+    /// Swap in use (berth's shim reports the swap part alone on v1 too).
+    pub swap: u64,
+    /// The swap limit, u64::MAX or 0 when there is none (v1 reports none).
+    pub swap_limit: u64,
 }
 
 impl ShimUsage {
@@ -311,6 +335,9 @@ impl ShimUsage {
                 rss: mem.map(|m| m.anon).unwrap_or(0),
                 page_faults: mem.map(|m| m.pgfault).unwrap_or(0),
                 major_page_faults: mem.map(|m| m.pgmajfault).unwrap_or(0),
+                memory_limit: mem.map(|m| m.usage_limit).unwrap_or(0),
+                swap: mem.map(|m| m.swap_usage).unwrap_or(0),
+                swap_limit: mem.map(|m| m.swap_limit).unwrap_or(0),
             });
         }
         let m = Metrics::parse_from_bytes(value).ok()?;
@@ -330,6 +357,18 @@ impl ShimUsage {
             rss: mem.map(|m| m.total_rss).unwrap_or(0),
             page_faults: mem.map(|m| m.total_pg_fault).unwrap_or(0),
             major_page_faults: mem.map(|m| m.total_pg_maj_fault).unwrap_or(0),
+            memory_limit: mem
+                .and_then(|m| m.usage.as_ref())
+                .map(|u| u.limit)
+                .unwrap_or(0),
+            swap: mem
+                .and_then(|m| m.swap.as_ref())
+                .map(|s| s.usage)
+                .unwrap_or(0),
+            swap_limit: mem
+                .and_then(|m| m.swap.as_ref())
+                .map(|s| s.limit)
+                .unwrap_or(0),
         })
     }
 }
@@ -364,7 +403,10 @@ mod shim_usage_tests {
                 inactive_file: 300,
                 rss: 600,
                 page_faults: 0,
-                major_page_faults: 2
+                major_page_faults: 2,
+                memory_limit: 0,
+                swap: 0,
+                swap_limit: 0,
             }
         );
     }

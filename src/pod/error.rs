@@ -22,6 +22,8 @@ pub enum PodError {
     Namespace(String),
     #[error("pod cgroup: {0}")]
     Cgroup(String),
+    #[error("image volume: {0}")]
+    ImageVolume(String),
     #[error("{context}: {source}")]
     Io {
         context: String,

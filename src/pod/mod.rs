@@ -13,6 +13,7 @@
 
 mod apparmor;
 mod container_attach;
+mod container_checkpoint;
 mod container_create;
 mod container_exec;
 mod container_lifecycle;
@@ -24,11 +25,13 @@ mod files;
 mod host_devices;
 mod host_features;
 mod host_paths;
+mod image_volumes;
 mod limits;
 mod locks;
 pub mod namespaces;
 mod oom_floor;
 pub mod pod_init;
+mod pod_metrics;
 mod pod_reality;
 mod pod_remove;
 mod pod_resources;

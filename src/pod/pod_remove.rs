@@ -71,6 +71,7 @@ impl PodManager {
             keep(unpin(p));
         }
         keep(unmount_dir(&pod.dir.join("shm")));
+        keep(self.remove_image_volumes(pod));
         if let Some(cg) = &pod.cgroup {
             match crate::runtime::cgroups::CgroupManager::new(cg) {
                 Ok(m) => keep(

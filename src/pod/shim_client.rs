@@ -554,6 +554,21 @@ impl ShimClient {
             .map_err(|e| shim_err("Stats", e))
     }
 
+    /// Task Checkpoint: CRIU images of container `id` into `path` (the
+    /// container keeps running).
+    pub async fn checkpoint(&self, id: &str, path: &str) -> Result<()> {
+        let req = api::CheckpointTaskRequest {
+            id: id.to_owned(),
+            path: path.to_owned(),
+            ..Default::default()
+        };
+        self.task
+            .checkpoint(ctx(), &req)
+            .await
+            .map(|_| ())
+            .map_err(|e| shim_err("Checkpoint", e))
+    }
+
     /// Asks the shim to exit (it does once it serves no container).
     pub async fn shutdown(&self) -> Result<()> {
         let req = api::ShutdownRequest {

@@ -32,4 +32,7 @@ pub enum RuntimeError {
     /// The init helper reported a failure while setting up the container.
     #[error("container setup failed: {0}")]
     Setup(String),
+    /// CRIU could not checkpoint the container.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
 }

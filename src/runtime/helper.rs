@@ -154,8 +154,9 @@ fn create(
     let linux = req.spec.linux().as_ref();
     let plan = namespaces::plan(linux.and_then(|l| l.namespaces().as_deref()).unwrap_or(&[]))?;
     // Idmapped trees for bind mounts with uid/gid mappings: only a process
-    // of the host's user namespace can make them, so before joining.
-    let idmapped = idmapped_mounts(&req.spec)?;
+    // of the host's user namespace can make them, so before joining. In a
+    // user namespace every bind mount's source is taken now too.
+    let idmapped = idmapped_mounts(&req.spec, plan.has(LinuxNamespaceType::User))?;
     // Open every namespace first: after joining a mount namespace the paths
     // may mean something else.
     let joins = plan
@@ -246,15 +247,29 @@ fn create(
 /// Per spec mount: a detached idmapped tree for each bind mount that has
 /// uid/gid mappings. A mount whose mappings are the container's own uses the
 /// container's user namespace; others get one made from their mappings.
+///
+/// With `userns` (the container is in a new or joined user namespace), every
+/// other bind mount gets a detached plain copy of its source, taken here,
+/// with the host's credentials: the container's root, a mapped id, may not
+/// even reach a source under a directory only the host's root may enter
+/// (containerd's 0700 `io.containerd.grpc.v1.cri` holding a pod's shm,
+/// hosts and resolv.conf). runc opens bind sources before it joins the user
+/// namespace for the same reason.
 fn idmapped_mounts(
     spec: &oci_spec::runtime::Spec,
+    userns: bool,
 ) -> std::result::Result<Vec<Option<OwnedFd>>, String> {
     let mounts = spec.mounts().as_deref().unwrap_or(&[]);
     let wanted = |m: &oci_spec::runtime::Mount| {
         m.uid_mappings().as_ref().is_some_and(|u| !u.is_empty())
             || m.gid_mappings().as_ref().is_some_and(|g| !g.is_empty())
     };
-    if !mounts.iter().any(wanted) {
+    let is_bind = |m: &oci_spec::runtime::Mount| {
+        m.typ().as_deref() == Some("bind")
+            || super::mount_options::parse(m.options().as_deref().unwrap_or(&[])).bind
+    };
+    let needed = mounts.iter().any(wanted) || (userns && mounts.iter().any(is_bind));
+    if !needed {
         return Ok(Vec::new());
     }
     let linux = spec.linux().as_ref();
@@ -268,7 +283,22 @@ fn idmapped_mounts(
     let mut out = Vec::with_capacity(mounts.len());
     for m in mounts {
         if !wanted(m) {
-            out.push(None);
+            let plain = match m.source() {
+                Some(src) if userns && is_bind(m) => {
+                    let opts = super::mount_options::parse(m.options().as_deref().unwrap_or(&[]));
+                    Some(
+                        super::mount_api::clone_tree(src, opts.recursive).map_err(|e| {
+                            format!(
+                                "mount {}: open_tree {}: {e}",
+                                m.destination().display(),
+                                src.display()
+                            )
+                        })?,
+                    )
+                }
+                _ => None,
+            };
+            out.push(plain);
             continue;
         }
         let dest = m.destination().display().to_string();

@@ -66,6 +66,7 @@ use serde::{Deserialize, Serialize};
 
 mod apparmor;
 pub mod cgroups;
+pub mod checkpoint;
 mod create;
 mod delete;
 mod error;

@@ -222,7 +222,7 @@ fn validate_cri_mount(m: &CriMount) -> Result<(), SpecError> {
     };
     if m.image.as_ref().is_some_and(|i| !i.image.is_empty()) {
         return Err(err(
-            "image volume mounts are not supported by berth yet".to_string()
+            "an image volume reached the spec unresolved (the pod manager mounts it and passes its host path)".to_string()
         ));
     }
     if !m.container_path.starts_with('/') {

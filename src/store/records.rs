@@ -102,4 +102,7 @@ pub struct ContainerRecord {
     pub upper_dir: Option<PathBuf>,
     /// The image's `StopSignal` (empty: SIGTERM).
     pub stop_signal: String,
+    /// The pod's image volumes this container mounts (their directory
+    /// names under the pod's `image-volumes/`).
+    pub image_volumes: Vec<String>,
 }

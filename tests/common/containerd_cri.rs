@@ -15,8 +15,14 @@
 //!
 //! [`ContainerdCri::start_with`] runs another containerd build instead
 //! (containerd 2.x from tests/setup-containerd2.sh) and can add berth's shim
-//! as the RuntimeClass handler `berth` (`io.containerd.berth.v2`, found on
-//! containerd's PATH).
+//! as two RuntimeClass handlers: `berth`, declared as runc-compatible
+//! (`runtime_type = "io.containerd.runc.v2"`, `runtime_path` = the shim),
+//! the form whose `-info` containerd 2.1's CRI reads, and `berth-native`
+//! (`io.containerd.berth.v2`, found on containerd's PATH), which containerd
+//! 2.1 never introspects (its `introspectRuntimeFeatures` refuses every
+//! runtime type but runc's; containerd#13504 lifts that in 2.2.x and 2.3).
+//! The level of containerd's log is `BERTH_CONTAINERD_LOG_LEVEL` (default
+//! `info`).
 //!
 //! Drop tears everything down, also after a failure: container processes
 //! (by cgroup), shims and containerd (by pid), mounts under the temp dir,
@@ -42,8 +48,11 @@ pub const CONTAINERD: &str = "/usr/bin/containerd";
 pub const RUNC: &str = "/usr/sbin/runc";
 pub const RUNC_SHIM: &str = "containerd-shim-runc-v2";
 pub const BERTH_SHIM: &str = "containerd-shim-berth-v2";
-/// The RuntimeClass handler name berth's shim gets in [`CriOptions::berth_shim`].
+/// The RuntimeClass handler name berth's shim gets in [`CriOptions::berth_shim`]
+/// (runc-compatible type, the shim as `runtime_path`).
 pub const BERTH_HANDLER: &str = "berth";
+/// The same shim as runtime type `io.containerd.berth.v2`.
+pub const BERTH_NATIVE_HANDLER: &str = "berth-native";
 pub const CNI_BIN_DIR: &str = "/usr/lib/cni";
 /// containerd 1.6 puts shim sockets here whatever its own state dir.
 const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
@@ -228,8 +237,12 @@ impl ContainerdCri {
             berth_runtime = format!(
                 r#"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{BERTH_HANDLER}]
+      runtime_type = "io.containerd.runc.v2"
+      runtime_path = "{shim}"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{BERTH_NATIVE_HANDLER}]
       runtime_type = "io.containerd.berth.v2"
-"#
+"#,
+                shim = shim.display()
             );
         }
         let config = format!(
@@ -243,7 +256,7 @@ oom_score = 0
   address = "{sock}.ttrpc"
 [debug]
   address = "{dir}/debug.sock"
-  level = "info"
+  level = "{log_level}"
 [metrics]
   address = ""
 [plugins."io.containerd.internal.v1.opt"]
@@ -283,6 +296,8 @@ oom_score = 0
             runc = RUNC,
             cni_bin = CNI_BIN_DIR,
             conf_dir = conf_dir.display(),
+            log_level =
+                std::env::var("BERTH_CONTAINERD_LOG_LEVEL").unwrap_or_else(|_| "info".into()),
         );
         std::fs::write(d.join("config.toml"), config)?;
         let log = std::fs::File::create(d.join("containerd.log"))?;

@@ -46,8 +46,10 @@ pub struct RootfsContext<'a> {
     pub userns: bool,
     /// The helper's `/proc/self/cgroup` (the container's cgroups).
     pub cgroup_file: &'a str,
-    /// Per spec mount (same index): a detached idmapped tree the helper made
-    /// for a bind mount with uid/gid mappings, attached instead of a bind.
+    /// Per spec mount (same index): a detached tree the helper made before
+    /// it joined the user namespace, attached instead of a bind: idmapped
+    /// for a bind mount with uid/gid mappings, a plain copy of the source
+    /// for any other bind mount of a container in a user namespace.
     pub idmapped: &'a [Option<OwnedFd>],
 }
 

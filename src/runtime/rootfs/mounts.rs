@@ -44,15 +44,22 @@ pub(super) fn mount_entry(
             .source()
             .as_ref()
             .ok_or_else(|| format!("{what}: bind mount without a source"))?;
-        let kind = if std::fs::metadata(src).map(|m| m.is_dir()).unwrap_or(true) {
-            Kind::Dir
-        } else {
-            Kind::File
+        // A detached tree tells what it is (its source may be out of the
+        // reach of a user-namespaced process: see `RootfsContext::idmapped`).
+        let is_dir = match idmapped {
+            Some(tree) => nix::sys::stat::fstat(tree.as_fd())
+                .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+                .unwrap_or(true),
+            None => std::fs::metadata(src).map(|m| m.is_dir()).unwrap_or(true),
         };
+        let kind = if is_dir { Kind::Dir } else { Kind::File };
         let target = ensure_in_root(root, dest, kind).map_err(|e| format!("{what}: {e}"))?;
         if let Some(tree) = idmapped {
             k.move_mount_at(tree.as_fd(), target.as_fd()).map_err(|e| {
-                format!("{what} (idmapped, from {}): move_mount: {e}", src.display())
+                format!(
+                    "{what} (detached tree of {}): move_mount: {e}",
+                    src.display()
+                )
             })?;
         } else {
             let mut flags = MsFlags::MS_BIND;
