@@ -75,17 +75,22 @@ async fn status_over_grpc() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unbuilt_call_is_unimplemented_with_its_name() -> Result<()> {
-    let dirs = BerthdDirs::new("unimpl")?;
+async fn refusals_name_what_is_wrong() -> Result<()> {
+    let dirs = BerthdDirs::new("refusals")?;
     let berthd = Berthd::start(&dirs)?;
     let mut rt = berthd.runtime().await?;
+    // Every CRI call is built now (CheckpointContainer was the last one):
+    // one on a container that is not there is NotFound, naming it.
     let err = rt
-        .checkpoint_container(cri::CheckpointContainerRequest::default())
+        .checkpoint_container(cri::CheckpointContainerRequest {
+            container_id: "no-such-container".into(),
+            ..Default::default()
+        })
         .await
-        .expect_err("CheckpointContainer is not built");
-    assert_eq!(err.code(), Code::Unimplemented);
+        .expect_err("no such container");
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
     assert!(
-        err.message().contains("CheckpointContainer"),
+        err.message().contains("no-such-container"),
         "{}",
         err.message()
     );

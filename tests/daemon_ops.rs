@@ -127,10 +127,13 @@ async fn metrics_endpoint_counts_rpcs_pulls_shims_and_pods() -> Result<()> {
         rt.version(cri::VersionRequest::default()).await?;
     }
     let err = rt
-        .checkpoint_container(cri::CheckpointContainerRequest::default())
+        .checkpoint_container(cri::CheckpointContainerRequest {
+            container_id: "no-such-container".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::Unimplemented);
+    assert_eq!(err.code(), tonic::Code::NotFound);
 
     let mut images = berthd.images().await?;
     pull(&mut images, &reference, None).await?;
@@ -157,7 +160,7 @@ async fn metrics_endpoint_counts_rpcs_pulls_shims_and_pods() -> Result<()> {
 
     let m = scrape(addr)?;
     assert_eq!(rpc_count(&m, "Version", "Ok"), 2.0);
-    assert_eq!(rpc_count(&m, "CheckpointContainer", "Unimplemented"), 1.0);
+    assert_eq!(rpc_count(&m, "CheckpointContainer", "NotFound"), 1.0);
     assert_eq!(rpc_count(&m, "PullImage", "Ok"), 1.0);
     assert_eq!(rpc_count(&m, "RunPodSandbox", "Ok"), 1.0);
     let failed_pulls: f64 = m

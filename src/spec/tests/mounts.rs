@@ -339,7 +339,7 @@ fn cri_mounts() {
             expect: Expect::Err("must be absolute"),
         },
         Case {
-            name: "image volume mount",
+            name: "an image volume the pod manager did not resolve is refused",
             setup: |f| {
                 f.config.mounts = vec![CriMount {
                     container_path: "/img".to_string(),
@@ -350,7 +350,7 @@ fn cri_mounts() {
                     ..Default::default()
                 }]
             },
-            expect: Expect::Err("image volume mounts are not supported"),
+            expect: Expect::Err("an image volume reached the spec unresolved"),
         },
         Case {
             name: "idmapped CRI mount keeps its mappings",
