@@ -79,6 +79,7 @@ pub mod overlay;
 mod path;
 mod process_spec;
 mod protocol;
+pub mod restore;
 mod rootfs;
 pub mod seccomp;
 mod start;
@@ -255,8 +256,22 @@ impl Container {
         create::create(opts)
     }
 
-    /// Lets the created init exec the user process.
+    /// Restores a container from CRIU images (see `restore.rs`) instead
+    /// of creating a new init: the tree waits, stopped, for [`Self::start`].
+    pub fn restore(
+        opts: CreateOptions<'_>,
+        images_dir: &Path,
+        run: &checkpoint::Runner<'_>,
+    ) -> Result<Container> {
+        restore::restore(opts, images_dir, run)
+    }
+
+    /// Lets the created init exec the user process (a restored tree
+    /// continues).
     pub fn start(&self) -> Result<()> {
+        if restore::continue_restored(self)? {
+            return Ok(());
+        }
         start::start(self)
     }
 
