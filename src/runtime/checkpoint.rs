@@ -148,6 +148,10 @@ pub fn external_mounts(mounts: &[MountPoint]) -> Vec<String> {
 /// the container's mounts (CRIU's external key), else the path.
 pub const DESCRIPTORS: &str = "descriptors.json";
 
+/// The file CRIU's images dir gets with the container paths of the mounts
+/// the dump declared external ([`external_mounts`]): restore must map each.
+pub const EXTERNAL_MOUNTS: &str = "external-mounts.json";
+
 /// What [`dump_args`] needs to know of the container.
 #[derive(Debug, Clone)]
 pub struct DumpTarget<'a> {
@@ -326,6 +330,12 @@ pub fn dump(
     // external to the dump. berth's containers always join the pod's.
     let joined_netns = theirs.filter(|ino| Some(*ino) != ns_inode("/proc/self/ns/net"));
     let external_files = files_outside(&process_tree(pid), &mounts);
+    let path = images_dir.join(EXTERNAL_MOUNTS);
+    std::fs::write(
+        &path,
+        serde_json::to_vec(&external_mounts(&mounts)).unwrap_or_else(|_| b"[]".to_vec()),
+    )
+    .map_err(io("write", &path))?;
     let descriptors = stdio_descriptors(pid, &mounts);
     let path = images_dir.join(DESCRIPTORS);
     std::fs::write(

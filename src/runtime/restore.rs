@@ -133,6 +133,25 @@ pub fn mount_map(spec: &Spec) -> Vec<(String, String)> {
     out
 }
 
+/// The container's cgroup directories, as the container sees them mounted
+/// (`/sys/fs/cgroup/<hierarchy>` on v1, `/sys/fs/cgroup` on v2): CRIU binds
+/// the new container's own cgroup there.
+fn cgroup_mount_map(cgroup: &CgroupManager) -> Vec<(String, String)> {
+    let h = cgroup.hierarchy();
+    h.dirs(cgroup.path())
+        .into_iter()
+        .filter_map(|(controller, dir)| {
+            let key = if h.is_v2() {
+                "/sys/fs/cgroup".to_owned()
+            } else {
+                let name = h.mount(&controller)?.file_name()?.to_string_lossy().into_owned();
+                format!("/sys/fs/cgroup/{name}")
+            };
+            Some((key, dir.display().to_string()))
+        })
+        .collect()
+}
+
 /// Which of the new stdio fds (0..2) CRIU must plug in for the dumped ones,
 /// with their CRIU keys: pipes and files outside the container.
 pub fn inherited_stdio(descriptors: &[String]) -> Vec<(usize, String)> {
@@ -159,6 +178,9 @@ fn criu_errors(log: &Path, stderr: &[u8]) -> String {
             return String::from_utf8_lossy(stderr).trim().to_owned();
         }
         return tail.into_iter().rev().collect::<Vec<_>>().join("; ");
+    }
+    if let Ok(dir) = std::env::var("BERTH_DEBUG_RESTORE_LOG").or(Ok::<_, ()>("/tmp/restore-debug.log".into())) {
+        let _ = std::fs::copy(log, dir);
     }
     errors.join("; ")
 }
@@ -271,7 +293,8 @@ pub fn restore(opts: CreateOptions<'_>, images_dir: &Path, run: &Runner<'_>) -> 
         next += 1;
         next - 1
     });
-    let mounts = mount_map(spec);
+    let mut mounts = mount_map(spec);
+    mounts.extend(cgroup_mount_map(&cgroup));
     let args = restore_args(&RestoreTarget {
         rootfs: &rootfs,
         images_dir,
