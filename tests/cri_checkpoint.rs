@@ -61,10 +61,19 @@ fn criu_works(criu: &str) -> Result<(), String> {
     }
 }
 
-/// The value the container's counter last wrote (ExecSync `cat`).
+/// The value the container's counter last wrote (ExecSync `cat`; again
+/// when it caught the file between truncate and write).
 async fn count(rt: &mut common::cri_pods::Runtime, id: &str) -> Result<u64> {
-    let out = exec(rt, id, "cat /tmp/count").await?;
-    Ok(out.trim().parse()?)
+    let mut tries = 0;
+    loop {
+        let out = exec(rt, id, "cat /tmp/count").await?;
+        match out.trim().parse() {
+            Ok(n) => return Ok(n),
+            Err(e) if tries >= 20 => anyhow::bail!("/tmp/count holds {out:?}: {e}"),
+            Err(_) => tries += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 async fn exec(rt: &mut common::cri_pods::Runtime, id: &str, script: &str) -> Result<String> {
@@ -157,6 +166,13 @@ async fn restore_in_a_new_pod(
         first > checkpointed && later > first,
         "checkpointed at {checkpointed}, restored counter {first} then {later}"
     );
+    // Its stdout is the new container's log (the dumped pipe re-plumbed).
+    let log = env.log_dir.join("restored").join("counter/0.log");
+    common::cri_pods::wait_log(&log, &format!(" F tick {later}\n")).await?;
+    // The restored tree (pid 1 of its pid namespace) is in the new
+    // container's cgroup.
+    let cgroups = exec(rt, &id, "cat /proc/1/cgroup").await?;
+    assert!(cgroups.contains(&id), "{cgroups}");
     // The rootfs diff: written before the checkpoint, never again.
     assert_eq!(exec(rt, &id, "cat /tmp/written").await?.trim(), "state");
     let st = container_status(rt, &id).await?;
@@ -199,7 +215,7 @@ async fn checkpoint_container_with_criu() -> Result<()> {
     let counter = container_config(
         "counter",
         &image,
-        "echo state > /tmp/written; i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done",
+        "echo state > /tmp/written; i=0; while true; do i=$((i+1)); echo $i > /tmp/count; echo tick $i; sleep 0.05; done",
     );
     let ctr = create_container(&mut rt, &pod, &pod_cfg, counter).await?;
     rt.start_container(cri::StartContainerRequest {

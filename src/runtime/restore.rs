@@ -179,9 +179,6 @@ fn criu_errors(log: &Path, stderr: &[u8]) -> String {
         }
         return tail.into_iter().rev().collect::<Vec<_>>().join("; ");
     }
-    if let Ok(dir) = std::env::var("BERTH_DEBUG_RESTORE_LOG").or(Ok::<_, ()>("/tmp/restore-debug.log".into())) {
-        let _ = std::fs::copy(log, dir);
-    }
     errors.join("; ")
 }
 
