@@ -49,7 +49,7 @@
 //! (see `tests/runtime_containers.rs`).
 //!
 //! Layout: one file per operation (`create.rs`, `start.rs`, `kill.rs`,
-//! `exec.rs`, `delete.rs`); the helper side in `helper.rs` (namespaces,
+//! `exec.rs`, `delete.rs`, `checkpoint.rs` and `restore.rs` with CRIU); the helper side in `helper.rs` (namespaces,
 //! clone) and `init.rs` (the container process' own set-up), the filesystem
 //! in `rootfs.rs`, pure spec translations in `namespaces.rs`,
 //! `mount_options.rs`, `process_spec.rs`, `path.rs`; raw syscalls in `sys.rs`.
