@@ -200,3 +200,97 @@ fn v2_create_join_freeze_stats_destroy() -> Result<()> {
     ensure!(matches!(cg.mgr.pids(), Err(CgroupError::NotFound(_))));
     Ok(())
 }
+
+/// Runs `script` under sh in the cgroup (moved in before it starts) and
+/// returns its exit code and output.
+fn run_in(cg: &V2Cgroup, script: &str) -> Result<(i32, String)> {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let mut child = Command::new("sh")
+        .args(["-c", &format!("read go; {script}")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    cg.mgr.add_process(child.id() as i32)?;
+    child.stdin.take().context("stdin")?.write_all(b"go\n")?;
+    let out = child.wait_with_output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out.status.code().unwrap_or(-1), text))
+}
+
+/// cgroup v2's device controller is the eBPF program berth attaches from
+/// linux.resources.devices: a process in the cgroup can mknod a device the
+/// rules do not allow (mknod of anything is a default) but not open it,
+/// while /dev/null and the like work; with `a *:* rwm` (a privileged
+/// container) the same open works, and an update replaces the rules. The
+/// device is /dev/kmsg's c 1:11, which every kernel has and root may open.
+#[test]
+fn v2_device_rules_are_enforced_by_the_bpf_program() -> Result<()> {
+    use oci_spec::runtime::{LinuxDeviceCgroupBuilder, LinuxDeviceType};
+    let Some(cg) = V2Cgroup::new() else {
+        return Ok(());
+    };
+    let tmp = tempfile::tempdir()?;
+    let d = tmp.path().display();
+    let script = format!(
+        "rm -f {d}/kmsg {d}/null; mknod {d}/kmsg c 1 11 || exit 10; mknod {d}/null c 1 3 || exit 11; \
+         echo x >{d}/null || exit 12; head -c 1 /dev/zero >/dev/null || exit 13; \
+         if head -c 0 <{d}/kmsg; then echo kmsg-opened; else echo kmsg-refused; fi"
+    );
+    let all = LinuxDeviceCgroupBuilder::default()
+        .allow(true)
+        .typ(LinuxDeviceType::A)
+        .access("rwm")
+        .build()?;
+    let privileged = LinuxResourcesBuilder::default()
+        .devices(vec![all])
+        .build()?;
+    cg.mgr.create(Some(&privileged))?;
+    let (rc, out) = run_in(&cg, &script)?;
+    ensure!(
+        rc == 0 && out.contains("kmsg-opened"),
+        "allow-all: exit {rc}: {out}"
+    );
+
+    // The default rules only (what a container without devices gets).
+    let defaults = LinuxResourcesBuilder::default().devices(vec![]).build()?;
+    cg.mgr.apply(&defaults)?;
+    let (rc, out) = run_in(&cg, &script)?;
+    ensure!(
+        rc == 0 && out.contains("kmsg-refused") && out.contains("not permitted"),
+        "default rules: exit {rc}: {out}"
+    );
+
+    // An explicit allow of c 1:11 for reading only.
+    let kmsg_r = LinuxDeviceCgroupBuilder::default()
+        .allow(true)
+        .typ(LinuxDeviceType::C)
+        .major(1i64)
+        .minor(11i64)
+        .access("r")
+        .build()?;
+    cg.mgr.apply(
+        &LinuxResourcesBuilder::default()
+            .devices(vec![kmsg_r])
+            .build()?,
+    )?;
+    let (rc, out) = run_in(&cg, &script)?;
+    ensure!(
+        rc == 0 && out.contains("kmsg-opened"),
+        "c 1:11 r: exit {rc}: {out}"
+    );
+    let (rc, out) = run_in(
+        &cg,
+        &format!("{script}; echo x >{d}/kmsg || echo write-refused"),
+    )?;
+    ensure!(
+        rc == 0 && out.contains("write-refused"),
+        "c 1:11 r, writing: exit {rc}: {out}"
+    );
+    Ok(())
+}

@@ -143,7 +143,7 @@ async fn resources_update_nanocores_and_pod_overhead() -> Result<()> {
     });
     let limited = create_container(&mut rt, &pod, &pod_cfg, cfg).await?;
     start(&mut rt, &limited).await?;
-    let cgroup = format!("{pod_cgroup}/{limited}");
+    let cgroup = cgroupfs::container(&pod_cgroup, &limited);
     assert_eq!(limits(&cgroup)?, expect(32 << 20, 20_000, 100_000, 256));
 
     rt.update_container_resources(cri::UpdateContainerResourcesRequest {

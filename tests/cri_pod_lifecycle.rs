@@ -68,7 +68,7 @@ async fn pod_lifecycle_leaves_nothing() -> Result<()> {
     );
     let hosts = std::fs::read_to_string(pod_dir.join("hosts"))?;
     assert!(hosts.contains(&ip) && hosts.contains("web"), "{hosts}");
-    let cg = common::cgroupfs::dir("memory", &format!("{}/web", env.cgroup_parent));
+    let cg = common::cgroupfs::dir("memory", &env.pod_cgroup("web"));
     assert!(cg.is_dir(), "pod cgroup {} exists", cg.display());
 
     // A host-network pod next to it.
@@ -179,7 +179,12 @@ async fn bad_pod_requests_leave_nothing() -> Result<()> {
     let mut no_meta = env.pod_config("x", true);
     no_meta.metadata = None;
     let mut slice = env.pod_config("y", true);
-    slice.linux.as_mut().unwrap().cgroup_parent = "kubepods-besteffort.slice".into();
+    // A parent in the other driver's form.
+    slice.linux.as_mut().unwrap().cgroup_parent = if common::cgroupfs::systemd_driver() {
+        "/kubepods/besteffort".into()
+    } else {
+        "kubepods-besteffort.slice".into()
+    };
     let mut bad_dns = env.pod_config("z", false);
     bad_dns.dns_config.as_mut().unwrap().servers = vec!["not-an-ip".into()];
     let mut bad_host = env.pod_config("w", false);

@@ -70,6 +70,10 @@ const TESTS: &[Test] = &[
     ),
     ("rlimits_umask_and_devices", rlimits_umask_and_devices),
     (
+        "device_cgroup_refuses_unlisted_devices",
+        device_cgroup_refuses_unlisted_devices,
+    ),
+    (
         "unprivileged_limits_are_clamped",
         unprivileged_limits_are_clamped,
     ),
@@ -582,6 +586,50 @@ fn rlimits_umask_and_devices() -> Result<()> {
     Ok(())
 }
 
+/// The device cgroup (v1: devices.allow / deny; v2: the eBPF device
+/// program): a container with CAP_MKNOD may make a node for a device its
+/// rules do not allow (mknod of anything is a default), but not open it,
+/// while /dev/null works. c 1:11 is /dev/kmsg, which every kernel has and
+/// root may open.
+fn device_cgroup_refuses_unlisted_devices() -> Result<()> {
+    use oci_spec::runtime::{Capability as C, LinuxCapabilitiesBuilder};
+    let bundle = busybox_bundle()?;
+    let id = unique_id("devcg");
+    let mut spec = spec(
+        &bundle,
+        &id,
+        &[
+            "sh",
+            "-c",
+            "mknod /tmp/kmsg c 1 11 || exit 10; \
+             if head -c 0 </tmp/kmsg; then echo opened; else echo refused; fi; \
+             echo x >/dev/null && echo null-ok",
+        ],
+    );
+    set_process(&mut spec, |p| {
+        let caps: std::collections::HashSet<C> = [C::Mknod, C::Kill].into_iter().collect();
+        p.set_capabilities(Some(
+            LinuxCapabilitiesBuilder::default()
+                .bounding(caps.clone())
+                .permitted(caps.clone())
+                .inheritable(caps.clone())
+                .effective(caps)
+                .ambient(std::collections::HashSet::<C>::new())
+                .build()
+                .unwrap(),
+        ));
+    });
+    let out = run(&bundle, &id, &spec)?;
+    ensure!(out.code == 0, "exit {} stderr {}", out.code, out.stderr);
+    ensure!(
+        out.stdout == "refused\nnull-ok\n" && out.stderr.contains("not permitted"),
+        "stdout {:?} stderr {:?}",
+        out.stdout,
+        out.stderr
+    );
+    Ok(())
+}
+
 fn exec_into_running_container() -> Result<()> {
     let bundle = busybox_bundle()?;
     let id = unique_id("exec");
@@ -658,11 +706,21 @@ fn exec_into_running_container() -> Result<()> {
     Ok(())
 }
 
+/// The cgroup directory (relative to the hierarchy root) of an OCI
+/// cgroupsPath in either driver's form (`system.slice:berth-test:<id>` is
+/// `system.slice/berth-test-<id>.scope`).
+fn v2_path(cgroups_path: &str) -> String {
+    berth::runtime::cgroups::CgroupManager::new(cgroups_path)
+        .expect("cgroups path")
+        .path()
+        .to_owned()
+}
+
 /// Every controller line of `/proc/<pid>/cgroup` names `cgroup` (v1; on v2
 /// the one line does).
 fn in_every_controller(pid: i32, cgroup: &str) -> Result<()> {
     let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
-    let want = format!("/{}", cgroup.trim_start_matches('/'));
+    let want = format!("/{}", v2_path(cgroup));
     let mut seen = 0;
     for line in own.lines() {
         let mut f = line.splitn(3, ':').skip(1);
@@ -1088,7 +1146,7 @@ fn user_namespace() -> Result<()> {
     let mut spec2 = spec_for(&bundle, &id, &["sleep", "1000"]);
     spec2.set_linux(spec.linux().clone());
     let mut linux = spec2.linux().clone().unwrap();
-    linux.set_cgroups_path(Some(format!("/{id}").into()));
+    linux.set_cgroups_path(Some(cgroup_path(&id).into()));
     spec2.set_linux(Some(linux));
     let mut c = create(&bundle, &id, &spec2, Stdio::default())?;
     c.container.start()?;
@@ -1236,14 +1294,15 @@ fn cgroup_v2_clone_into_inner() -> Result<()> {
     let mut first = create(&bundle, &id1, &spec1, Stdio::default())?;
     first.container.start()?;
     let pid = first.container.pid;
+    let cg1 = v2_path(&cgroup_path(&id1));
     ensure!(
-        v2_cgroup_of(pid)? == format!("/{id1}"),
+        v2_cgroup_of(pid)? == format!("/{cg1}"),
         "init in {}",
         v2_cgroup_of(pid)?
     );
     ensure!(
         Path::new(unified_root())
-            .join(&id1)
+            .join(&cg1)
             .join("cgroup.procs")
             .exists()
     );
@@ -1258,7 +1317,7 @@ fn cgroup_v2_clone_into_inner() -> Result<()> {
     );
     wait_exit(sleeper.pid)?;
     ensure!(
-        exec_cgroup? == format!("/{id1}"),
+        exec_cgroup? == format!("/{cg1}"),
         "exec'd process elsewhere"
     );
 
@@ -1284,7 +1343,7 @@ fn cgroup_v2_clone_into_inner() -> Result<()> {
         "the container's own view: {own_view:?}"
     );
     ensure!(
-        v2_cgroup_of(second.container.pid)? == format!("/{id2}"),
+        v2_cgroup_of(second.container.pid)? == format!("/{}", v2_path(&cgroup_path(&id2))),
         "second init in {}",
         v2_cgroup_of(second.container.pid)?
     );
@@ -1295,8 +1354,8 @@ fn cgroup_v2_clone_into_inner() -> Result<()> {
     ensure!(first.wait()? == 137);
     drop(first);
     ensure!(
-        !Path::new(unified_root()).join(&id1).exists(),
-        "cgroup {id1} left behind"
+        !Path::new(unified_root()).join(&cg1).exists(),
+        "cgroup {cg1} left behind"
     );
     Ok(())
 }

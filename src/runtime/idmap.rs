@@ -148,10 +148,19 @@ pub fn parse_overlay(data: &str) -> OverlayLayers {
 }
 
 /// Mounts an overlay at `target` whose lower layers are idmapped copies of
-/// `layers.lower` (handed to overlayfs as `lowerdir+` file descriptors), so
-/// that files owned by uid 0 in the shared layers appear owned by the user
-/// namespace's root, and the upper dir gets files owned by the mapped ids.
-/// The layers themselves are not changed.
+/// `layers.lower`, so that files owned by uid 0 in the shared layers appear
+/// owned by the user namespace's root, and the upper dir gets files owned
+/// by the mapped ids. The layers themselves are not changed.
+///
+/// - Kernels with `lowerdir+` (6.8 and later): the idmapped layers are
+///   handed to overlayfs as file descriptors, never attached anywhere.
+/// - Older ones (overlayfs takes idmapped layers since 5.19; Debian 12 has
+///   6.1): each idmapped layer is attached at a directory of its own next to
+///   `target`, the overlay is mounted with the classic `lowerdir=` option
+///   string naming them (`overlay::mount_classic`, which also copes with
+///   more layers than a page holds), and the layer mounts are detached again
+///   (overlayfs holds its own clones), as containerd's
+///   `doPrepareIDMappedOverlay` does.
 pub fn mount_idmapped_overlay(
     layers: &OverlayLayers,
     userns: BorrowedFd<'_>,
@@ -160,20 +169,58 @@ pub fn mount_idmapped_overlay(
     if layers.lower.is_empty() {
         return Err("an overlay needs at least one lower dir".into());
     }
-    let ctx = FsContext::open("overlay").map_err(|e| format!("fsopen overlay: {e}"))?;
+    match mount_idmapped_lowerdir_plus(layers, userns, target) {
+        Ok(()) => Ok(()),
+        Err(Fallback::Classic(e)) => {
+            tracing::debug!(error = %e, "idmapped overlay: no lowerdir+, using attached layers");
+            mount_idmapped_classic(layers, userns, target)
+        }
+        Err(Fallback::Failed(e)) => Err(e),
+    }
+}
+
+enum Fallback {
+    /// The kernel has no `lowerdir+` (or no new mount API).
+    Classic(nix::errno::Errno),
+    Failed(String),
+}
+
+/// Whether `e` from fsopen / the first `lowerdir+` / create means "no
+/// `lowerdir+` here": ENOSYS (no new mount API), EINVAL (the legacy parser
+/// before 6.5 takes no fd values, and refuses unknown keys only at create;
+/// 6.5-6.7 refuse the key), EOPNOTSUPP.
+fn no_lowerdir_plus(e: nix::errno::Errno) -> bool {
+    use nix::errno::Errno;
+    matches!(e, Errno::ENOSYS | Errno::EINVAL | Errno::EOPNOTSUPP)
+}
+
+fn mount_idmapped_lowerdir_plus(
+    layers: &OverlayLayers,
+    userns: BorrowedFd<'_>,
+    target: &Path,
+) -> Result<(), Fallback> {
+    let ctx = FsContext::open("overlay").map_err(Fallback::Classic)?;
     // The detached layers must stay open until the overlay is created:
     // closing one unmounts it, and overlayfs clones them only then.
     let mut trees = Vec::with_capacity(layers.lower.len());
-    for l in &layers.lower {
-        let tree = idmapped_tree(l, false, userns)?;
-        ctx.set_fd("lowerdir+", tree.as_fd())
-            .map_err(|e| format!("overlay lowerdir+ {}: {e}", l.display()))?;
+    for (i, l) in layers.lower.iter().enumerate() {
+        let tree = idmapped_tree(l, false, userns).map_err(Fallback::Failed)?;
+        match ctx.set_fd("lowerdir+", tree.as_fd()) {
+            Ok(()) => {}
+            Err(e) if i == 0 && no_lowerdir_plus(e) => return Err(Fallback::Classic(e)),
+            Err(e) => {
+                return Err(Fallback::Failed(format!(
+                    "overlay lowerdir+ {}: {e}",
+                    l.display()
+                )));
+            }
+        }
         trees.push(tree);
     }
     for (key, dir) in [("upperdir", &layers.upper), ("workdir", &layers.work)] {
         if let Some(d) = dir {
             ctx.set_string(key, &d.to_string_lossy())
-                .map_err(|e| format!("overlay {key}={}: {e}", d.display()))?;
+                .map_err(|e| Fallback::Failed(format!("overlay {key}={}: {e}", d.display())))?;
         }
     }
     for o in &layers.other {
@@ -181,12 +228,75 @@ pub fn mount_idmapped_overlay(
             Some((k, v)) => ctx.set_string(k, v),
             None => ctx.set_flag(o),
         };
-        r.map_err(|e| format!("overlay option {o}: {e}"))?;
+        r.map_err(|e| Fallback::Failed(format!("overlay option {o}: {e}")))?;
     }
-    let mnt = ctx.mount(0).map_err(|e| format!("create overlay: {e}"))?;
+    let mnt = match ctx.mount(0) {
+        Ok(m) => m,
+        Err(e) if no_lowerdir_plus(e) => return Err(Fallback::Classic(e)),
+        Err(e) => return Err(Fallback::Failed(format!("create overlay: {e}"))),
+    };
     drop(trees);
     mount_api::attach(mnt.as_fd(), target)
-        .map_err(|e| format!("attach overlay at {}: {e}", target.display()))
+        .map_err(|e| Fallback::Failed(format!("attach overlay at {}: {e}", target.display())))
+}
+
+fn mount_idmapped_classic(
+    layers: &OverlayLayers,
+    userns: BorrowedFd<'_>,
+    target: &Path,
+) -> IdmapResult<()> {
+    let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
+        return Err(format!(
+            "overlay target {} has no parent directory",
+            target.display()
+        ));
+    };
+    let dir = parent.join(format!(".{}.idmapped", name.to_string_lossy()));
+    remove_layer_dirs(&dir);
+    std::fs::create_dir(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let mut attached: Vec<PathBuf> = Vec::with_capacity(layers.lower.len());
+    let result = (|| {
+        let mut mapped = layers.clone();
+        mapped.lower.clear();
+        for (i, l) in layers.lower.iter().enumerate() {
+            let at = dir.join(i.to_string());
+            std::fs::create_dir(&at).map_err(|e| format!("create {}: {e}", at.display()))?;
+            let tree = idmapped_tree(l, false, userns)?;
+            mount_api::attach(tree.as_fd(), &at).map_err(|e| {
+                format!(
+                    "attach the idmapped {} at {}: {e}",
+                    l.display(),
+                    at.display()
+                )
+            })?;
+            attached.push(at.clone());
+            mapped.lower.push(at);
+        }
+        super::overlay::mount_classic(&mapped, nix::mount::MsFlags::empty(), target)
+            .map_err(|e| e.to_string())
+    })();
+    for at in attached.iter().rev() {
+        if let Err(e) = nix::mount::umount2(at, nix::mount::MntFlags::MNT_DETACH) {
+            tracing::warn!(path = %at.display(), error = %e, "unmount an idmapped layer");
+        }
+    }
+    remove_layer_dirs(&dir);
+    result
+}
+
+/// Removes the directories the idmapped layers were attached at: never
+/// recursively (a layer still attached there is an image layer), each one
+/// unmounted first in case an earlier attempt left it mounted.
+fn remove_layer_dirs(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(&p);
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 /// Attaches the detached mount `tree` at `target`.

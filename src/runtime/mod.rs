@@ -61,6 +61,7 @@ use oci_spec::runtime::{LinuxResources, Process, Spec};
 use serde::{Deserialize, Serialize};
 
 mod apparmor;
+mod bpf;
 pub mod cgroups;
 pub mod checkpoint;
 mod create;

@@ -155,7 +155,10 @@ fn option_string(layers: &OverlayLayers, lower: &[String]) -> String {
     opts.join(",")
 }
 
-fn mount_classic(
+/// mount(2) of the overlay with the classic option string (short layer
+/// names when it would be longer than a page). Also the idmapped overlay's
+/// way on kernels without `lowerdir+`.
+pub(crate) fn mount_classic(
     layers: &OverlayLayers,
     flags: MsFlags,
     target: &Path,

@@ -184,7 +184,14 @@ impl Berthd {
     }
 
     fn wait_ready(&mut self) -> Result<()> {
-        let deadline = Instant::now() + PATIENCE;
+        // In the VM lane (software emulation, the debug binary read over
+        // virtio-9p) a start alone took over a minute on a loaded host.
+        let patience = if std::env::var_os("BERTH_IN_VM").is_some() {
+            PATIENCE * 5
+        } else {
+            PATIENCE
+        };
+        let deadline = Instant::now() + patience;
         loop {
             if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
                 return Ok(());

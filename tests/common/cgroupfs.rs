@@ -12,6 +12,13 @@ use std::path::{Path, PathBuf};
 
 const ROOT: &str = "/sys/fs/cgroup";
 
+/// Whether the tests run berthd with the systemd cgroup driver
+/// (`BERTH_TEST_CGROUP_DRIVER=systemd`, which the VM lane sets for its
+/// second pass): pods are then slices and containers scopes.
+pub fn systemd_driver() -> bool {
+    std::env::var("BERTH_TEST_CGROUP_DRIVER").is_ok_and(|d| d == "systemd")
+}
+
 /// Whether /sys/fs/cgroup is the cgroup2 (unified) tree.
 pub fn unified() -> bool {
     nix::sys::statfs::statfs(ROOT)
@@ -42,10 +49,49 @@ pub fn root(controller: &str) -> PathBuf {
     }
 }
 
-/// The directory of cgroup `path` (an OCI cgroupsPath, cgroupfs layout) in
-/// the hierarchy of `controller`.
+/// The directory of cgroup `path` (an OCI cgroupsPath, cgroupfs layout, or
+/// one starting with a systemd slice name: see [`relative`]) in the
+/// hierarchy of `controller`.
 pub fn dir(controller: &str, path: &str) -> PathBuf {
-    root(controller).join(path.trim_start_matches('/'))
+    root(controller).join(relative(path))
+}
+
+/// `path` relative to the hierarchy root. A first component that is a
+/// systemd slice name is expanded as systemd nests slices
+/// (`a-b-c.slice` is `a.slice/a-b.slice/a-b-c.slice`), so that the systemd
+/// driver's pod slices and their `berth-<id>.scope`s are found too.
+pub fn relative(path: &str) -> String {
+    let rel = path.trim_start_matches('/');
+    let (first, rest) = rel.split_once('/').unwrap_or((rel, ""));
+    let Some(stem) = first
+        .strip_suffix(".slice")
+        .filter(|s| !s.is_empty() && *s != "-")
+    else {
+        return rel.to_owned();
+    };
+    let mut parts = Vec::new();
+    let mut prefix = String::new();
+    for p in stem.split('-') {
+        if !prefix.is_empty() {
+            prefix.push('-');
+        }
+        prefix.push_str(p);
+        parts.push(format!("{prefix}.slice"));
+    }
+    if !rest.is_empty() {
+        parts.push(rest.to_owned());
+    }
+    parts.join("/")
+}
+
+/// The cgroup of container `id` in pod cgroup `pod` (its cgroup parent):
+/// `<pod>/<id>` (cgroupfs driver), `<pod>.slice/berth-<id>.scope` (systemd).
+pub fn container(pod: &str, id: &str) -> String {
+    if pod.ends_with(".slice") {
+        format!("{pod}/berth-{id}.scope")
+    } else {
+        format!("{pod}/{id}")
+    }
 }
 
 /// v1 controllers a container's cgroup is in (those mounted here).
@@ -56,7 +102,8 @@ pub const V1_CONTROLLERS: &[&str] = &[
 /// Every directory cgroup `path` can be in: one per mounted v1 controller,
 /// or the one v2 directory. Panics if there is no hierarchy to look in.
 pub fn dirs(path: &str) -> Vec<PathBuf> {
-    let rel = path.trim_start_matches('/');
+    let rel = relative(path);
+    let rel = rel.as_str();
     if unified() {
         // At the root (the cgroupfs layout's absolute paths), and below
         // this process's own cgroup (a delegated subtree, e.g. the VM

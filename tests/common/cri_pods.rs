@@ -31,10 +31,18 @@ impl PodEnv {
         let bridge = format!("bcri{}{idx}", pid % 100_000);
         let second = 180 + idx;
         let config = dirs.tmp.path().join("berthd.toml");
+        // The cgroup driver the run asks for (the VM lane runs the CRI tests
+        // with each); its pods' parent in that driver's form.
+        let systemd = super::cgroupfs::systemd_driver();
+        let (driver, cgroup_parent) = if systemd {
+            ("systemd", format!("berthtest{pid}x{idx}.slice"))
+        } else {
+            ("cgroupfs", format!("/berth-test-cri-{pid}-{idx}"))
+        };
         std::fs::write(
             &config,
             format!(
-                "[cgroup]\ndriver = \"cgroupfs\"\n\n[network]\nmode = \"builtin\"\nbridge_name = \"{bridge}\"\n\
+                "[cgroup]\ndriver = \"{driver}\"\n\n[network]\nmode = \"builtin\"\nbridge_name = \"{bridge}\"\n\
                  pod_subnet = \"10.{second}.{}.0/24\"\npod_subnet_v6 = \"fd43:{second:x}:{:x}::/64\"\n\
                  cni_conf_dir = \"{}\"\n",
                 pid % 250,
@@ -44,7 +52,7 @@ impl PodEnv {
         )?;
         let log_dir = dirs.tmp.path().join("logs");
         Ok(Self {
-            cgroup_parent: format!("/berth-test-cri-{pid}-{idx}"),
+            cgroup_parent,
             dirs,
             config,
             bridge,
@@ -74,6 +82,12 @@ impl PodEnv {
         pod_sandbox_config(name, host_network, &self.log_dir, &self.cgroup_parent)
     }
 
+    /// The cgroup of pod `name` (its config's cgroup parent), in the
+    /// driver's form.
+    pub fn pod_cgroup(&self, name: &str) -> String {
+        pod_cgroup_parent(&self.cgroup_parent, name)
+    }
+
     /// Whether the test's cgroup parent is gone from every hierarchy (each
     /// v1 controller, or the v2 tree), removing it first if it is empty.
     /// Panics if there is no hierarchy to look in.
@@ -89,8 +103,17 @@ impl PodEnv {
                         }
                     }
                 }
-                let _ = std::fs::remove_dir(&p);
+                if !self.cgroup_parent.ends_with(".slice") {
+                    let _ = std::fs::remove_dir(&p);
+                }
             }
+        }
+        if self.cgroup_parent.ends_with(".slice") {
+            // systemd made the parent slice for the pod slices in it.
+            let _ = std::process::Command::new("systemctl")
+                .args(["stop", &self.cgroup_parent])
+                .stderr(std::process::Stdio::null())
+                .status();
         }
         left
     }
@@ -148,6 +171,16 @@ impl Drop for PodEnv {
     }
 }
 
+/// The cgroup parent of pod `name` below `parent`: `<parent>/<name>`, or
+/// for a slice (systemd driver) the pod slice in it, as kubelet names them
+/// (`kubepods-pod<uid>.slice` in `kubepods.slice`).
+pub fn pod_cgroup_parent(parent: &str, name: &str) -> String {
+    match parent.strip_suffix(".slice") {
+        Some(stem) => format!("{stem}-{}.slice", name.replace('-', "_")),
+        None => format!("{parent}/{name}"),
+    }
+}
+
 /// The pod config kubelet would send for pod `name` (logs under `log_dir`,
 /// cgroup `<cgroup_parent>/<name>`); `host_network` puts it in the host's
 /// network namespace. Shared by the berthd tests and the containerd benches.
@@ -183,7 +216,7 @@ pub fn pod_sandbox_config(
             options: vec!["ndots:5".into()],
         }),
         linux: Some(cri::LinuxPodSandboxConfig {
-            cgroup_parent: format!("{cgroup_parent}/{name}"),
+            cgroup_parent: pod_cgroup_parent(cgroup_parent, name),
             security_context: Some(cri::LinuxSandboxSecurityContext {
                 namespace_options: Some(cri::NamespaceOption {
                     network: mode as i32,

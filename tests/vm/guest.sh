@@ -2,7 +2,8 @@
 # Runs inside the VM lane's guest, from berth-vm-tests.service (Type=exec,
 # Delegate=yes), as the results share's copy: mounts the host's worktree
 # read-only at the same path (the host-built test binaries name their
-# berthd and shim by absolute path), runs each line of tests.list, and
+# berthd and shim by absolute path), runs each line of tests.list
+# (`<name> <binary> <NAME=VALUE,... or -> <args>`), and
 # writes `<name> <exit code> <seconds>` lines to results. The unit powers
 # the machine off when this exits.
 R=/mnt/results
@@ -17,12 +18,13 @@ say "== guest: runner in $(cat /proc/self/cgroup), up $(cut -d' ' -f1 /proc/upti
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root BERTH_IN_VM=1 RUST_BACKTRACE=1
 cd "$REPO"
-while IFS=' ' read -r name bin args; do
+while IFS=' ' read -r name bin envs args; do
   [ -n "$name" ] || continue
-  say "== guest: $name: $bin $args"
+  [ "$envs" = - ] && envs=
+  say "== guest: $name: $envs $bin $args"
   start=$(cut -d. -f1 /proc/uptime)
   # shellcheck disable=SC2086 # args are split on purpose
-  { "$bin" $args 2>&1; echo $? >"/run/rc.$name"; } | tee "$R/$name.out" >/dev/console
+  { env $(echo "$envs" | tr , ' ') "$bin" $args 2>&1; echo $? >"/run/rc.$name"; } | tee "$R/$name.out" >/dev/console
   rc=$(cat "/run/rc.$name" 2>/dev/null || echo 98)
   end=$(cut -d. -f1 /proc/uptime)
   echo "$name $rc $((end - start))" >>"$R/results"

@@ -3,11 +3,14 @@
 # as pid 1 and pure cgroup v2 (qemu, software emulation), and turns their
 # results into a pass/fail here, with the guest's output in the log.
 #
-#   tests/vm/run.sh [-t SECONDS] [-e NAME=VALUE]... TEST[:ARGS...] ...
+#   tests/vm/run.sh [-t SECONDS] [-e NAME=VALUE]... '[NAME=VALUE ...] TEST[:ARGS...]' ...
 #
 # TEST is an integration test target (tests/TEST.rs); ARGS (comma-separated)
 # go to the test binary, e.g. `cri_pod_lifecycle:--exact,some_test` or
-# `runtime_containers:filter`. The host builds the binaries; the guest gets
+# `runtime_containers:filter`. NAME=VALUE words before it (in the same
+# argument) set environment variables for that test only, e.g.
+# 'BERTH_TEST_CGROUP_DRIVER=systemd cri_pod_lifecycle' (reported as
+# `cri_pod_lifecycle+systemd`). The host builds the binaries; the guest gets
 # this worktree read-only over virtio-9p at the same path, and a writable
 # results share. -e sets an environment variable for the guest's tests
 # (e.g. the cgroup driver to run them with). Exit: 0 all passed, 1 a test failed, 2 the lane failed
@@ -42,8 +45,15 @@ image=$("$here/image.sh")
 t_image=$(($(date +%s) - t0))
 
 # The test binaries, exactly (cargo's JSON names each executable).
+# The test spec of an argument (its last word), its NAME=VALUE words, and
+# the name its result is reported under.
+spec_of() { local w=($1); echo "${w[-1]}"; }
+envs_of() { local w=($1); local IFS=,; echo "${w[*]:0:${#w[@]}-1}"; }
 targets=()
-for spec in "$@"; do targets+=(--test "${spec%%:*}"); done
+for arg in "$@"; do
+  t=$(spec_of "$arg"); t=${t%%:*}
+  [[ " ${targets[*]} " == *" --test $t "* ]] || targets+=(--test "$t")
+done
 cargo build -q --workspace --bins
 json=$(cargo test -q --no-run --message-format=json "${targets[@]}")
 run=$(mktemp -d "$repo/target/vm/run.XXXXXX")
@@ -53,8 +63,12 @@ run=$(mktemp -d "$repo/target/vm/run.XXXXXX")
 } >"$run/env"
 cp "$here/guest.sh" "$run/guest.sh"
 : >"$run/tests.list"
-for spec in "$@"; do
+for arg in "$@"; do
+  spec=$(spec_of "$arg")
+  envs=$(envs_of "$arg")
   name=${spec%%:*}
+  label=$name
+  [[ -n $envs ]] && label+="+$(sed -e 's/[^,]*=//g' -e 's/,/+/g' <<<"$envs")"
   args=
   [[ $spec == *:* ]] && args=${spec#*:} && args=${args//,/ }
   bin=$(python3 -c '
@@ -66,7 +80,7 @@ for line in sys.stdin:
         print(m["executable"]); break
 ' "$name" <<<"$json")
   [[ -n $bin ]] || { echo "no test binary for $name" >&2; exit 2; }
-  echo "$name $bin $args" >>"$run/tests.list"
+  echo "$label $bin ${envs:--} $args" >>"$run/tests.list"
 done
 
 kernel=$image/vmlinuz

@@ -266,7 +266,17 @@ impl CgroupManager {
 
     fn apply_resources(&self, resources: &LinuxResources, creating: bool) -> Result<()> {
         let steps = plan::plan(&self.hierarchy, &self.path, resources, creating)?;
-        plan::execute(&self.hierarchy, &self.path, &steps)
+        plan::execute(&self.hierarchy, &self.path, &steps)?;
+        // v2's device controller is an eBPF program (v1's are file writes
+        // in the plan).
+        if self.hierarchy.is_v2()
+            && (creating || resources.devices().is_some())
+            && let Some(dir) = self.dir("devices")
+        {
+            let spec = resources.devices().as_deref().unwrap_or_default();
+            devices::apply_v2(&dir, spec)?;
+        }
+        Ok(())
     }
 
     /// Freezes every process in the cgroup; returns once they are frozen.

@@ -503,12 +503,7 @@ fn plan_v2(res: &LinuxResources, exists: Exists<'_>, steps: &mut Vec<Step>) -> R
     if res.rdma().as_ref().is_some_and(|r| !r.is_empty()) {
         tracing::warn!("rdma cgroup limits are not supported; ignored");
     }
-    if res.devices().as_ref().is_some_and(|d| !d.is_empty()) {
-        tracing::warn!(
-            "device access rules are not enforced on cgroup v2 (that needs an eBPF program); \
-             linux.resources.devices ignored"
-        );
-    }
+    // Device rules: an eBPF program, attached by `devices::apply_v2`.
     let mut unified: Vec<_> = res.unified().iter().flatten().collect();
     unified.sort();
     for (key, value) in unified {

@@ -836,3 +836,129 @@ fn helpers_are_admitted_by_tasks_files_on_v1_and_by_directory_on_v2() {
         CgroupManager::with_hierarchy("/gone", Hierarchy::v2_at(&tmp.path().join("v2"))).unwrap();
     assert!(matches!(gone.admit_helper(), Err(CgroupError::NotFound(_))));
 }
+
+// ---- v2 device program ----
+
+/// Runs the device program on one access, as the kernel would: the subset
+/// of eBPF that `devices::v2_program` emits, with every jump checked to
+/// land inside the program.
+fn run_device_program(
+    p: &[crate::runtime::bpf::Insn],
+    typ: u32,
+    major: u32,
+    minor: u32,
+    access: u32,
+) -> u64 {
+    let ctx = [access << 16 | typ, major, minor];
+    let mut r = [0u64; 11];
+    let mut pc = 0usize;
+    for _ in 0..10_000 {
+        let i = p[pc];
+        let (d, s) = (i.dst() as usize, i.src() as usize);
+        let imm = i.imm as i64 as u64;
+        pc += 1;
+        match i.code {
+            0x61 => {
+                assert_eq!(s, 1, "loads only from the context");
+                r[d] = u64::from(ctx[i.off as usize / 4]);
+            }
+            0x54 => r[d] = (r[d] & imm) & 0xffff_ffff,
+            0x74 => r[d] = ((r[d] as u32) >> i.imm) as u64,
+            0xb4 => r[d] = imm & 0xffff_ffff,
+            0xbc => r[d] = r[s] & 0xffff_ffff,
+            0x15 | 0x55 | 0x5d => {
+                let other = if i.code == 0x5d { r[s] } else { imm };
+                let taken = if i.code == 0x15 {
+                    r[d] == other
+                } else {
+                    r[d] != other
+                };
+                if taken {
+                    pc = (pc as i64 + i64::from(i.off)) as usize;
+                }
+            }
+            0x95 => return r[0],
+            c => panic!("unexpected opcode {c:#x}"),
+        }
+        assert!(pc < p.len(), "jump out of the program");
+    }
+    panic!("the program loops");
+}
+
+#[test]
+fn v2_device_program_follows_the_rules() {
+    const B: u32 = 1;
+    const C: u32 = 2;
+    const M: u32 = 1;
+    const R: u32 = 2;
+    const W: u32 = 4;
+    let spec = vec![
+        // An early allow-all, overridden by the later deny of c 10:*.
+        LinuxDeviceCgroupBuilder::default()
+            .allow(true)
+            .typ(LinuxDeviceType::B)
+            .major(8i64)
+            .access("r")
+            .build()
+            .unwrap(),
+        LinuxDeviceCgroupBuilder::default()
+            .allow(true)
+            .typ(LinuxDeviceType::C)
+            .major(10i64)
+            .access("rwm")
+            .build()
+            .unwrap(),
+        LinuxDeviceCgroupBuilder::default()
+            .allow(false)
+            .typ(LinuxDeviceType::C)
+            .major(10i64)
+            .minor(200i64)
+            .access("w")
+            .build()
+            .unwrap(),
+    ];
+    let p = devices::v2_program(&devices::rules(&spec).unwrap());
+    let run = |t, maj, min, acc| run_device_program(&p, t, maj, min, acc);
+    // The defaults: /dev/null, /dev/zero, ptys; mknod of anything.
+    assert_eq!(run(C, 1, 3, R | W), 1);
+    assert_eq!(run(C, 1, 5, R), 1);
+    assert_eq!(run(C, 136, 4, R | W), 1);
+    assert_eq!(run(C, 5, 2, R | W), 1);
+    assert_eq!(run(B, 8, 0, M), 1);
+    assert_eq!(run(C, 4, 1, M), 1);
+    // Not allowed: a disk, a tty, /dev/mem.
+    assert_eq!(run(B, 259, 0, R), 0);
+    assert_eq!(run(C, 4, 1, R), 0);
+    assert_eq!(run(C, 1, 1, R | W), 0);
+    // b 8:* r: read only, and only block devices.
+    assert_eq!(run(B, 8, 0, R), 1);
+    assert_eq!(run(B, 8, 16, R | W), 0);
+    assert_eq!(run(C, 8, 0, R), 0);
+    // c 10:* rwm, but not writing 10:200 (the later rule wins).
+    assert_eq!(run(C, 10, 229, R | W), 1);
+    assert_eq!(run(C, 10, 200, R), 1);
+    assert_eq!(run(C, 10, 200, W), 0);
+    assert_eq!(run(C, 10, 200, R | W), 0);
+
+    // No rules: deny all but the defaults, ending in a deny.
+    let none = devices::v2_program(&devices::rules(&[]).unwrap());
+    assert_eq!(run_device_program(&none, B, 8, 0, R), 0);
+    assert_eq!(run_device_program(&none, C, 1, 3, R | W), 1);
+    let last = none.len() - 2;
+    assert_eq!((none[last].code, none[last].imm), (0xb4, 0));
+
+    // Privileged (a *:* rwm): everything, and nothing unreachable after
+    // the rule that matches all (the verifier refuses dead code).
+    let all = LinuxDeviceCgroupBuilder::default()
+        .allow(true)
+        .typ(LinuxDeviceType::A)
+        .access("rwm")
+        .build()
+        .unwrap();
+    let privileged = devices::v2_program(&devices::rules(&[all]).unwrap());
+    assert_eq!(run_device_program(&privileged, B, 259, 0, R | W | M), 1);
+    assert_eq!(privileged.last().unwrap().code, 0x95);
+    let exits = privileged.iter().filter(|i| i.code == 0x95).count();
+    // The defaults' blocks, then the allow-all one.
+    assert_eq!(exits, 11);
+}
