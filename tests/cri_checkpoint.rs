@@ -152,7 +152,10 @@ async fn restore_in_a_new_pod(
     let id = create_container(rt, &pod, &pod_cfg, restore).await?;
     let st = container_status(rt, &id).await?;
     assert_eq!(st.state, cri::ContainerState::ContainerCreated as i32);
-    assert!(st.image.as_ref().is_some_and(|i| i.image == image), "{st:?}");
+    assert!(
+        st.image.as_ref().is_some_and(|i| i.image == image),
+        "{st:?}"
+    );
     rt.start_container(cri::StartContainerRequest {
         container_id: id.clone(),
     })

@@ -184,10 +184,7 @@ pub(crate) struct CheckpointSource {
 }
 
 fn bad_archive(archive: &Path, why: impl std::fmt::Display) -> PodError {
-    PodError::InvalidArgument(format!(
-        "checkpoint archive {}: {why}",
-        archive.display()
-    ))
+    PodError::InvalidArgument(format!("checkpoint archive {}: {why}", archive.display()))
 }
 
 /// Reads config.dump and spec.dump from the archive at `archive`.
@@ -211,10 +208,9 @@ pub(crate) fn read_checkpoint_source(archive: &Path) -> Result<CheckpointSource>
         std::io::Read::read_to_end(&mut e, &mut bytes).map_err(|e| bad_archive(archive, e))?;
         *slot = Some(bytes);
     }
-    let config: serde_json::Value = serde_json::from_slice(
-        &config.ok_or_else(|| bad_archive(archive, "no config.dump"))?,
-    )
-    .map_err(|e| bad_archive(archive, format!("config.dump: {e}")))?;
+    let config: serde_json::Value =
+        serde_json::from_slice(&config.ok_or_else(|| bad_archive(archive, "no config.dump"))?)
+            .map_err(|e| bad_archive(archive, format!("config.dump: {e}")))?;
     let spec: oci_spec::runtime::Spec =
         serde_json::from_slice(&spec.ok_or_else(|| bad_archive(archive, "no spec.dump"))?)
             .map_err(|e| bad_archive(archive, format!("spec.dump: {e}")))?;
@@ -320,7 +316,10 @@ pub(crate) fn extract_for_restore(archive: &Path, dir: &Path) -> Result<PathBuf>
     }
     let images = dir.join(CHECKPOINT_DIR);
     if !images.join("inventory.img").is_file() {
-        return Err(bad_archive(archive, "no CRIU images (checkpoint/inventory.img)"));
+        return Err(bad_archive(
+            archive,
+            "no CRIU images (checkpoint/inventory.img)",
+        ));
     }
     Ok(images)
 }

@@ -144,7 +144,11 @@ fn cgroup_mount_map(cgroup: &CgroupManager) -> Vec<(String, String)> {
             let key = if h.is_v2() {
                 "/sys/fs/cgroup".to_owned()
             } else {
-                let name = h.mount(&controller)?.file_name()?.to_string_lossy().into_owned();
+                let name = h
+                    .mount(&controller)?
+                    .file_name()?
+                    .to_string_lossy()
+                    .into_owned();
                 format!("/sys/fs/cgroup/{name}")
             };
             Some((key, dir.display().to_string()))
@@ -382,7 +386,10 @@ mod tests {
             ("/etc/hosts".to_owned(), "/pods/p2/hosts".to_owned()),
             ("/proc/kcore".to_owned(), "/dev/null".to_owned()),
         ];
-        let inherited = vec![(100, "pipe:[77]".to_owned()), (101, "file[2a:9]".to_owned())];
+        let inherited = vec![
+            (100, "pipe:[77]".to_owned()),
+            (101, "file[2a:9]".to_owned()),
+        ];
         let s = restore_args(&RestoreTarget {
             rootfs: Path::new("/b/rootfs"),
             images_dir: Path::new("/b/ck/checkpoint"),
@@ -397,7 +404,10 @@ mod tests {
             "restore --restore-detached --restore-sibling --leave-stopped --root /b/rootfs --images-dir /b/ck/checkpoint"
         ));
         assert!(s.contains("--manage-cgroups=ignore"));
-        assert!(s.contains("--external mnt[/etc/hosts]:/pods/p2/hosts"), "{s}");
+        assert!(
+            s.contains("--external mnt[/etc/hosts]:/pods/p2/hosts"),
+            "{s}"
+        );
         assert!(s.contains("--external mnt[/proc/kcore]:/dev/null"), "{s}");
         assert!(s.contains("--inherit-fd fd[102]:extRootNetNS"), "{s}");
         assert!(s.contains("--inherit-fd fd[100]:pipe:[77]"), "{s}");

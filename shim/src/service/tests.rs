@@ -465,10 +465,7 @@ fn a_create_with_a_checkpoint_restores_and_start_continues_it() {
         checkpoint: path.into(),
         ..Default::default()
     };
-    assert_eq!(
-        code(f.inner().create(&req("img"))),
-        Code::INVALID_ARGUMENT
-    );
+    assert_eq!(code(f.inner().create(&req("img"))), Code::INVALID_ARGUMENT);
     let pid = f.inner().create(&req("/ck/checkpoint")).unwrap().pid;
     assert!(pid > 0);
     assert_eq!(f.state("c1", "").unwrap().0, Status::CREATED);
