@@ -26,7 +26,7 @@ use std::process::Command;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use super::cgroups::CgroupManager;
-use super::checkpoint::{DESCRIPTORS, Runner, criu_binary};
+use super::checkpoint::{DESCRIPTORS, EXTERNAL_MOUNTS, Runner, criu_binary};
 use super::create::{cgroups_path_for_driver, stdio_fds, validate_id};
 use super::{Container, CreateOptions, Result, RuntimeError, state, sys};
 
@@ -153,6 +153,15 @@ fn cgroup_mount_map(cgroup: &CgroupManager) -> Vec<(String, String)> {
             };
             Some((key, dir.display().to_string()))
         })
+        .collect()
+}
+
+/// The dump's external mounts that `mounts` gives no host source for.
+pub fn unmapped_mounts(external: &[String], mounts: &[(String, String)]) -> Vec<String> {
+    external
+        .iter()
+        .filter(|e| !mounts.iter().any(|(d, _)| d == *e))
+        .cloned()
         .collect()
 }
 
@@ -296,6 +305,17 @@ pub fn restore(opts: CreateOptions<'_>, images_dir: &Path, run: &Runner<'_>) -> 
     });
     let mut mounts = mount_map(spec);
     mounts.extend(cgroup_mount_map(&cgroup));
+    // The dump's external mounts (archives of other runtimes lack the
+    // list; CRIU then names what it misses).
+    if let Ok(b) = std::fs::read(images_dir.join(EXTERNAL_MOUNTS)) {
+        let external: Vec<String> = serde_json::from_slice(&b).unwrap_or_default();
+        let missing = unmapped_mounts(&external, &mounts);
+        if !missing.is_empty() {
+            return Err(fail(RuntimeError::Restore(format!(
+                "the checkpoint's external mounts {missing:?} have no source in the new container (its spec mounts nothing there)"
+            ))));
+        }
+    }
     let args = restore_args(&RestoreTarget {
         rootfs: &rootfs,
         images_dir,
@@ -412,6 +432,17 @@ mod tests {
         assert!(s.contains("--inherit-fd fd[102]:extRootNetNS"), "{s}");
         assert!(s.contains("--inherit-fd fd[100]:pipe:[77]"), "{s}");
         assert!(s.contains("--inherit-fd fd[101]:file[2a:9]"), "{s}");
+    }
+
+    #[test]
+    fn every_external_mount_of_the_dump_needs_a_source() {
+        let mounts = vec![("/etc/hosts".to_owned(), "/pods/p2/hosts".to_owned())];
+        let external = ["/etc/hosts", "/data"].map(String::from);
+        assert_eq!(
+            unmapped_mounts(&external, &mounts),
+            vec!["/data".to_owned()]
+        );
+        assert!(unmapped_mounts(&external[..1], &mounts).is_empty());
     }
 
     #[test]
