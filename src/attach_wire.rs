@@ -60,6 +60,14 @@ pub fn stdin_uri(once: bool) -> String {
     }
 }
 
+/// Parses a request line (without its `\n`) as the shim reads it.
+pub fn parse_request(line: &[u8]) -> Result<AttachRequest, String> {
+    if line.len() > MAX_REQUEST_LINE {
+        return Err("request line too long".into());
+    }
+    serde_json::from_slice(line).map_err(|e| format!("bad request: {e}"))
+}
+
 /// `Some(stdin_once)` when `uri` is an attach stdin URI.
 pub fn parse_stdin_uri(uri: &str) -> Option<bool> {
     uri.strip_prefix(STDIN_SCHEME).map(|rest| rest == ONCE)
@@ -108,5 +116,23 @@ mod tests {
     fn frame_headers_round_trip() {
         let h = frame_header(STDERR, 70_000);
         assert_eq!(parse_frame_header(&h), (STDERR, 70_000));
+    }
+
+    #[test]
+    fn request_lines() {
+        let r = parse_request(br#"{"container":"c1","stdin":true,"stdout":true,"stderr":false}"#)
+            .unwrap();
+        assert_eq!(
+            r,
+            AttachRequest {
+                container: "c1".into(),
+                stdin: true,
+                stdout: true,
+                stderr: false,
+            }
+        );
+        assert!(parse_request(b"").unwrap_err().starts_with("bad request"));
+        let long = vec![b' '; MAX_REQUEST_LINE + 1];
+        assert_eq!(parse_request(&long).unwrap_err(), "request line too long");
     }
 }

@@ -141,11 +141,7 @@ async fn sigterm_shuts_down_cleanly_and_removes_the_socket() -> Result<()> {
     assert!(!log.contains("did not finish in time"), "{log}");
     // The same directories serve again.
     let again = Berthd::start(&dirs)?;
-    again
-        .runtime()
-        .await?
-        .version(cri::VersionRequest::default())
-        .await?;
+    again.serves().await?;
     Ok(())
 }
 
@@ -217,11 +213,7 @@ async fn second_instance_on_same_root_is_refused() -> Result<()> {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("another berthd"), "{err}");
     assert!(!other_socket.exists());
-    first
-        .runtime()
-        .await?
-        .version(cri::VersionRequest::default())
-        .await?;
+    first.serves().await?;
     Ok(())
 }
 
@@ -245,11 +237,7 @@ async fn second_instance_on_same_socket_is_refused() -> Result<()> {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("already serving"), "{err}");
     // The first instance's socket is intact and serving.
-    first
-        .runtime()
-        .await?
-        .version(cri::VersionRequest::default())
-        .await?;
+    first.serves().await?;
     Ok(())
 }
 
@@ -261,11 +249,7 @@ async fn stale_socket_is_replaced() -> Result<()> {
     drop(std::os::unix::net::UnixListener::bind(&dirs.socket)?);
     assert!(dirs.socket.exists());
     let berthd = Berthd::start(&dirs)?;
-    berthd
-        .runtime()
-        .await?
-        .version(cri::VersionRequest::default())
-        .await?;
+    berthd.serves().await?;
     Ok(())
 }
 
@@ -276,11 +260,7 @@ async fn sigkill_leaves_a_socket_the_next_start_replaces() -> Result<()> {
     berthd.stop(Signal::SIGKILL)?;
     assert!(dirs.socket.exists(), "SIGKILL cannot clean up");
     let again = Berthd::start(&dirs)?;
-    again
-        .runtime()
-        .await?
-        .version(cri::VersionRequest::default())
-        .await?;
+    again.serves().await?;
     Ok(())
 }
 

@@ -232,11 +232,7 @@ async fn metrics_endpoint_counts_rpcs_pulls_shims_and_pods() -> Result<()> {
 async fn metrics_are_off_by_default() -> Result<()> {
     let dirs = BerthdDirs::new("metrics-off")?;
     let berthd = Berthd::start(&dirs)?;
-    berthd
-        .runtime()
-        .await?
-        .version(cri::VersionRequest::default())
-        .await?;
+    berthd.serves().await?;
     berthd.wait_for_log(|l| l.contains("berthd serving CRI"))?;
     assert!(
         !berthd.log_text().contains("metrics endpoint serving"),
@@ -308,11 +304,7 @@ async fn json_log_format_writes_one_object_per_line() -> Result<()> {
     let mut args = dirs.args();
     args.extend(["--config".into(), file.display().to_string()]);
     let mut berthd = Berthd::start_with(&dirs, args, &dirs.socket)?;
-    berthd
-        .runtime()
-        .await?
-        .version(cri::VersionRequest::default())
-        .await?;
+    berthd.serves().await?;
     berthd.wait_for_log(|l| l.contains("berthd serving CRI"))?;
     berthd.stop(Signal::SIGTERM)?;
     let log = berthd.log_text();

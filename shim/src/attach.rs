@@ -356,7 +356,7 @@ fn read_request(sock: &UnixStream) -> Result<AttachRequest, String> {
         }
     }
     sock.set_read_timeout(None).map_err(|e| e.to_string())?;
-    serde_json::from_slice(&line).map_err(|e| format!("bad request: {e}"))
+    attach_wire::parse_request(&line)
 }
 
 /// Serves one client until it leaves or the hub closes the session.

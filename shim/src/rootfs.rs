@@ -26,77 +26,23 @@ pub struct MountOptions {
     pub data: String,
 }
 
-/// Splits containerd's mount options into mount(2) flags and filesystem data,
-/// as `mount(8)` reads them.
+/// Splits containerd's mount options into mount(2) flags and filesystem data
+/// with the runtime's parser (one parser for spec and rootfs mounts; as
+/// containerd's and runc's, `defaults` adds and clears nothing).
 pub fn parse_options(options: &[String]) -> MountOptions {
-    let mut out = MountOptions {
-        flags: MsFlags::empty(),
-        propagation: MsFlags::empty(),
-        data: String::new(),
-    };
-    let mut data = Vec::new();
-    for opt in options {
-        let (set, clear, propagation) = match opt.as_str() {
-            "defaults" | "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY, MsFlags::empty()),
-            "ro" => (MsFlags::MS_RDONLY, MsFlags::empty(), MsFlags::empty()),
-            "bind" => (MsFlags::MS_BIND, MsFlags::empty(), MsFlags::empty()),
-            "rbind" => (
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                MsFlags::empty(),
-                MsFlags::empty(),
-            ),
-            "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty(), MsFlags::empty()),
-            "suid" => (MsFlags::empty(), MsFlags::MS_NOSUID, MsFlags::empty()),
-            "nodev" => (MsFlags::MS_NODEV, MsFlags::empty(), MsFlags::empty()),
-            "dev" => (MsFlags::empty(), MsFlags::MS_NODEV, MsFlags::empty()),
-            "noexec" => (MsFlags::MS_NOEXEC, MsFlags::empty(), MsFlags::empty()),
-            "exec" => (MsFlags::empty(), MsFlags::MS_NOEXEC, MsFlags::empty()),
-            "sync" => (MsFlags::MS_SYNCHRONOUS, MsFlags::empty(), MsFlags::empty()),
-            "async" => (MsFlags::empty(), MsFlags::MS_SYNCHRONOUS, MsFlags::empty()),
-            "dirsync" => (MsFlags::MS_DIRSYNC, MsFlags::empty(), MsFlags::empty()),
-            "remount" => (MsFlags::MS_REMOUNT, MsFlags::empty(), MsFlags::empty()),
-            "noatime" => (MsFlags::MS_NOATIME, MsFlags::empty(), MsFlags::empty()),
-            "atime" => (MsFlags::empty(), MsFlags::MS_NOATIME, MsFlags::empty()),
-            "nodiratime" => (MsFlags::MS_NODIRATIME, MsFlags::empty(), MsFlags::empty()),
-            "diratime" => (MsFlags::empty(), MsFlags::MS_NODIRATIME, MsFlags::empty()),
-            "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty(), MsFlags::empty()),
-            "norelatime" => (MsFlags::empty(), MsFlags::MS_RELATIME, MsFlags::empty()),
-            "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty(), MsFlags::empty()),
-            "nostrictatime" => (MsFlags::empty(), MsFlags::MS_STRICTATIME, MsFlags::empty()),
-            "private" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_PRIVATE),
-            "rprivate" => (
-                MsFlags::empty(),
-                MsFlags::empty(),
-                MsFlags::MS_PRIVATE | MsFlags::MS_REC,
-            ),
-            "shared" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SHARED),
-            "rshared" => (
-                MsFlags::empty(),
-                MsFlags::empty(),
-                MsFlags::MS_SHARED | MsFlags::MS_REC,
-            ),
-            "slave" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SLAVE),
-            "rslave" => (
-                MsFlags::empty(),
-                MsFlags::empty(),
-                MsFlags::MS_SLAVE | MsFlags::MS_REC,
-            ),
-            "unbindable" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_UNBINDABLE),
-            "runbindable" => (
-                MsFlags::empty(),
-                MsFlags::empty(),
-                MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
-            ),
-            other => {
-                data.push(other);
-                continue;
-            }
-        };
-        out.flags = (out.flags | set) & !clear;
-        out.propagation |= propagation;
+    let o = berth::runtime::mount_options::parse(options);
+    let mut flags = o.flags;
+    if o.bind {
+        flags |= MsFlags::MS_BIND;
     }
-    out.data = data.join(",");
-    out
+    if o.recursive {
+        flags |= MsFlags::MS_REC;
+    }
+    MountOptions {
+        flags,
+        propagation: o.propagation.iter().fold(MsFlags::empty(), |a, p| a | *p),
+        data: o.data,
+    }
 }
 
 /// Removes containerd's `uidmap=` / `gidmap=` options from `m`: containerd
@@ -385,6 +331,15 @@ mod tests {
             MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID
         );
         assert_eq!(o.propagation, MsFlags::MS_PRIVATE | MsFlags::MS_REC);
+        assert!(o.data.is_empty());
+    }
+
+    #[test]
+    fn defaults_keeps_what_came_before() {
+        // containerd's and runc's `defaults` is no flag at all: it must not
+        // make an earlier `ro` writable (the shim's own parser cleared it).
+        let o = parse_options(&s(&["ro", "defaults"]));
+        assert_eq!(o.flags, MsFlags::MS_RDONLY);
         assert!(o.data.is_empty());
     }
 

@@ -54,19 +54,7 @@ fn json_and_yaml_specs_resolve_in_order() {
     );
     assert_eq!(e.additional_gids, [44]);
     assert_eq!(e.device_nodes.len(), 2);
-    assert_eq!(
-        e.device_nodes[0],
-        CdiDeviceNode {
-            path: "/dev/vgpu0".into(),
-            typ: "c".into(),
-            major: 195,
-            minor: 0,
-            file_mode: Some(0o666),
-            permissions: "rw".into(),
-            uid: None,
-            gid: None,
-        }
-    );
+    assert_eq!(e.device_nodes[0], CdiDeviceNode::test_vgpu0());
     // A node with type and major needs no host node (/dev/vgpu1 is absent).
     assert_eq!(e.device_nodes[1].permissions, "rwm");
     assert_eq!(e.device_nodes[1].file_mode, None);

@@ -1,19 +1,20 @@
 //! Pinned network namespaces: create one bound to a file, run code or open
 //! netlink sockets inside one, remove one.
 //!
-//! A namespace is created by `unshare(CLONE_NEWNET)` in a short-lived thread
-//! (never the async runtime's threads: a thread's namespace sticks to it) and
-//! pinned by bind-mounting `/proc/thread-self/ns/net` on a file, the way
+//! A namespace is created and pinned by [`crate::runtime::ns_pin`] (the pod's
+//! other namespaces use it too): `unshare(CLONE_NEWNET)` in a short-lived
+//! thread, `/proc/thread-self/ns/net` bind-mounted on a file, the way
 //! `ip netns add` does. Netlink sockets keep the namespace they were opened
 //! in, so a socket opened by a thread that `setns`'d into the pod's namespace
 //! configures the pod from the daemon's own runtime.
 
 use std::fs::File;
 use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use nix::mount::{MntFlags, MsFlags, mount, umount2};
-use nix::sched::{CloneFlags, setns, unshare};
+use nix::sched::{CloneFlags, setns};
+
+use crate::runtime::ns_pin::{self, PinError};
 
 use super::error::NetworkError;
 
@@ -31,44 +32,21 @@ pub fn create_netns(path: &Path) -> Result<(), NetworkError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| NetworkError::io(format!("create {}", dir.display()), e))?;
     }
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(|e| NetworkError::io(format!("create netns file {}", path.display()), e))?;
-    let target: PathBuf = path.to_path_buf();
-    let res = std::thread::spawn(move || -> Result<(), String> {
-        unshare(CloneFlags::CLONE_NEWNET).map_err(|e| format!("unshare(CLONE_NEWNET): {e}"))?;
-        mount(
-            Some("/proc/thread-self/ns/net"),
-            &target,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(|e| format!("bind mount: {e}"))
-    })
-    .join()
-    .unwrap_or_else(|_| Err("netns thread panicked".into()));
-    if let Err(msg) = res {
-        let _ = std::fs::remove_file(path);
-        return Err(netns_err(path, msg));
+    ns_pin::create_pinned(&[(CloneFlags::CLONE_NEWNET, path.to_path_buf())], || Ok(()))
+        .map_err(|e| pin_error(path, e))
+}
+
+fn pin_error(path: &Path, e: PinError) -> NetworkError {
+    match e {
+        PinError::File { what, source } => NetworkError::io(what, source),
+        PinError::Kernel(msg) => netns_err(path, msg),
     }
-    Ok(())
 }
 
 /// Unpins and removes a namespace file. Idempotent: a missing file, or one
 /// that is no longer a mount point, is fine.
 pub fn remove_netns(path: &Path) -> Result<(), NetworkError> {
-    match umount2(path, MntFlags::MNT_DETACH) {
-        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
-        Err(e) => return Err(netns_err(path, format!("umount: {e}"))),
-    }
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(NetworkError::io(format!("remove {}", path.display()), e)),
-    }
+    ns_pin::unpin(path).map_err(|e| pin_error(path, e))
 }
 
 /// Whether `path` is a pinned network namespace.

@@ -116,6 +116,39 @@ impl PodManager {
         }
     }
 
+    /// Records a TaskOOM event. An exit recorded before it (the shim's OOM
+    /// watcher and its reaper race, and so do Wait and the events) gets the
+    /// reason `OOMKilled`, as containerd sets it on TaskOOM whatever the
+    /// state; a running container's exit takes it from the OOM set.
+    pub(crate) async fn record_oom_event(&self, id: &str) {
+        let _guard = self.locks.exclusive(id).await;
+        let c = match self.store.container(id) {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                super::lock(&self.oom).remove(id);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(container = %id, error = %e, "record OOM");
+                return;
+            }
+        };
+        if c.state != ContainerState::Exited {
+            return;
+        }
+        super::lock(&self.oom).remove(id);
+        if c.reason == "OOMKilled" {
+            return;
+        }
+        let mut c = c;
+        c.reason = "OOMKilled".into();
+        if let Err(e) = self.store.put_container(&c) {
+            tracing::warn!(container = %id, error = %e, "record OOM");
+            return;
+        }
+        tracing::info!(container = %id, "exit reason: OOMKilled (TaskOOM after the exit)");
+    }
+
     /// Records an exit unless one was recorded already. Caller holds the
     /// container's lock.
     pub(crate) fn record_exit(&self, id: &str, status: u32, at: i64) -> Result<()> {

@@ -1,6 +1,7 @@
 //! ContainerStatus, ListContainers, ContainerStats, ListContainerStats.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use containerd_shim_protos::cgroups::metrics::Metrics;
 use containerd_shim_protos::cgroups_v2::metrics::Metrics as MetricsV2;
@@ -119,10 +120,11 @@ impl PodManager {
         pod_id: &str,
         state_filter: Option<i32>,
         labels: &HashMap<String, String>,
-    ) -> Result<Vec<ContainerRecord>> {
+    ) -> Result<Vec<Arc<ContainerRecord>>> {
+        // Shared with the store: a list copies only what it answers.
         let mut out: Vec<_> = self
             .store
-            .containers()?
+            .containers_shared()
             .into_iter()
             .filter(|c| id.is_empty() || c.id.starts_with(id))
             .filter(|c| pod_id.is_empty() || c.pod_id.starts_with(pod_id))

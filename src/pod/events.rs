@@ -72,23 +72,30 @@ impl super::PodManager {
 /// thread is not (yet) running, e.g. right after a berthd restart.
 pub(crate) fn spawn_exit_recorder(
     manager: std::sync::Weak<super::PodManager>,
-    mut exits: tokio::sync::mpsc::UnboundedReceiver<containerd_shim_protos::events::task::TaskExit>,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<super::shim_client::ShimEvent>,
 ) {
     tokio::spawn(async move {
-        while let Some(ev) = exits.recv().await {
+        while let Some(event) = events.recv().await {
             let Some(me) = manager.upgrade() else { return };
-            let at = ev
-                .exited_at
-                .as_ref()
-                .map(|t| t.seconds * 1_000_000_000 + i64::from(t.nanos))
-                .unwrap_or_else(super::now_ns);
-            tracing::debug!(container = %ev.container_id, exit_status = ev.exit_status, "exit event");
-            // Each on its own task: an exit waits for its container's lock
+            // Each on its own task: an event waits for its container's lock
             // only, never behind another container's.
-            tokio::spawn(async move {
-                me.record_exit_event(&ev.container_id, ev.exit_status, at)
-                    .await;
-            });
+            match event {
+                super::shim_client::ShimEvent::Exit(ev) => {
+                    let at = ev
+                        .exited_at
+                        .as_ref()
+                        .map(|t| t.seconds * 1_000_000_000 + i64::from(t.nanos))
+                        .unwrap_or_else(super::now_ns);
+                    tracing::debug!(container = %ev.container_id, exit_status = ev.exit_status, "exit event");
+                    tokio::spawn(async move {
+                        me.record_exit_event(&ev.container_id, ev.exit_status, at)
+                            .await;
+                    });
+                }
+                super::shim_client::ShimEvent::Oom(id) => {
+                    tokio::spawn(async move { me.record_oom_event(&id).await });
+                }
+            }
         }
     });
 }

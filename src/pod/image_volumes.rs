@@ -165,7 +165,7 @@ impl PodManager {
         let Some(pod) = self.store.pod(&c.pod_id)? else {
             return Ok(());
         };
-        let others = self.store.containers()?;
+        let others = self.store.containers_of(&c.pod_id)?;
         for name in &c.image_volumes {
             let used = others
                 .iter()

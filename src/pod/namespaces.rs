@@ -1,12 +1,15 @@
 //! The pod's pinned namespaces: created once by a short-lived thread that
 //! unshares them, and kept alive by bind-mounting the thread's nsfs files
-//! under the pod's state directory, as `ip netns add` does. Containers join
-//! them by path; no pause process holds them.
+//! under the pod's state directory ([`crate::runtime::ns_pin`], shared with
+//! the network namespaces). Containers join them by path; no pause process
+//! holds them. Also the pod's /dev/shm.
 
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
-use nix::sched::{CloneFlags, unshare};
+use nix::sched::CloneFlags;
+
+use crate::runtime::ns_pin::{self, PinError};
 
 use super::PodError;
 
@@ -24,98 +27,40 @@ impl NsKind {
             NsKind::Uts => CloneFlags::CLONE_NEWUTS,
         }
     }
-    fn proc_name(self) -> &'static str {
-        match self {
-            NsKind::Ipc => "ipc",
-            NsKind::Uts => "uts",
-        }
-    }
 }
 
 /// Creates new namespaces of `kinds` in one thread and pins each at the path
-/// given with it. With a UTS namespace, `hostname` is set inside it. Leaves
-/// nothing behind on failure.
+/// given with it ([`crate::runtime::ns_pin`]). With a UTS namespace,
+/// `hostname` is set inside it. Leaves nothing behind on failure.
 pub fn pin_namespaces(kinds: &[(NsKind, PathBuf)], hostname: &str) -> Result<(), PodError> {
-    if kinds.is_empty() {
-        return Ok(());
-    }
-    for (_, path) in kinds {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .map_err(|e| PodError::io(format!("create {}", path.display()), e))?;
-    }
-    let targets: Vec<(NsKind, PathBuf)> = kinds.to_vec();
+    let pins: Vec<(CloneFlags, PathBuf)> =
+        kinds.iter().map(|(k, p)| (k.flag(), p.clone())).collect();
+    let set_hostname = kinds.iter().any(|(k, _)| *k == NsKind::Uts) && !hostname.is_empty();
     let hostname = hostname.to_owned();
-    let res = std::thread::spawn(move || -> Result<(), String> {
-        let flags = targets
-            .iter()
-            .fold(CloneFlags::empty(), |f, (k, _)| f | k.flag());
-        unshare(flags).map_err(|e| format!("unshare({flags:?}): {e}"))?;
-        if targets.iter().any(|(k, _)| *k == NsKind::Uts) && !hostname.is_empty() {
+    ns_pin::create_pinned(&pins, move || {
+        if set_hostname {
             nix::unistd::sethostname(&hostname).map_err(|e| format!("sethostname: {e}"))?;
-        }
-        for (k, target) in &targets {
-            let src = format!("/proc/thread-self/ns/{}", k.proc_name());
-            mount(
-                Some(src.as_str()),
-                target,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .map_err(|e| format!("bind mount {src} on {}: {e}", target.display()))?;
         }
         Ok(())
     })
-    .join()
-    .unwrap_or_else(|_| Err("namespace thread panicked".into()));
-    if let Err(msg) = res {
-        for (_, path) in kinds {
-            let _ = unpin(path);
-        }
-        return Err(PodError::Namespace(msg));
+    .map_err(pin_error)
+}
+
+fn pin_error(e: PinError) -> PodError {
+    match e {
+        PinError::File { what, source } => PodError::io(what, source),
+        PinError::Kernel(msg) => PodError::Namespace(msg),
     }
-    Ok(())
 }
 
 /// Pins the namespace file `source` (e.g. `/proc/<pid>/ns/pid`) at `target`.
 pub fn pin_path(source: &str, target: &Path) -> Result<(), PodError> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(target)
-        .map_err(|e| PodError::io(format!("create {}", target.display()), e))?;
-    mount(
-        Some(source),
-        target,
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .map_err(|e| {
-        let _ = std::fs::remove_file(target);
-        PodError::Namespace(format!("bind mount {source} on {}: {e}", target.display()))
-    })
+    ns_pin::pin_path(source, target).map_err(pin_error)
 }
 
 /// Unpins and removes a namespace file; idempotent.
 pub fn unpin(path: &Path) -> Result<(), PodError> {
-    match umount2(path, MntFlags::MNT_DETACH) {
-        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
-        Err(e) => {
-            return Err(PodError::Namespace(format!(
-                "umount {}: {e}",
-                path.display()
-            )));
-        }
-    }
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(PodError::io(format!("remove {}", path.display()), e)),
-    }
+    ns_pin::unpin(path).map_err(pin_error)
 }
 
 /// Mounts the pod's /dev/shm tmpfs at `path` (created). `owner`: the host

@@ -20,11 +20,9 @@ impl PodManager {
         let Some(pod) = self.store.pod(&pod.id)? else {
             return Ok(());
         };
-        for c in self.store.containers()? {
-            if c.pod_id == pod.id {
-                let _c = self.locks.exclusive(&c.id).await;
-                self.remove_container_locked(&c.id).await?;
-            }
+        for c in self.store.containers_of(&pod.id)? {
+            let _c = self.locks.exclusive(&c.id).await;
+            self.remove_container_locked(&c.id).await?;
         }
         self.shutdown_shim(&pod).await;
         self.teardown_pod(&pod).await?;

@@ -89,7 +89,7 @@ impl PodManager {
         filter: Option<&cri::PodSandboxFilter>,
     ) -> Result<Vec<cri::PodSandbox>> {
         let mut out = Vec::new();
-        for p in self.store.pods()? {
+        for p in self.store.pods_shared() {
             let state = super::pod_reality::checked_state(&p);
             if let Some(f) = filter {
                 if !f.id.is_empty() && !p.id.starts_with(&f.id) {

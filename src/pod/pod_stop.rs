@@ -20,11 +20,9 @@ impl PodManager {
         let Some(mut pod) = self.store.pod(id)? else {
             return Ok(());
         };
-        for c in self.store.containers()? {
-            if c.pod_id == pod.id {
-                let _c = self.locks.exclusive(&c.id).await;
-                self.stop_container_locked(&c.id, 0).await?;
-            }
+        for c in self.store.containers_of(&pod.id)? {
+            let _c = self.locks.exclusive(&c.id).await;
+            self.stop_container_locked(&c.id, 0).await?;
         }
         if pod.network {
             if let (Some(net), Some(netns)) = (&self.network, &pod.netns) {

@@ -70,10 +70,19 @@ pub fn shim_binary() -> Result<PathBuf> {
     )))
 }
 
-/// Init-process exits the shims published (`TaskExit`), for berthd to
-/// record at once; the per-container Task.Wait threads learn the same exits,
-/// whichever comes first wins.
-pub type ExitSender = tokio::sync::mpsc::UnboundedSender<TaskExit>;
+/// What the shims publish that berthd records at once: init-process exits
+/// (`TaskExit`; the per-container Task.Wait learns the same exits, whichever
+/// comes first wins) and OOM kills (`TaskOOM`, which may come after the exit).
+#[derive(Debug)]
+pub enum ShimEvent {
+    /// An init process exited.
+    Exit(TaskExit),
+    /// The OOM killer hit the container with this id.
+    Oom(String),
+}
+
+/// Where the events endpoint sends [`ShimEvent`]s.
+pub type ExitSender = tokio::sync::mpsc::UnboundedSender<ShimEvent>;
 
 struct EventSink {
     oom: OomSet,
@@ -97,13 +106,16 @@ impl Events for EventSink {
                 self.oom
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .insert(ev.container_id);
+                    .insert(ev.container_id.clone());
+                // The exit may have been recorded already (the shim's OOM
+                // watcher and its reaper race): the recorder fixes the reason.
+                let _ = self.exits.send(ShimEvent::Oom(ev.container_id));
             } else if env.topic == "/tasks/exit"
                 && let Some(any) = env.event.as_ref()
                 && let Ok(ev) = TaskExit::parse_from_bytes(&any.value)
                 && ev.id == ev.container_id
             {
-                let _ = self.exits.send(ev);
+                let _ = self.exits.send(ShimEvent::Exit(ev));
             }
         }
         Ok(Default::default())

@@ -25,7 +25,13 @@ use super::init::{self, ExecContext, InitContext};
 use super::namespaces::{self, JOIN_ORDER};
 use super::protocol::{self, CgroupJoin, CreateRequest, ExecRequest, Report, Request};
 use super::sys::{self, CloneResult};
+use super::syscall::{LinuxSyscall, Syscall};
 use super::{Result, RuntimeError};
+
+/// setns(2) into the namespace of `typ` that `fd` is open on.
+fn join_namespace(typ: LinuxNamespaceType, fd: BorrowedFd<'_>) -> nix::Result<()> {
+    LinuxSyscall.setns(fd, CloneFlags::from_bits_retain(namespaces::flag(typ)))
+}
 
 /// The environment variable that marks a process as the init helper.
 pub const HELPER_ENV: &str = "_BERTH_RUNTIME_INIT_HELPER";
@@ -172,15 +178,13 @@ fn create(
         Some(_) => format!("0::/{}\n", req.cgroup_path.trim_start_matches('/')),
     };
     for (typ, path, fd) in &joins {
-        nix::sched::setns(fd, CloneFlags::from_bits_retain(namespaces::flag(*typ))).map_err(
-            |e| {
-                format!(
-                    "join {} namespace {}: {e}",
-                    namespaces::proc_name(*typ),
-                    path.display()
-                )
-            },
-        )?;
+        join_namespace(*typ, fd.as_fd()).map_err(|e| {
+            format!(
+                "join {} namespace {}: {e}",
+                namespaces::proc_name(*typ),
+                path.display()
+            )
+        })?;
     }
     drop(joins);
     let new_userns = plan.creates(LinuxNamespaceType::User);
@@ -196,7 +200,8 @@ fn create(
     if flags & libc::CLONE_NEWTIME != 0 {
         // CLONE_NEWTIME shares its bit with the exit signal in clone(2):
         // unshare it here, and the child is born in the new time namespace.
-        nix::sched::unshare(CloneFlags::from_bits_retain(libc::CLONE_NEWTIME))
+        LinuxSyscall
+            .unshare(CloneFlags::from_bits_retain(libc::CLONE_NEWTIME))
             .map_err(|e| format!("create time namespace: {e}"))?;
         flags &= !libc::CLONE_NEWTIME;
     }
@@ -388,14 +393,12 @@ fn exec(
         .any(|(t, _)| matches!(t, LinuxNamespaceType::Cgroup | LinuxNamespaceType::User));
     let into = join_cgroup(wait_for_proceed(sock)?, joins_boundary)?;
     for (typ, fd) in &joins {
-        nix::sched::setns(fd, CloneFlags::from_bits_retain(namespaces::flag(*typ))).map_err(
-            |e| {
-                format!(
-                    "join the container's {} namespace: {e}",
-                    namespaces::proc_name(*typ)
-                )
-            },
-        )?;
+        join_namespace(*typ, fd.as_fd()).map_err(|e| {
+            format!(
+                "join the container's {} namespace: {e}",
+                namespaces::proc_name(*typ)
+            )
+        })?;
     }
     drop(joins);
     let cloned = clone_into(libc::CLONE_PARENT, into.as_ref());

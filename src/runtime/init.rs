@@ -20,6 +20,7 @@ use super::protocol::{self, CreateRequest, Report};
 use super::rootfs::{self, RootfsContext, SetupResult};
 use super::seccomp::{self, SeccompProgram};
 use super::sys;
+use super::syscall::{LinuxSyscall, Syscall};
 
 fn errno_text(e: Errno) -> String {
     e.to_string()
@@ -67,6 +68,7 @@ pub fn container_init(c: InitContext<'_>) -> ! {
 enum Never {}
 
 fn setup_container(c: &InitContext<'_>) -> SetupResult<Never> {
+    let k: &dyn Syscall = &LinuxSyscall;
     let sock = c.sock.as_fd();
     let spec = &c.req.spec;
     let process = spec
@@ -91,14 +93,12 @@ fn setup_container(c: &InitContext<'_>) -> SetupResult<Never> {
             Ok(1) => {}
             _ => return Err("the helper did not write the user namespace maps".into()),
         }
-        ctx(
-            nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0)),
-            || "become root (gid 0) in the user namespace".into(),
-        )?;
-        ctx(
-            nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)),
-            || "become root (uid 0) in the user namespace".into(),
-        )?;
+        ctx(k.setresgid(Gid::from_raw(0)), || {
+            "become root (gid 0) in the user namespace".into()
+        })?;
+        ctx(k.setresuid(Uid::from_raw(0)), || {
+            "become root (uid 0) in the user namespace".into()
+        })?;
     }
     let joined_userns = c
         .plan
@@ -110,14 +110,12 @@ fn setup_container(c: &InitContext<'_>) -> SetupResult<Never> {
         // mapped in it: files it made in the container's own tmpfs mounts
         // would fail with EOVERFLOW). Host paths the set-up reads from must
         // be traversable by that uid (berthd keeps its state dir so).
-        ctx(
-            nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0)),
-            || "become root (gid 0) in the joined user namespace".into(),
-        )?;
-        ctx(
-            nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)),
-            || "become root (uid 0) in the joined user namespace".into(),
-        )?;
+        ctx(k.setresgid(Gid::from_raw(0)), || {
+            "become root (gid 0) in the joined user namespace".into()
+        })?;
+        ctx(k.setresuid(Uid::from_raw(0)), || {
+            "become root (uid 0) in the joined user namespace".into()
+        })?;
     }
     ctx(nix::unistd::setsid(), || "setsid".into())?;
     let userns = c.plan.has(LinuxNamespaceType::User);
@@ -125,23 +123,24 @@ fn setup_container(c: &InitContext<'_>) -> SetupResult<Never> {
         return Err("the spec must ask for a new mount namespace".into());
     }
     rootfs::prepare(&RootfsContext {
+        sys: k,
         spec,
         rootfs: &c.req.rootfs,
         userns,
         cgroup_file: &c.cgroup_file,
         idmapped: c.idmapped,
     })?;
-    set_hostname(spec, c.plan)?;
+    set_hostname(k, spec, c.plan)?;
     set_sysctls(spec, c.plan)?;
     set_oom_score_adj(sock, process)?;
-    rootfs::pivot(&c.req.rootfs)?;
-    rootfs::finish(spec)?;
+    rootfs::pivot(k, &c.req.rootfs)?;
+    rootfs::finish(k, spec, Path::new("/"))?;
     let tty = if process.terminal().unwrap_or(false) {
         Some(open_pty(sock, process)?)
     } else {
         None
     };
-    let target = setup_process(sock, process, c.seccomp)?;
+    let target = setup_process(k, sock, process, c.seccomp)?;
     install_stdio(tty.as_ref(), &c.stdio)?;
     protocol::send(sock, &Report::Ready, &[]).map_err(|e| format!("report ready: {e}"))?;
     // Block until `start` writes to the fifo.
@@ -181,7 +180,7 @@ pub fn exec_init(c: ExecContext<'_>) -> ! {
         } else {
             None
         };
-        let target = setup_process(sock, c.process, c.seccomp)?;
+        let target = setup_process(&LinuxSyscall, sock, c.process, c.seccomp)?;
         install_stdio(tty.as_ref(), &c.stdio)?;
         exec(sock, &target)
     })();
@@ -191,15 +190,13 @@ pub fn exec_init(c: ExecContext<'_>) -> ! {
     }
 }
 
-fn set_hostname(spec: &Spec, plan: &NamespacePlan) -> SetupResult<()> {
+fn set_hostname(k: &dyn Syscall, spec: &Spec, plan: &NamespacePlan) -> SetupResult<()> {
     let uts = plan.has(LinuxNamespaceType::Uts);
     if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
         if !uts {
             return Err("hostname set but the container has no UTS namespace".into());
         }
-        ctx(nix::unistd::sethostname(h), || {
-            format!("set hostname {h:?}")
-        })?;
+        ctx(k.sethostname(h), || format!("set hostname {h:?}"))?;
     }
     if let Some(d) = spec.domainname().as_deref().filter(|h| !h.is_empty()) {
         if !uts {
@@ -318,6 +315,7 @@ fn cstring(s: &str, what: &str) -> SetupResult<CString> {
 /// rlimits, user and groups, capabilities, no_new_privs, umask, cwd, and the
 /// executable lookup; everything up to the exec itself.
 fn setup_process(
+    k: &dyn Syscall,
     sock: BorrowedFd<'_>,
     process: &Process,
     seccomp_program: Option<&SeccompProgram>,
@@ -383,11 +381,10 @@ fn setup_process(
         };
         for cap in caps::all() {
             if !keep.contains(&cap) {
-                match caps::drop(None, caps::CapSet::Bounding, cap) {
+                match k.drop_bounding(cap) {
                     Ok(()) => {}
                     // A capability this kernel does not have.
-                    Err(_)
-                        if !caps::has_cap(None, caps::CapSet::Bounding, cap).unwrap_or(false) => {}
+                    Err(_) if !k.in_bounding(cap) => {}
                     Err(e) => return Err(format!("drop {cap} from the bounding set: {e}")),
                 }
             }
@@ -395,19 +392,15 @@ fn setup_process(
     }
     ctx(sys::set_keepcaps(true), || "keep capabilities".into())?;
     let gids = process_spec::additional_gids(user.additional_gids().as_ref());
-    match sys::setgroups(&gids) {
+    match k.setgroups(&gids) {
         Ok(()) => {}
         // "deny" in /proc/self/setgroups (user namespace): only fine without extra groups.
         Err(Errno::EPERM) if gids.is_empty() => {}
         Err(e) => return ctx(Err(e), || format!("setgroups {gids:?}")),
     }
     let (uid, gid) = (Uid::from_raw(user.uid()), Gid::from_raw(user.gid()));
-    ctx(nix::unistd::setresgid(gid, gid, gid), || {
-        format!("setgid {}", user.gid())
-    })?;
-    ctx(nix::unistd::setresuid(uid, uid, uid), || {
-        format!("setuid {}", user.uid())
-    })?;
+    ctx(k.setresgid(gid), || format!("setgid {}", user.gid()))?;
+    ctx(k.setresuid(uid), || format!("setuid {}", user.uid()))?;
     ctx(sys::set_keepcaps(false), || "reset keepcaps".into())?;
     if let Some(c) = caps {
         let set = |which: caps::CapSet, v: &Option<oci_spec::runtime::Capabilities>| {
@@ -415,14 +408,15 @@ fn setup_process(
                 Some(v) => process_spec::to_caps(v)?,
                 None => caps::CapsHashSet::new(),
             };
-            caps::set(None, which, &v).map_err(|e| format!("set {which:?} capabilities: {e}"))
+            k.capset(which, &v)
+                .map_err(|e| format!("set {which:?} capabilities: {e}"))
         };
         set(caps::CapSet::Inheritable, c.inheritable())?;
         set(caps::CapSet::Effective, c.effective())?;
         set(caps::CapSet::Permitted, c.permitted())?;
         set(caps::CapSet::Ambient, c.ambient())?;
     } else if user.uid() != 0 {
-        let _ = caps::clear(None, caps::CapSet::Ambient);
+        let _ = k.capset(caps::CapSet::Ambient, &caps::CapsHashSet::new());
     }
     if let Some(mask) = user.umask() {
         sys::umask(mask);
@@ -430,7 +424,7 @@ fn setup_process(
         sys::umask(0o022);
     }
     let cwd = process.cwd();
-    ctx(nix::unistd::chdir(cwd.as_path()), || {
+    ctx(k.chdir(cwd.as_path()), || {
         format!("chdir to cwd {}", cwd.display())
     })?;
     let args = process
@@ -509,4 +503,35 @@ fn exec(sock: BorrowedFd<'_>, t: &ExecTarget) -> ! {
     let _ = protocol::send(sock, &Report::Error(msg.clone()), &[]);
     let _ = nix::unistd::write(std::io::stderr(), format!("berth: {msg}\n").as_bytes());
     sys::exit_now(127)
+}
+
+#[cfg(test)]
+mod tests {
+    use nix::sched::CloneFlags;
+    use oci_spec::runtime::SpecBuilder;
+
+    use super::*;
+    use crate::runtime::syscall::recording::{Call, RecordingSyscall};
+
+    fn plan(clone_flags: libc::c_int) -> NamespacePlan {
+        NamespacePlan {
+            clone_flags,
+            join: vec![],
+        }
+    }
+
+    #[test]
+    fn hostname_is_set_only_in_a_uts_namespace() {
+        let k = RecordingSyscall::new(Path::new("/nonexistent"));
+        let spec = SpecBuilder::default().hostname("pod-a").build().unwrap();
+        set_hostname(&k, &spec, &plan(CloneFlags::CLONE_NEWUTS.bits())).unwrap();
+        assert_eq!(k.take(), vec![Call::Sethostname("pod-a".into())]);
+        let err = set_hostname(&k, &spec, &plan(0)).unwrap_err();
+        assert!(err.contains("no UTS namespace"), "{err}");
+        assert_eq!(k.take(), vec![]);
+        // An empty hostname: no call.
+        let spec = SpecBuilder::default().hostname("").build().unwrap();
+        set_hostname(&k, &spec, &plan(CloneFlags::CLONE_NEWUTS.bits())).unwrap();
+        assert_eq!(k.take(), vec![]);
+    }
 }

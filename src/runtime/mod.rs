@@ -51,8 +51,12 @@
 //! Layout: one file per operation (`create.rs`, `start.rs`, `kill.rs`,
 //! `exec.rs`, `delete.rs`, `checkpoint.rs` and `restore.rs` with CRIU); the helper side in `helper.rs` (namespaces,
 //! clone) and `init.rs` (the container process' own set-up), the filesystem
-//! in `rootfs.rs`, pure spec translations in `namespaces.rs`,
-//! `mount_options.rs`, `process_spec.rs`, `path.rs`; raw syscalls in `sys.rs`.
+//! in `rootfs/` (`mounts.rs`, `cgroupfs.rs`, `devices.rs`, `pivot.rs`), pure
+//! spec translations in `namespaces.rs`, `mount_options.rs`,
+//! `process_spec.rs`, `path.rs`; raw syscalls in `sys.rs`. The kernel seam
+//! `syscall/` (a `Syscall` trait, the real `LinuxSyscall`, a recording fake
+//! for tests) carries every kernel call of the init and the rootfs set-up,
+//! so their sequencing is unit-tested without root (`rootfs/tests.rs`).
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -74,8 +78,9 @@ pub mod idmap;
 mod init;
 mod kill;
 mod mount_api;
-mod mount_options;
+pub mod mount_options;
 mod namespaces;
+pub mod ns_pin;
 pub mod overlay;
 mod path;
 mod process_spec;
@@ -86,6 +91,7 @@ pub mod seccomp;
 mod start;
 mod state;
 mod sys;
+mod syscall;
 pub use error::RuntimeError;
 pub use state::has_exited;
 pub use sys::malloc_mmap_threshold;

@@ -26,6 +26,23 @@ pub struct CdiDeviceNode {
     pub gid: Option<u32>,
 }
 
+impl CdiDeviceNode {
+    /// The character device both CDI test suites use (`/dev/vgpu0`, 195:0).
+    #[cfg(test)]
+    pub(crate) fn test_vgpu0() -> Self {
+        CdiDeviceNode {
+            path: "/dev/vgpu0".into(),
+            typ: "c".into(),
+            major: 195,
+            minor: 0,
+            file_mode: Some(0o666),
+            permissions: "rw".into(),
+            uid: None,
+            gid: None,
+        }
+    }
+}
+
 /// A mount a CDI device adds.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CdiMount {

@@ -128,35 +128,28 @@ impl Berthd {
         level: &str,
         envs: &[(&str, &str)],
     ) -> Result<Self> {
-        let log = next_log_path(dirs.tmp.path());
-        let stderr = File::create(&log)?;
-        let child = Command::new(bin)
-            .args(&args)
+        let mut cmd = Command::new(bin);
+        cmd.args(&args)
             .envs(envs.iter().copied())
             .arg("--log-level")
-            .arg(level)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .context("spawn berthd")?;
-        let mut berthd = Berthd {
-            child: Some(child),
-            socket: socket.to_owned(),
-            log,
-        };
-        berthd.wait_ready()?;
-        Ok(berthd)
+            .arg(level);
+        Self::spawn(cmd, dirs, socket)
     }
 
     /// As [`Berthd::start_with`], without `--log-level` and without
     /// RUST_LOG: the log level is the config file's (SIGHUP reloads it).
     pub fn start_file_logged(dirs: &BerthdDirs, args: Vec<String>, socket: &Path) -> Result<Self> {
+        let mut cmd = Command::new(berthd_bin());
+        cmd.args(&args).env_remove("RUST_LOG");
+        Self::spawn(cmd, dirs, socket)
+    }
+
+    /// Starts `cmd` with its stderr in a new log file under `dirs` and
+    /// waits until it serves on `socket`.
+    fn spawn(mut cmd: Command, dirs: &BerthdDirs, socket: &Path) -> Result<Self> {
         let log = next_log_path(dirs.tmp.path());
         let stderr = File::create(&log)?;
-        let child = Command::new(berthd_bin())
-            .args(&args)
-            .env_remove("RUST_LOG")
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -271,6 +264,15 @@ impl Berthd {
 
     pub async fn runtime(&self) -> Result<RuntimeServiceClient<Channel>> {
         Ok(RuntimeServiceClient::new(self.channel().await?))
+    }
+
+    /// One Version call: berthd answers CRI on its socket.
+    pub async fn serves(&self) -> Result<()> {
+        self.runtime()
+            .await?
+            .version(k8s_cri::v1::VersionRequest::default())
+            .await?;
+        Ok(())
     }
 
     pub async fn images(&self) -> Result<ImageServiceClient<Channel>> {

@@ -1,5 +1,6 @@
 //! Where the cgroup hierarchies are: one v1 mount per controller, or the
-//! single v2 tree. Detection uses cgroups-rs; everything else takes explicit
+//! single v2 tree. Detection reads mountinfo (`mountinfo.rs`) and asks
+//! cgroups-rs whether the unified mode is on; everything else takes explicit
 //! directories so that the logic can run against a temp dir in tests.
 
 use std::collections::BTreeMap;
@@ -57,12 +58,13 @@ impl Hierarchy {
             };
         }
         let mut mounts = BTreeMap::new();
-        for m in hierarchies::mountinfo_self() {
-            if m.fs_type.0 != "cgroup" {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for m in super::mountinfo::cgroup_mounts(&info) {
+            if m.v2 {
                 continue;
             }
             for c in V1_CONTROLLERS {
-                if m.super_opts.iter().any(|o| o == c) {
+                if m.controllers.iter().any(|o| o == c) {
                     mounts
                         .entry((*c).to_owned())
                         .or_insert_with(|| m.mount_point.clone());

@@ -25,6 +25,7 @@ mod error;
 mod freezer;
 mod fsio;
 mod hierarchy;
+pub mod mountinfo;
 mod oom;
 mod plan;
 mod stats;

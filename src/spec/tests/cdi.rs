@@ -9,16 +9,7 @@ fn edits() -> CdiEdits {
     CdiEdits {
         env: vec!["IMG=from-cdi".into(), "GPU=0".into()],
         device_nodes: vec![
-            CdiDeviceNode {
-                path: "/dev/vgpu0".into(),
-                typ: "c".into(),
-                major: 195,
-                minor: 0,
-                file_mode: Some(0o666),
-                permissions: "rw".into(),
-                uid: None,
-                gid: None,
-            },
+            CdiDeviceNode::test_vgpu0(),
             CdiDeviceNode {
                 path: "/dev/vpipe".into(),
                 typ: "p".into(),
