@@ -67,6 +67,8 @@ impl ShimError {
             ShimError::Unimplemented(_) => Code::UNIMPLEMENTED,
             ShimError::Runtime(R::InvalidSpec(_)) => Code::INVALID_ARGUMENT,
             ShimError::Runtime(R::NotFound(_)) => Code::NOT_FOUND,
+            ShimError::Runtime(R::BadCheckpoint(_)) => Code::INVALID_ARGUMENT,
+            ShimError::Runtime(R::Restore(_)) => Code::FAILED_PRECONDITION,
             ShimError::Runtime(_) | ShimError::Io { .. } | ShimError::Sys { .. } => Code::UNKNOWN,
         }
     }

@@ -1,8 +1,9 @@
 //! `runtime.v1.RuntimeService`: thin adapters from CRI messages to
 //! [`crate::pod::PodManager`]. Exec, Attach and PortForward check the
 //! container or pod and hand out a URL of the streaming server
-//! ([`crate::stream::StreamServer`]); CheckpointContainer answers
-//! `Unimplemented`.
+//! ([`crate::stream::StreamServer`]); CheckpointContainer dumps with CRIU
+//! and CreateContainer from its archive restores
+//! (`pod/container_checkpoint.rs`).
 
 use std::collections::HashMap;
 use std::pin::Pin;

@@ -13,9 +13,15 @@
 //! dump.log           CRIU's log
 //! ```
 //!
-//! Restoring (CreateContainer whose image is such an archive, as containerd
-//! and CRI-O accept) is recognised and refused: berth's runtime cannot start
-//! a container from CRIU images yet.
+//! Restoring (CreateContainer whose image is such an archive, as
+//! containerd's `CRImportCheckpoint` and CRI-O's `CRImportCheckpoint`
+//! accept): the archive's config.dump names the original image and its
+//! spec.dump the process (command, cwd, env) and the bind mounts; the new
+//! container is made from that image, in the pod the request names, with
+//! rootfs-diff.tar unpacked into its writable layer, and its task is
+//! created from the archive's CRIU images (CreateTaskRequest.checkpoint):
+//! the shim's runtime runs `criu restore` and the tree continues on
+//! StartContainer. A damaged archive is InvalidArgument.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -163,6 +169,172 @@ pub(crate) fn is_checkpoint_archive(image: &str) -> bool {
         }
     }
     false
+}
+
+/// What CreateContainer takes from a checkpoint archive.
+#[derive(Debug, Clone)]
+pub(crate) struct CheckpointSource {
+    pub archive: PathBuf,
+    /// The original container's image (config.dump `rootfsImageName`).
+    pub image: String,
+    /// Its digest reference (`rootfsImageRef`), tried when the name is unknown.
+    pub image_ref: String,
+    /// The original OCI spec (spec.dump).
+    pub spec: oci_spec::runtime::Spec,
+}
+
+fn bad_archive(archive: &Path, why: impl std::fmt::Display) -> PodError {
+    PodError::InvalidArgument(format!("checkpoint archive {}: {why}", archive.display()))
+}
+
+/// Reads config.dump and spec.dump from the archive at `archive`.
+pub(crate) fn read_checkpoint_source(archive: &Path) -> Result<CheckpointSource> {
+    let f = std::fs::File::open(archive).map_err(|e| bad_archive(archive, e))?;
+    let mut a = tar::Archive::new(f);
+    let (mut config, mut spec) = (None, None);
+    for e in a.entries().map_err(|e| bad_archive(archive, e))? {
+        let mut e = e.map_err(|e| bad_archive(archive, e))?;
+        let name = e
+            .path()
+            .map_err(|e| bad_archive(archive, e))?
+            .to_string_lossy()
+            .into_owned();
+        let slot = match name.as_str() {
+            CONFIG_DUMP => &mut config,
+            SPEC_DUMP => &mut spec,
+            _ => continue,
+        };
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut bytes).map_err(|e| bad_archive(archive, e))?;
+        *slot = Some(bytes);
+    }
+    let config: serde_json::Value =
+        serde_json::from_slice(&config.ok_or_else(|| bad_archive(archive, "no config.dump"))?)
+            .map_err(|e| bad_archive(archive, format!("config.dump: {e}")))?;
+    let spec: oci_spec::runtime::Spec =
+        serde_json::from_slice(&spec.ok_or_else(|| bad_archive(archive, "no spec.dump"))?)
+            .map_err(|e| bad_archive(archive, format!("spec.dump: {e}")))?;
+    let field = |k: &str| config[k].as_str().unwrap_or_default().to_owned();
+    let image = field("rootfsImageName");
+    let image_ref = field("rootfsImageRef");
+    if image.is_empty() && image_ref.is_empty() {
+        return Err(bad_archive(archive, "config.dump names no rootfs image"));
+    }
+    Ok(CheckpointSource {
+        archive: archive.to_path_buf(),
+        image,
+        image_ref,
+        spec,
+    })
+}
+
+/// Container paths berth fills from the pod (not restored from the
+/// checkpoint's binds: the new pod's own are bound).
+const POD_PROVIDED: &[&str] = &[
+    "/etc/hosts",
+    "/etc/hostname",
+    "/etc/resolv.conf",
+    "/dev/shm",
+    "/dev/termination-log",
+];
+
+/// The CRI config of the restored container: the request's (name,
+/// labels, annotations, log path, security, resources, mounts when given)
+/// with the checkpointed process (command, cwd, env) and, when the request
+/// has none, the checkpoint's bind mounts, as containerd's
+/// CRImportCheckpoint fills the config from spec.dump.
+pub(crate) fn restored_config(
+    request: &k8s_cri::v1::ContainerConfig,
+    src: &CheckpointSource,
+) -> k8s_cri::v1::ContainerConfig {
+    use k8s_cri::v1 as cri;
+    let mut c = request.clone();
+    c.image = Some(cri::ImageSpec {
+        image: src.image.clone(),
+        ..Default::default()
+    });
+    if let Some(p) = src.spec.process() {
+        c.command = p.args().clone().unwrap_or_default();
+        c.args = Vec::new();
+        c.working_dir = p.cwd().display().to_string();
+        c.envs = p
+            .env()
+            .clone()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| cri::KeyValue {
+                key: k.to_owned(),
+                value: v.to_owned(),
+            })
+            .collect();
+    }
+    if c.mounts.is_empty() {
+        for m in src.spec.mounts().as_deref().unwrap_or(&[]) {
+            let opts = m.options().clone().unwrap_or_default();
+            let bind = m.typ().as_deref() == Some("bind")
+                || opts.iter().any(|o| o == "bind" || o == "rbind");
+            let dest = m.destination().display().to_string();
+            let (true, Some(source)) = (bind, m.source()) else {
+                continue;
+            };
+            if POD_PROVIDED.contains(&dest.as_str()) || dest.starts_with("/run/secrets") {
+                continue;
+            }
+            c.mounts.push(cri::Mount {
+                container_path: dest,
+                host_path: source.display().to_string(),
+                readonly: opts.iter().any(|o| o == "ro"),
+                ..Default::default()
+            });
+        }
+    }
+    c
+}
+
+/// Unpacks the archive's CRIU images (`checkpoint/`) and rootfs-diff.tar
+/// into `dir`; returns the images directory.
+pub(crate) fn extract_for_restore(archive: &Path, dir: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+    let f = std::fs::File::open(archive).map_err(|e| bad_archive(archive, e))?;
+    let mut a = tar::Archive::new(f);
+    a.set_preserve_permissions(true);
+    a.set_overwrite(true);
+    for e in a.entries().map_err(|e| bad_archive(archive, e))? {
+        let mut e = e.map_err(|e| bad_archive(archive, e))?;
+        let name = e
+            .path()
+            .map_err(|e| bad_archive(archive, e))?
+            .to_string_lossy()
+            .into_owned();
+        let wanted = name == ROOTFS_DIFF || name.starts_with(&format!("{CHECKPOINT_DIR}/"));
+        if !wanted || name.split('/').any(|c| c == "..") {
+            continue;
+        }
+        // `unpack_in` refuses paths leaving `dir`.
+        e.unpack_in(dir).map_err(|e| bad_archive(archive, e))?;
+    }
+    let images = dir.join(CHECKPOINT_DIR);
+    if !images.join("inventory.img").is_file() {
+        return Err(bad_archive(
+            archive,
+            "no CRIU images (checkpoint/inventory.img)",
+        ));
+    }
+    Ok(images)
+}
+
+/// Applies the checkpoint's rootfs-diff.tar (from `dir`) to the new
+/// container's writable layer, whiteouts included, with the image
+/// unpacker's path checks.
+pub(crate) fn apply_rootfs_diff(dir: &Path, upper: &Path) -> Result<()> {
+    let diff = dir.join(ROOTFS_DIFF);
+    let Ok(f) = std::fs::File::open(&diff) else {
+        return Ok(()); // a container without a writable layer diff
+    };
+    crate::image::unpack::unpack(f, upper, ROOTFS_DIFF, u64::MAX)?;
+    let _ = std::fs::remove_file(&diff);
+    Ok(())
 }
 
 impl PodManager {

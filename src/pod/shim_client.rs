@@ -332,6 +332,12 @@ fn shim_err(call: &str, e: ttrpc::Error) -> PodError {
         if s.code() == ttrpc::Code::DEADLINE_EXCEEDED {
             return PodError::Timeout(format!("shim {call}: {}", s.message()));
         }
+        if s.code() == ttrpc::Code::INVALID_ARGUMENT {
+            return PodError::InvalidArgument(format!("shim {call}: {}", s.message()));
+        }
+        if s.code() == ttrpc::Code::FAILED_PRECONDITION {
+            return PodError::FailedPrecondition(format!("shim {call}: {}", s.message()));
+        }
         return PodError::Shim(format!("{call}: {}", s.message()));
     }
     PodError::Shim(format!("{call}: {e}"))

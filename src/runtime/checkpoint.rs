@@ -59,6 +59,8 @@ pub fn criu_check() -> Result<(), String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountPoint {
     pub id: u64,
+    /// The filesystem's device (`maj:min`): binds of one superblock share it.
+    pub dev: String,
     pub point: String,
     pub root: String,
     pub fstype: String,
@@ -70,11 +72,13 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountPoint> {
         .filter_map(|l| {
             let mut it = l.split(' ');
             let id = it.next()?.parse().ok()?;
-            let root = it.nth(2)?;
+            let dev = it.nth(1)?;
+            let root = it.next()?;
             let point = it.next()?;
             let fstype = l.split(" - ").nth(1)?.split(' ').next()?;
             Some(MountPoint {
                 id,
+                dev: dev.to_owned(),
                 point: unescape(point),
                 root: unescape(root),
                 fstype: fstype.to_owned(),
@@ -105,8 +109,11 @@ fn unescape(s: &str) -> String {
 }
 
 /// Whether CRIU must be told that a mount is external: a bind (its root is
-/// not the filesystem's root), or a filesystem CRIU cannot dump itself.
-fn is_external(m: &MountPoint) -> bool {
+/// not the filesystem's root), or a filesystem CRIU cannot dump itself. A
+/// bind of a filesystem the container mounted itself (its /proc bound onto
+/// /proc/sys read-only, its /dev/null over a masked path) is CRIU's own:
+/// it dumps and restores it as a bind of that mount.
+fn is_external(m: &MountPoint, all: &[MountPoint]) -> bool {
     if m.point == "/" {
         return false;
     }
@@ -114,8 +121,36 @@ fn is_external(m: &MountPoint) -> bool {
         m.fstype.as_str(),
         "proc" | "sysfs" | "devpts" | "mqueue" | "tmpfs" | "cgroup" | "cgroup2"
     );
-    m.root != "/" || !dumpable
+    if !dumpable {
+        return true;
+    }
+    m.root != "/"
+        && !all
+            .iter()
+            .any(|o| o.root == "/" && o.dev == m.dev && o.point != "/" && o.id != m.id)
 }
+
+/// The container paths CRIU is told are external mounts (`mnt[<path>]`),
+/// each once: restore maps every one back to a host source.
+pub fn external_mounts(mounts: &[MountPoint]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    mounts
+        .iter()
+        .filter(|m| is_external(m, mounts))
+        .filter(|m| seen.insert(m.point.clone()))
+        .map(|m| m.point.clone())
+        .collect()
+}
+
+/// The file CRIU's images dir gets with what fds 0, 1 and 2 of the
+/// container's init were at dump time, as runc's `descriptors.json`:
+/// `pipe:[<inode>]` for a pipe, `file[<mnt>:<inode>]` for a file outside
+/// the container's mounts (CRIU's external key), else the path.
+pub const DESCRIPTORS: &str = "descriptors.json";
+
+/// The file CRIU's images dir gets with the container paths of the mounts
+/// the dump declared external ([`external_mounts`]): restore must map each.
+pub const EXTERNAL_MOUNTS: &str = "external-mounts.json";
 
 /// What [`dump_args`] needs to know of the container.
 #[derive(Debug, Clone)]
@@ -162,12 +197,9 @@ pub fn dump_args(t: &DumpTarget<'_>) -> Vec<String> {
         a.push("--external".to_owned());
         a.push(format!("file[{mnt:x}:{ino:x}]"));
     }
-    let mut seen = std::collections::HashSet::new();
-    for m in t.mounts.iter().filter(|m| is_external(m)) {
-        if seen.insert(m.point.clone()) {
-            a.push("--external".to_owned());
-            a.push(format!("mnt[{}]:{}", m.point, m.point));
-        }
+    for point in external_mounts(t.mounts) {
+        a.push("--external".to_owned());
+        a.push(format!("mnt[{point}]:{point}"));
     }
     a
 }
@@ -238,6 +270,34 @@ fn files_outside(tree: &[i32], mounts: &[MountPoint]) -> Vec<(u64, u64)> {
     out
 }
 
+/// What fds 0..2 of `pid` are, as [`DESCRIPTORS`] records them.
+fn stdio_descriptors(pid: i32, mounts: &[MountPoint]) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    (0..3)
+        .map(|fd| {
+            let link = format!("/proc/{pid}/fd/{fd}");
+            let Ok(target) = std::fs::read_link(&link) else {
+                return String::new();
+            };
+            let text = target.to_string_lossy().into_owned();
+            if !target.is_absolute() {
+                return text;
+            }
+            let mnt = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.strip_prefix("mnt_id:"))
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            match (mnt, std::fs::metadata(&link)) {
+                (Some(mnt), Ok(m)) if !mounts.iter().any(|o| o.id == mnt) => {
+                    format!("file[{mnt:x}:{:x}]", m.ino())
+                }
+                _ => text,
+            }
+        })
+        .collect()
+}
+
 fn ns_inode(path: &str) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).ok().map(|m| m.ino())
@@ -270,6 +330,19 @@ pub fn dump(
     // external to the dump. berth's containers always join the pod's.
     let joined_netns = theirs.filter(|ino| Some(*ino) != ns_inode("/proc/self/ns/net"));
     let external_files = files_outside(&process_tree(pid), &mounts);
+    let path = images_dir.join(EXTERNAL_MOUNTS);
+    std::fs::write(
+        &path,
+        serde_json::to_vec(&external_mounts(&mounts)).unwrap_or_else(|_| b"[]".to_vec()),
+    )
+    .map_err(io("write", &path))?;
+    let descriptors = stdio_descriptors(pid, &mounts);
+    let path = images_dir.join(DESCRIPTORS);
+    std::fs::write(
+        &path,
+        serde_json::to_vec(&descriptors).unwrap_or_else(|_| b"[]".to_vec()),
+    )
+    .map_err(io("write", &path))?;
     let args = dump_args(&DumpTarget {
         pid,
         images_dir,
@@ -315,12 +388,15 @@ mod tests {
 6 3 0:54 /pods/p1/shm /dev/shm rw - tmpfs shm rw
 7 1 254:1 /data/my\\040dir /mnt/vol rw - ext4 /dev/vda1 rw
 8 1 0:55 / /sys ro - sysfs sysfs ro
+9 2 0:51 /sys /proc/sys ro - proc proc rw
+10 2 0:52 /null /proc/kcore rw - tmpfs tmpfs rw
 ";
 
     #[test]
     fn mountinfo_parses_with_escapes() {
         let m = parse_mountinfo(INFO);
-        assert_eq!(m.len(), 8);
+        assert_eq!(m.len(), 10);
+        assert_eq!(m[1].dev, "0:51");
         assert_eq!(m[4].point, "/etc/hosts");
         assert_eq!(m[4].root, "/var/lib/berth/pods/p1/hosts");
         assert_eq!(m[6].root, "/data/my dir");
@@ -349,8 +425,17 @@ mod tests {
         for ext in ["/etc/hosts", "/dev/shm", "/mnt/vol"] {
             assert!(s.contains(&format!("mnt[{ext}]:{ext}")), "{ext} in {s}");
         }
-        // The root and what CRIU dumps itself are not external.
-        for own in ["[/]", "[/proc]", "[/dev]", "[/dev/pts]", "[/sys]"] {
+        // The root, what CRIU dumps itself, and binds of the container's
+        // own mounts are not external.
+        for own in [
+            "[/]",
+            "[/proc]",
+            "[/dev]",
+            "[/dev/pts]",
+            "[/sys]",
+            "[/proc/sys]",
+            "[/proc/kcore]",
+        ] {
             assert!(!s.contains(&format!("mnt{own}")), "{own} in {s}");
         }
         let kept = dump_args(&DumpTarget {

@@ -35,4 +35,10 @@ pub enum RuntimeError {
     /// CRIU could not checkpoint the container.
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// CRIU could not restore the container (CRIU's own errors).
+    #[error("restore: {0}")]
+    Restore(String),
+    /// The checkpoint's images are unusable (missing, unreadable).
+    #[error("checkpoint images: {0}")]
+    BadCheckpoint(String),
 }

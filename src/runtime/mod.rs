@@ -49,7 +49,7 @@
 //! (see `tests/runtime_containers.rs`).
 //!
 //! Layout: one file per operation (`create.rs`, `start.rs`, `kill.rs`,
-//! `exec.rs`, `delete.rs`); the helper side in `helper.rs` (namespaces,
+//! `exec.rs`, `delete.rs`, `checkpoint.rs` and `restore.rs` with CRIU); the helper side in `helper.rs` (namespaces,
 //! clone) and `init.rs` (the container process' own set-up), the filesystem
 //! in `rootfs/` (`mounts.rs`, `cgroupfs.rs`, `devices.rs`, `pivot.rs`), pure
 //! spec translations in `namespaces.rs`, `mount_options.rs`,
@@ -85,6 +85,7 @@ pub mod overlay;
 mod path;
 mod process_spec;
 mod protocol;
+pub mod restore;
 mod rootfs;
 pub mod seccomp;
 mod start;
@@ -262,8 +263,22 @@ impl Container {
         create::create(opts)
     }
 
-    /// Lets the created init exec the user process.
+    /// Restores a container from CRIU images (see `restore.rs`) instead
+    /// of creating a new init: the tree waits, stopped, for [`Self::start`].
+    pub fn restore(
+        opts: CreateOptions<'_>,
+        images_dir: &Path,
+        run: &checkpoint::Runner<'_>,
+    ) -> Result<Container> {
+        restore::restore(opts, images_dir, run)
+    }
+
+    /// Lets the created init exec the user process (a restored tree
+    /// continues).
     pub fn start(&self) -> Result<()> {
+        if restore::continue_restored(self)? {
+            return Ok(());
+        }
         start::start(self)
     }
 

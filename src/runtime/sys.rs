@@ -196,6 +196,24 @@ pub fn pass_fd_as(cmd: &mut Command, fd: RawFd, target: RawFd) {
     }
 }
 
+/// Makes the process `cmd` starts write `0` to `fd` (a cgroup's
+/// `cgroup.procs`, open for writing) before it execs: it joins that cgroup
+/// itself, so everything it forks is born inside (runc puts CRIU into the
+/// container's cgroup the same way before a restore).
+pub fn join_cgroup_at_exec(cmd: &mut Command, fd: RawFd) {
+    // SAFETY: the closure runs between fork and exec in the child; it only
+    // calls write(2) on an open fd with a static buffer (async-signal-safe,
+    // no allocation).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::write(fd, b"0".as_ptr().cast(), 1) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// prctl(PR_SET_DUMPABLE, value).
 pub fn set_dumpable(dumpable: bool) -> nix::Result<()> {
     nix::sys::prctl::set_dumpable(dumpable)

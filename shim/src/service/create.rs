@@ -31,10 +31,16 @@ impl<R: Runtime> Inner<R> {
         if self.containers.locked().contains_key(&req.id) {
             return Err(ShimError::AlreadyExists(format!("container {}", req.id)));
         }
-        if !req.checkpoint.is_empty() {
-            return Err(ShimError::Unimplemented(
-                "restoring from a checkpoint is not supported by berth".into(),
-            ));
+        // containerd's CreateTaskRequest.checkpoint: the CRIU images to
+        // restore the init from (as runc-shim's `runc restore`).
+        let checkpoint = (!req.checkpoint.is_empty()).then(|| PathBuf::from(&req.checkpoint));
+        if let Some(images) = &checkpoint
+            && !images.is_absolute()
+        {
+            return Err(ShimError::InvalidArgument(format!(
+                "checkpoint path {:?} must be absolute",
+                req.checkpoint
+            )));
         }
         let bundle = PathBuf::from(&req.bundle);
         let spec = Spec::load(bundle.join("config.json")).map_err(|e| {
@@ -72,17 +78,32 @@ impl<R: Runtime> Inner<R> {
             .map_err(undo_mount)?;
 
         let systemd_cgroup = systemd_cgroup_option(req.options.as_ref()).map_err(undo_mount)?;
-        let mut pids = self.pids.locked();
-        #[cfg(debug_assertions)]
-        test_panic_hook(&spec);
-        let created = self.runtime.create(CreateOptions {
+        let opts = CreateOptions {
             id: &req.id,
             bundle: &bundle,
             spec: &spec,
             stdio,
             state_dir: &state_dir,
             systemd_cgroup,
-        });
+        };
+        // CRIU runs without the `pids` lock (the reaper takes it to hand
+        // CRIU's exit back); the restored tree stays stopped until Start,
+        // so it cannot exit before it is registered below.
+        let (created, mut pids) = match &checkpoint {
+            None => {
+                let pids = self.pids.locked();
+                #[cfg(debug_assertions)]
+                test_panic_hook(&spec);
+                (self.runtime.create(opts), pids)
+            }
+            Some(images) => {
+                let run = |cmd: &mut std::process::Command| {
+                    crate::helper_run::output(cmd, &|| self.children_added())
+                };
+                let restored = self.runtime.restore(opts, images, &run).map(|c| (c, None));
+                (restored, self.pids.locked())
+            }
+        };
         self.children_added();
         let (container, master) = created.map_err(undo_mount)?;
         if let Some(master) = master {

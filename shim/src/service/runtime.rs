@@ -20,6 +20,20 @@ pub trait Runtime: Send + Sync + 'static {
     /// Creates the container (its init waits for `start`); the pty master
     /// when the init asked for a terminal.
     fn create(&self, opts: CreateOptions<'_>) -> Result<(Self::Container, Option<OwnedFd>)>;
+
+    /// Restores the container from the CRIU images in `images` (the tree
+    /// waits, stopped, for `start`); helper processes are run by `run`.
+    fn restore(
+        &self,
+        opts: CreateOptions<'_>,
+        images: &Path,
+        run: &berth::runtime::checkpoint::Runner<'_>,
+    ) -> Result<Self::Container> {
+        let _ = (opts, images, run);
+        Err(ShimError::Unimplemented(
+            "this runtime cannot restore checkpoints".into(),
+        ))
+    }
 }
 
 /// One created container.
@@ -70,6 +84,15 @@ impl Runtime for Berth {
 
     fn create(&self, opts: CreateOptions<'_>) -> Result<(Self::Container, Option<OwnedFd>)> {
         Ok(berth::runtime::Container::create(opts)?)
+    }
+
+    fn restore(
+        &self,
+        opts: CreateOptions<'_>,
+        images: &Path,
+        run: &berth::runtime::checkpoint::Runner<'_>,
+    ) -> Result<Self::Container> {
+        Ok(berth::runtime::Container::restore(opts, images, run)?)
     }
 }
 

@@ -75,6 +75,20 @@ impl Runtime for Stub {
         };
         Ok((c, None))
     }
+    fn restore(
+        &self,
+        opts: CreateOptions<'_>,
+        images: &std::path::Path,
+        _run: &berth::runtime::checkpoint::Runner<'_>,
+    ) -> Result<StubContainer> {
+        self.0
+            .call(format!("restore {} {}", opts.id, images.display()));
+        Ok(StubContainer {
+            id: opts.id.to_string(),
+            pid: self.0.pid(),
+            rec: self.0.clone(),
+        })
+    }
 }
 
 impl RuntimeContainer for StubContainer {
@@ -440,6 +454,24 @@ fn only_a_running_container_is_checkpointed() {
     );
     f.inner().checkpoint(&req("/img")).unwrap();
     assert_eq!(f.rec.calls().last().unwrap(), "checkpoint c1 /img");
+}
+
+#[test]
+fn a_create_with_a_checkpoint_restores_and_start_continues_it() {
+    let f = Fixture::new();
+    let req = |path: &str| CreateTaskRequest {
+        id: "c1".into(),
+        bundle: f.bundle.path().display().to_string(),
+        checkpoint: path.into(),
+        ..Default::default()
+    };
+    assert_eq!(code(f.inner().create(&req("img"))), Code::INVALID_ARGUMENT);
+    let pid = f.inner().create(&req("/ck/checkpoint")).unwrap().pid;
+    assert!(pid > 0);
+    assert_eq!(f.state("c1", "").unwrap().0, Status::CREATED);
+    f.start("c1", "").unwrap();
+    assert_eq!(f.state("c1", "").unwrap().0, Status::RUNNING);
+    assert_eq!(f.rec.calls(), ["restore c1 /ck/checkpoint", "start c1"]);
 }
 
 #[test]

@@ -197,6 +197,22 @@ impl CgroupManager {
             .map(HelperJoin::Tasks)
     }
 
+    /// `cgroup.procs` of every hierarchy of the cgroup, opened for
+    /// writing: a process writing `0` to each moves itself in.
+    pub fn procs_files(&self) -> Result<Vec<OwnedFd>> {
+        self.existing_dirs()?
+            .into_iter()
+            .map(|(_, dir)| {
+                let path = dir.join("cgroup.procs");
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map(OwnedFd::from)
+                    .map_err(|e| fsio::io_err(&path, e))
+            })
+            .collect()
+    }
+
     /// Moves the process `pid` (all its threads) into the cgroup.
     pub fn add_process(&self, pid: i32) -> Result<()> {
         if pid <= 0 {
