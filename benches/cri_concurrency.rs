@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use common::berthd::Berthd;
 use common::containerd_cri::{ContainerdCri, CriOptions, push_bench_images};
-use common::cri_bench::{container, env_usize, ms, pct, preflight};
+use common::cri_bench::{container, env_usize, ms, pct, preflight, ready_with_images};
 use common::cri_images::pull;
 use common::cri_pods::{PodEnv, Runtime, create_container, pod_sandbox_config};
 use common::registry::Registry;
@@ -242,12 +242,7 @@ impl Setup {
             }
         };
         for ctd in std::iter::once(&ctd16).chain(ctd2.as_ref()) {
-            ctd.wait_cri_ready().await?;
-            let mut images = ctd.images().await?;
-            pull(&mut images, &pause, None)
-                .await
-                .with_context(|| format!("containerd: pull {pause}; log:\n{}", ctd.log_tail()))?;
-            pull(&mut images, &image, None).await?;
+            ready_with_images(ctd, &pause, &image).await?;
         }
         Ok(Self {
             ctd2,

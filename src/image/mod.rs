@@ -299,21 +299,7 @@ impl ImageStore {
     /// the image's snapshots.
     pub fn prepare_rootfs(&self, image_id: &str, container_id: &str) -> Result<RootfsMount> {
         self.snapshots.container_path(container_id)?;
-        let id = self
-            .resolve(image_id)?
-            .ok_or_else(|| ImageError::NotFound(image_id.to_owned()))?;
-        let image = self
-            .meta
-            .image(&id)?
-            .ok_or_else(|| ImageError::NotFound(image_id.to_owned()))?;
-        let chain_ids = image.record.chain_ids.clone();
-        self.meta.hold(
-            container_id,
-            &ContainerHold {
-                image_id: id,
-                chain_ids: chain_ids.clone(),
-            },
-        )?;
+        let chain_ids = self.hold(container_id, image_id)?;
         match self.snapshots.prepare(container_id, &chain_ids) {
             Ok(m) => Ok(m),
             Err(e) => {
@@ -328,6 +314,18 @@ impl ImageStore {
     /// keeps them while held, as it keeps a container's) and returns their
     /// directories, top-most first; empty for an image without layers.
     pub fn hold_image_layers(&self, holder: &str, image_id: &str) -> Result<Vec<PathBuf>> {
+        let chain_ids = self.hold(holder, image_id)?;
+        Ok(chain_ids
+            .iter()
+            .rev()
+            .map(|c| self.snapshots.path(c))
+            .collect())
+    }
+
+    /// Holds image `image_id`'s layers for `holder` (a container or an
+    /// image volume: GC keeps them while held) and returns their chain ids,
+    /// bottom-most first.
+    fn hold(&self, holder: &str, image_id: &str) -> Result<Vec<String>> {
         let id = self
             .resolve(image_id)?
             .ok_or_else(|| ImageError::NotFound(image_id.to_owned()))?;
@@ -343,11 +341,7 @@ impl ImageStore {
                 chain_ids: chain_ids.clone(),
             },
         )?;
-        Ok(chain_ids
-            .iter()
-            .rev()
-            .map(|c| self.snapshots.path(c))
-            .collect())
+        Ok(chain_ids)
     }
 
     /// Drops what [`ImageStore::hold_image_layers`] held. Idempotent.

@@ -514,16 +514,9 @@ impl PodNetwork {
         pod_id: &str,
         netns_path: &Path,
     ) -> Result<Option<InterfaceStats>, NetworkError> {
-        check_pod_id(pod_id)?;
-        let ifname = self
-            .pods
-            .load(pod_id)?
-            .map(|s| s.interface)
-            .unwrap_or_else(|| POD_IFNAME.into());
-        if !netns::is_netns(netns_path) {
+        let Some((ifname, h)) = self.stats_handle(pod_id, netns_path)? else {
             return Ok(None);
-        }
-        let h = netns::netlink_in(netns_path)?;
+        };
         links::link_stats(&h, &ifname).await
     }
 
@@ -535,8 +528,24 @@ impl PodNetwork {
         pod_id: &str,
         netns_path: &Path,
     ) -> Result<Option<PodInterfaces>, NetworkError> {
+        let Some((default_name, h)) = self.stats_handle(pod_id, netns_path)? else {
+            return Ok(None);
+        };
+        Ok(Some(PodInterfaces {
+            default_name,
+            interfaces: links::all_link_stats(&h).await?,
+        }))
+    }
+
+    /// The pod's own interface name and a netlink handle in its namespace,
+    /// None when the namespace is gone.
+    fn stats_handle(
+        &self,
+        pod_id: &str,
+        netns_path: &Path,
+    ) -> Result<Option<(String, rtnetlink::Handle)>, NetworkError> {
         check_pod_id(pod_id)?;
-        let default_name = self
+        let ifname = self
             .pods
             .load(pod_id)?
             .map(|s| s.interface)
@@ -544,11 +553,7 @@ impl PodNetwork {
         if !netns::is_netns(netns_path) {
             return Ok(None);
         }
-        let h = netns::netlink_in(netns_path)?;
-        Ok(Some(PodInterfaces {
-            default_name,
-            interfaces: links::all_link_stats(&h).await?,
-        }))
+        Ok(Some((ifname, netns::netlink_in(netns_path)?)))
     }
 
     /// The IPs a pod was given (from its state), for PodSandboxStatus.

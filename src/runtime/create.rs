@@ -121,15 +121,7 @@ pub fn create(opts: CreateOptions<'_>) -> Result<(Container, Option<OwnedFd>)> {
     if process.args().as_ref().is_none_or(|a| a.is_empty()) {
         return Err(RuntimeError::InvalidSpec("process.args is empty".into()));
     }
-    let root = spec_in
-        .root()
-        .as_ref()
-        .ok_or_else(|| RuntimeError::InvalidSpec("spec has no root".into()))?;
-    let rootfs: PathBuf = if root.path().is_absolute() {
-        root.path().clone()
-    } else {
-        opts.bundle.join(root.path())
-    };
+    let rootfs = bundle_rootfs(spec_in, opts.bundle)?;
     let rootfs = rootfs.canonicalize().map_err(|e| RuntimeError::Io {
         context: format!("rootfs {}", rootfs.display()),
         source: e,
@@ -296,4 +288,20 @@ pub fn read_reports(sock: &OwnedFd, id: &str, want_ready: bool) -> Outcome {
             return out;
         }
     }
+}
+
+/// The spec's root path, relative paths taken from the bundle (OCI).
+pub(crate) fn bundle_rootfs(
+    spec: &oci_spec::runtime::Spec,
+    bundle: &Path,
+) -> std::result::Result<PathBuf, RuntimeError> {
+    let root = spec
+        .root()
+        .as_ref()
+        .ok_or_else(|| RuntimeError::InvalidSpec("spec has no root".into()))?;
+    Ok(if root.path().is_absolute() {
+        root.path().clone()
+    } else {
+        bundle.join(root.path())
+    })
 }

@@ -20,7 +20,7 @@
 //! (SIGCONT), as containerd's shim restores on Start.
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
@@ -218,15 +218,7 @@ pub fn restore(opts: CreateOptions<'_>, images_dir: &Path, run: &Runner<'_>) -> 
             "restoring a container with a terminal is not supported".into(),
         ));
     }
-    let root = spec
-        .root()
-        .as_ref()
-        .ok_or_else(|| RuntimeError::InvalidSpec("spec has no root".into()))?;
-    let rootfs: PathBuf = if root.path().is_absolute() {
-        root.path().clone()
-    } else {
-        opts.bundle.join(root.path())
-    };
+    let rootfs = super::create::bundle_rootfs(spec, opts.bundle)?;
     let descriptors_path = images_dir.join(DESCRIPTORS);
     let descriptors: Vec<String> = match std::fs::read(&descriptors_path) {
         Ok(b) => serde_json::from_slice(&b).map_err(|e| {

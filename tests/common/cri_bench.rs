@@ -45,12 +45,7 @@ impl SideBySide {
         let berthd = env.start_logged("info")?;
         pull(&mut berthd.images().await?, &image, None).await?;
         let ctd = ContainerdCri::start(ctd_idx, &registry.host, &pause)?;
-        ctd.wait_cri_ready().await?;
-        let mut ctd_images = ctd.images().await?;
-        pull(&mut ctd_images, &pause, None)
-            .await
-            .with_context(|| format!("containerd: pull {pause}; log:\n{}", ctd.log_tail()))?;
-        pull(&mut ctd_images, &image, None).await?;
+        ready_with_images(&ctd, &pause, &image).await?;
         Ok(Self {
             ctd,
             berthd,
@@ -238,4 +233,15 @@ pub fn preflight(bench: &str) -> Result<bool> {
         shim.display()
     );
     Ok(true)
+}
+
+/// Waits for containerd's CRI and pulls the pause and bench images into it.
+pub async fn ready_with_images(ctd: &ContainerdCri, pause: &str, image: &str) -> Result<()> {
+    ctd.wait_cri_ready().await?;
+    let mut images = ctd.images().await?;
+    pull(&mut images, pause, None)
+        .await
+        .with_context(|| format!("containerd: pull {pause}; log:\n{}", ctd.log_tail()))?;
+    pull(&mut images, image, None).await?;
+    Ok(())
 }
