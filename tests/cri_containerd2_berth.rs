@@ -39,6 +39,28 @@ use common::registry::Registry;
 use common::spdy_client::SpdyClient;
 use k8s_cri::v1 as cri;
 
+/// A registry with the bench images and containerd 2.x's CRI (instance
+/// `idx`) with the berth handlers, ready; None where containerd 2.x is not
+/// extracted. Returns (registry, pause image, busybox image, containerd).
+async fn start_containerd2(idx: u32) -> Result<Option<(Registry, String, String, ContainerdCri)>> {
+    let Some(bin_dir) = containerd2_dir() else {
+        return Ok(None);
+    };
+    let registry = Registry::start()?;
+    let (pause, image) = push_bench_images(&registry).await?;
+    let ctd = ContainerdCri::start_with(
+        idx,
+        &registry.host,
+        &pause,
+        CriOptions {
+            bin_dir: Some(bin_dir),
+            berth_shim: Some(shim_binary()),
+        },
+    )?;
+    ctd.wait_cri_ready().await?;
+    Ok(Some((registry, pause, image, ctd)))
+}
+
 fn containerd2_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("BERTH_CONTAINERD2_BIN_DIR")
         .map(PathBuf::from)
@@ -317,22 +339,10 @@ async fn check_pod(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_network_capabilities_and_features_under_containerd2() -> Result<()> {
-    let Some(bin_dir) = containerd2_dir() else {
+    let Some((_registry, pause, image, ctd)) = start_containerd2(21).await? else {
         eprintln!("skipped: containerd 2.x is not extracted (run tests/setup-containerd2.sh)");
         return Ok(());
     };
-    let registry = Registry::start()?;
-    let (pause, image) = push_bench_images(&registry).await?;
-    let ctd = ContainerdCri::start_with(
-        21,
-        &registry.host,
-        &pause,
-        CriOptions {
-            bin_dir: Some(bin_dir),
-            berth_shim: Some(shim_binary()),
-        },
-    )?;
-    ctd.wait_cri_ready().await?;
     let mut rt = ctd.runtime().await?;
 
     // The handler's features: containerd read them from `-info`.
@@ -387,22 +397,10 @@ async fn pod_network_capabilities_and_features_under_containerd2() -> Result<()>
 /// as the mapped host id, and a server on port 80 reachable at the pod IP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_namespaced_pod_under_containerd2() -> Result<()> {
-    let Some(bin_dir) = containerd2_dir() else {
+    let Some((_registry, pause, image, ctd)) = start_containerd2(22).await? else {
         eprintln!("skipped: containerd 2.x is not extracted (run tests/setup-containerd2.sh)");
         return Ok(());
     };
-    let registry = Registry::start()?;
-    let (pause, image) = push_bench_images(&registry).await?;
-    let ctd = ContainerdCri::start_with(
-        22,
-        &registry.host,
-        &pause,
-        CriOptions {
-            bin_dir: Some(bin_dir),
-            berth_shim: Some(shim_binary()),
-        },
-    )?;
-    ctd.wait_cri_ready().await?;
     let mut rt = ctd.runtime().await?;
     let mut images = ctd.images().await?;
     for i in [&pause, &image] {
