@@ -13,6 +13,10 @@ use crate::stdio::{ProcessIo, StdioPaths};
 /// Kills every process left in a container.
 pub type KillAll = Box<dyn Fn() -> crate::error::Result<()> + Send + Sync>;
 
+/// Runs on the reaper thread with the exit status before the process's
+/// TaskExit is queued.
+pub type ExitHook = Box<dyn Fn(u32) + Send + Sync>;
+
 /// How a process ended.
 #[derive(Debug, Clone)]
 pub struct Exit {
@@ -38,6 +42,8 @@ pub struct Process {
     /// The init of a container without its own pid namespace: on its exit
     /// the rest of the container is killed with this (runc's behaviour).
     pub kill_all_on_exit: Option<KillAll>,
+    /// The init's OOM check (see `service::oom::exit_check`).
+    pub before_exit_event: Option<ExitHook>,
     pub io: Mutex<Option<Arc<ProcessIo>>>,
     state: Mutex<State>,
     exited: Condvar,
@@ -51,6 +57,7 @@ impl Process {
             stdio,
             spec: None,
             kill_all_on_exit: None,
+            before_exit_event: None,
             io: Mutex::new(None),
             state: Mutex::new(State {
                 status: Status::CREATED,

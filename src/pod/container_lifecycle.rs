@@ -12,6 +12,10 @@ use super::shim_client::ShimClient;
 use super::{PodError, PodManager, Result, now_ns};
 use crate::store::{ContainerRecord, ContainerState, PodRecord};
 
+/// How long a failed exit from Task.Wait waits for the shim's TaskExit
+/// event (and the TaskOOM before it): see `await_exit_event`.
+const EXIT_EVENT_GRACE: Duration = Duration::from_secs(2);
+
 impl PodManager {
     /// The shim of the pod `pod_id`: the connected one, else a new
     /// connection to the stored address. Never starts a shim.
@@ -100,10 +104,35 @@ impl PodManager {
             let res = shim.wait(&id, "", 0).await;
             let Some(me) = me.upgrade() else { return };
             match res {
-                Ok((status, at)) => me.record_exit_event(&id, status, at).await,
+                Ok((status, at)) => {
+                    if status != 0 {
+                        me.await_exit_event(&id).await;
+                    }
+                    me.record_exit_event(&id, status, at).await
+                }
                 Err(e) => tracing::debug!(container = %id, error = %e, "wait ended"),
             }
         });
+    }
+
+    /// Gives the shim's TaskExit event a moment to record a failed exit
+    /// that Task.Wait reported first. The shim publishes an OOM kill's
+    /// TaskOOM before the TaskExit, on the events connection, but Wait
+    /// answers on another one and can overtake both: recorded from Wait
+    /// alone, the exit of an OOM-killed container whose cgroup is already
+    /// gone (systemd removes an empty scope at once) would read "Error"
+    /// until the TaskOOM came. containerd's CRI waits for the OOM event in
+    /// the same way. Returns as soon as the exit is recorded, or after
+    /// [`EXIT_EVENT_GRACE`] (a shim whose events cannot reach berthd).
+    async fn await_exit_event(&self, id: &str) {
+        let deadline = tokio::time::Instant::now() + EXIT_EVENT_GRACE;
+        while tokio::time::Instant::now() < deadline {
+            match self.store.container(id) {
+                Ok(Some(c)) if c.state == ContainerState::Running => {}
+                _ => return,
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Records an exit learnt outside any operation on the container (its

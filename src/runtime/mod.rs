@@ -325,6 +325,13 @@ impl Container {
         Ok(self.cgroup()?.oom_notifier()?)
     }
 
+    /// The OOM kill counters of the container's cgroup and, on v2, of its
+    /// parent: what tells an OOM kill from another SIGKILL once systemd has
+    /// removed the container's scope (see [`cgroups::OomCounts`]).
+    pub fn oom_counts(&self) -> Result<cgroups::OomCounts> {
+        Ok(self.cgroup()?.oom_counts()?)
+    }
+
     /// Removes everything the runtime created for the container (cgroup,
     /// state). Kills what is left first. Idempotent.
     pub fn delete(&self) -> Result<()> {

@@ -5,7 +5,7 @@ use crate::sync::Lock;
 use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use berth::runtime::CreateOptions;
@@ -15,6 +15,7 @@ use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::{Message, MessageField};
 use oci_spec::runtime::Spec;
 
+use super::oom::OomTracker;
 use super::runtime::{Runtime, RuntimeContainer};
 use super::{ContainerEntry, Inner, has_own_pid_namespace};
 use crate::error::{Result, ShimError};
@@ -117,6 +118,13 @@ impl<R: Runtime> Inner<R> {
             let c = container.clone();
             init.kill_all_on_exit = Some(Box::new(move || c.kill(libc::SIGKILL, true)));
         }
+        let oom = Arc::new(Mutex::new(OomTracker::new(container.oom_counts().ok())));
+        init.before_exit_event = Some(super::oom::exit_check(
+            container.clone(),
+            oom.clone(),
+            self.events.clone(),
+            req.id.clone(),
+        ));
         init.set_pid(container.pid());
         *init.io.locked() = Some(Arc::new(io));
         let init = Arc::new(init);
@@ -133,7 +141,7 @@ impl<R: Runtime> Inner<R> {
             execs: Mutex::new(HashMap::new()),
             rootfs,
             oom_stop: Arc::new(AtomicBool::new(false)),
-            oom_reported: Arc::new(AtomicU64::new(0)),
+            oom,
         });
         self.containers
             .locked()

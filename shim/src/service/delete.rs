@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use containerd_shim::api::{DeleteRequest, DeleteResponse};
-use containerd_shim::protos::events::task::{TaskDelete, TaskOOM};
+use containerd_shim::protos::events::task::TaskDelete;
 use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::protos::types::task::Status;
 
@@ -48,14 +48,11 @@ impl<R: Runtime> Inner<R> {
             )));
         }
         // An OOM the watcher has not got to yet must not vanish with the cgroup.
-        if let Ok(stats) = c.runtime.stats()
-            && stats.oom_kills > c.oom_reported.fetch_max(stats.oom_kills, Ordering::SeqCst)
-        {
-            tracing::info!(container = %c.id, "OOM");
-            self.events.send(TaskOOM {
-                container_id: c.id.clone(),
-                ..Default::default()
-            });
+        if let Ok(counts) = c.runtime.oom_counts() {
+            let mut t = c.oom.locked();
+            if t.observe(&counts) {
+                super::oom::publish(&self.events, &c.id);
+            }
         }
         c.oom_stop.store(true, Ordering::SeqCst);
         if let Err(e) = c.runtime.delete() {

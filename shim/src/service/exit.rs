@@ -19,6 +19,11 @@ impl<R: Runtime> Inner<R> {
             }
             return;
         };
+        // The init's OOM check queues its TaskOOM before anyone can learn
+        // of the exit (Wait answers once the process is marked exited).
+        if let Some(hook) = &p.before_exit_event {
+            hook(status);
+        }
         let at = now();
         p.set_exited(status, at.clone());
         tracing::info!(container = %p.container_id, exec = %p.exec_id, pid, status, "process exited");

@@ -34,7 +34,7 @@ mod ttrpc;
 use crate::sync::Lock;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -64,8 +64,9 @@ pub struct ContainerEntry<C> {
     pub rootfs: Option<PathBuf>,
     /// Set before the cgroup goes away so the OOM watcher knows to stop.
     pub oom_stop: Arc<AtomicBool>,
-    /// OOM kills already reported (watcher and Delete share it).
-    pub oom_reported: Arc<AtomicU64>,
+    /// The OOM kills seen so far (the watcher, the init's exit and Delete
+    /// share it).
+    pub oom: Arc<Mutex<oom::OomTracker>>,
 }
 
 impl<C> ContainerEntry<C> {

@@ -8,6 +8,7 @@
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
+use berth::runtime::cgroups::OomCounts;
 use berth::runtime::{CreateOptions, ExecProcess, Stats, Stdio};
 use oci_spec::runtime::{LinuxResources, Process};
 
@@ -61,6 +62,8 @@ pub trait RuntimeContainer: Clone + Send + Sync + 'static {
     fn stats(&self) -> Result<Stats>;
     /// A non-blocking fd that becomes readable on an OOM event.
     fn oom_notifier(&self) -> Result<OwnedFd>;
+    /// The OOM kill counters of the container's cgroup and its parent.
+    fn oom_counts(&self) -> Result<OomCounts>;
     /// Kills what is left and removes the container's resources.
     fn delete(&self) -> Result<()>;
     /// Keeps the container's record in `bundle` for `delete` after a crash.
@@ -126,6 +129,9 @@ impl RuntimeContainer for berth::runtime::Container {
     }
     fn oom_notifier(&self) -> Result<OwnedFd> {
         Ok(berth::runtime::Container::oom_notifier(self)?)
+    }
+    fn oom_counts(&self) -> Result<OomCounts> {
+        Ok(berth::runtime::Container::oom_counts(self)?)
     }
     fn delete(&self) -> Result<()> {
         Ok(berth::runtime::Container::delete(self)?)

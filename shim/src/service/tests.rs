@@ -7,6 +7,7 @@ use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use berth::runtime::cgroups::OomCounts;
 use berth::runtime::{CreateOptions, ExecProcess, Stats, Stdio};
 use containerd_shim::ExitSignal;
 use containerd_shim::api::{
@@ -31,6 +32,8 @@ struct Record {
     next_pid: AtomicI32,
     on_start: Hook,
     on_delete: Hook,
+    /// What `oom_counts` reads (own, parent).
+    oom: Mutex<OomCounts>,
 }
 
 impl Record {
@@ -137,6 +140,9 @@ impl RuntimeContainer for StubContainer {
     }
     fn oom_notifier(&self) -> Result<std::os::fd::OwnedFd> {
         Err(ShimError::Unimplemented("the stub has no cgroup".into()))
+    }
+    fn oom_counts(&self) -> Result<OomCounts> {
+        Ok(*self.rec.oom.lock().unwrap())
     }
     fn delete(&self) -> Result<()> {
         self.rec.call(format!("delete {}", self.id));
@@ -389,6 +395,82 @@ fn task_start_is_sent_before_a_task_exit_that_races_it() {
     rx.recv().unwrap().join().unwrap();
     assert_eq!(f.events(), ["TaskCreate", "TaskStart", "TaskExit"]);
     assert_eq!(f.state("c1", "").unwrap().0, Status::STOPPED);
+}
+
+/// The systemd driver's race: the scope is removed with its count before
+/// anyone read it; the parent's count and the SIGKILL tell the OOM kill.
+#[test]
+fn an_oom_kill_whose_scope_is_gone_is_reported_before_the_exit() {
+    let f = Fixture::new();
+    *f.rec.oom.lock().unwrap() = OomCounts {
+        own: Some(0),
+        parent: Some(2),
+    };
+    let pid = f.create("c1").unwrap() as i32;
+    f.start("c1", "").unwrap();
+    *f.rec.oom.lock().unwrap() = OomCounts {
+        own: None,
+        parent: Some(3),
+    };
+    f.inner().on_exit(pid, 137);
+    assert_eq!(f.delete("c1", "").unwrap(), 137);
+    assert_eq!(
+        f.events(),
+        [
+            "TaskCreate",
+            "TaskStart",
+            "TaskOOM",
+            "TaskExit",
+            "TaskDelete"
+        ]
+    );
+}
+
+/// A SIGKILL with no kill counted anywhere is no OOM; nor is a kill the
+/// parent counted for a sibling while this cgroup still had its own count.
+#[test]
+fn a_sigkill_without_a_new_parent_kill_is_no_oom() {
+    let f = Fixture::new();
+    *f.rec.oom.lock().unwrap() = OomCounts {
+        own: Some(0),
+        parent: Some(2),
+    };
+    let a = f.create("a").unwrap() as i32;
+    f.start("a", "").unwrap();
+    *f.rec.oom.lock().unwrap() = OomCounts {
+        own: None,
+        parent: Some(2),
+    };
+    f.inner().on_exit(a, 137);
+    assert_eq!(f.delete("a", "").unwrap(), 137);
+    assert_eq!(
+        f.events(),
+        ["TaskCreate", "TaskStart", "TaskExit", "TaskDelete"]
+    );
+}
+
+#[test]
+fn an_oom_kill_the_exit_still_finds_in_the_cgroup_is_reported_once() {
+    let f = Fixture::new();
+    let pid = f.create("c1").unwrap() as i32;
+    f.start("c1", "").unwrap();
+    *f.rec.oom.lock().unwrap() = OomCounts {
+        own: Some(1),
+        parent: Some(1),
+    };
+    f.inner().on_exit(pid, 137);
+    // Delete reads the same count: nothing new.
+    assert_eq!(f.delete("c1", "").unwrap(), 137);
+    assert_eq!(
+        f.events(),
+        [
+            "TaskCreate",
+            "TaskStart",
+            "TaskOOM",
+            "TaskExit",
+            "TaskDelete"
+        ]
+    );
 }
 
 #[test]

@@ -33,6 +33,7 @@ pub mod systemd;
 
 pub use error::CgroupError;
 pub use hierarchy::{CGROUP2_ROOT_ENV, CgroupFeatures, Hierarchy};
+pub use oom::OomCounts;
 
 /// Result of cgroup operations.
 pub type Result<T> = std::result::Result<T, CgroupError>;
@@ -322,6 +323,12 @@ impl CgroupManager {
     pub fn oom_notifier(&self) -> Result<OwnedFd> {
         self.existing_dirs()?;
         oom::notifier(&self.hierarchy, &self.path)
+    }
+
+    /// The cgroup's OOM kill counters, and on v2 its parent's; `own` is
+    /// `None` once the cgroup is gone (see [`OomCounts`]).
+    pub fn oom_counts(&self) -> Result<OomCounts> {
+        oom::counts(&self.hierarchy, &self.path)
     }
 
     /// Kills every process left (SIGKILL; thawing first if frozen), then

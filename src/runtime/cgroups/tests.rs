@@ -962,3 +962,65 @@ fn v2_device_program_follows_the_rules() {
     // The defaults' blocks, then the allow-all one.
     assert_eq!(exits, 11);
 }
+
+#[test]
+fn v2_oom_counts_read_the_parent_and_survive_the_cgroups_removal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    put(root, "cgroup.controllers", "memory pids");
+    put(
+        &root.join("pod.slice"),
+        "memory.events",
+        "max 4\noom 1\noom_kill 3\n",
+    );
+    put(
+        &root.join("pod.slice/ctr.scope"),
+        "memory.events",
+        "max 2\noom 1\noom_kill 1\n",
+    );
+    let mgr = CgroupManager::with_hierarchy("pod.slice/ctr.scope", Hierarchy::v2_at(root)).unwrap();
+    assert_eq!(
+        mgr.oom_counts().unwrap(),
+        OomCounts {
+            own: Some(1),
+            parent: Some(3)
+        }
+    );
+    // systemd removed the empty scope: its count is gone, the slice's stays.
+    std::fs::remove_dir_all(root.join("pod.slice/ctr.scope")).unwrap();
+    assert_eq!(
+        mgr.oom_counts().unwrap(),
+        OomCounts {
+            own: None,
+            parent: Some(3)
+        }
+    );
+    // A cgroup at the root has no parent count.
+    put(&root.join("top"), "memory.events", "oom_kill 0\n");
+    let top = CgroupManager::with_hierarchy("top", Hierarchy::v2_at(root)).unwrap();
+    assert_eq!(
+        top.oom_counts().unwrap(),
+        OomCounts {
+            own: Some(0),
+            parent: None
+        }
+    );
+}
+
+#[test]
+fn v1_oom_counts_have_no_parent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mgr = v1_tree(tmp.path());
+    put(
+        &tmp.path().join("memory/ctr"),
+        "memory.oom_control",
+        "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+    );
+    assert_eq!(
+        mgr.oom_counts().unwrap(),
+        OomCounts {
+            own: Some(2),
+            parent: None
+        }
+    );
+}
