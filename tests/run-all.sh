@@ -2,8 +2,9 @@
 # Runs berth's whole test suite on a fresh Debian 12 machine, as root.
 # Installs what the tests need (Debian packages, by name), checks format,
 # lints and docs, builds every binary, runs unit and integration tests,
-# then builds berth from the README's set-up command in a fresh Debian 12
-# tree (tests/fresh-debian.sh). .ci/run calls exactly this.
+# fuzzes the parsers of untrusted bytes (tests/fuzz.sh), then builds berth
+# from the README's set-up command in a fresh Debian 12 tree
+# (tests/fresh-debian.sh) and runs the VM lane. .ci/run calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,7 @@ packages=(
   protobuf-compiler               # build: k8s-cri's build script runs protoc
   debootstrap                     # fresh-debian.sh: a fresh Debian 12 tree for the README's command
   gcc libc6-dev                   # cri_security builds a static setuid probe
+  g++                             # tests/fuzz.sh: libfuzzer-sys builds libFuzzer from C++
   openssl                         # cri_stream_tls makes a self-signed certificate
   umoci skopeo                    # cri_image_umoci: an image a real builder made, pushed by skopeo
   python3-venv python3-pip        # cri_grpcio: Python grpcio (PyPI) as a third-party CRI client
@@ -71,6 +73,9 @@ BERTH_SHIM_BIN=$(deploy/build-shim.sh) \
 echo "== the shim under containerd 2.x ($containerd2_bin)"
 BERTH_CONTAINERD_BIN_DIR="$containerd2_bin" \
   cargo test --test shim_containerd -- --test-threads="${BERTH_TEST_THREADS:-2}"
+
+echo "== fuzz the parsers of untrusted bytes (cargo-fuzz, each target for a bounded time)"
+./tests/fuzz.sh
 
 echo "== the README's set-up command in a fresh Debian 12 (debootstrap)"
 ./tests/fresh-debian.sh
