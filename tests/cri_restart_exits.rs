@@ -110,6 +110,8 @@ async fn exits_while_down_and_after_restart_are_seen() -> Result<()> {
     }
     let (a, b) = (ids[0].clone(), ids[1].clone());
     let pid_a = pid_of(&mut rt, &a).await?;
+    // The shim's own log reaches berthd's (its `log` FIFO, as containerd's).
+    berthd.wait_for_log(|l| l.contains("shim log") && l.contains("created") && l.contains(&a))?;
 
     // berthd dies; container a exits while it is down.
     drop(rt);
@@ -163,6 +165,10 @@ async fn exits_while_down_and_after_restart_are_seen() -> Result<()> {
     assert_eq!(st.exit_code, 9);
     // The shim published b's exit to the new berthd.
     berthd.wait_for_log(|l| l.contains("exit event") && l.contains(&b))?;
+    // And the shim's log reaches the new berthd.
+    berthd.wait_for_log(|l| {
+        l.contains("shim log") && l.contains("process exited") && l.contains(&b)
+    })?;
     let s = container_status(&mut rt, &b).await?;
     assert_eq!(s.state, cri::ContainerState::ContainerExited as i32);
     assert_eq!(s.exit_code, 9);

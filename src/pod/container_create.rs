@@ -167,11 +167,12 @@ impl PodManager {
             return Ok(c);
         }
         let started = std::time::Instant::now();
+        let fifo = super::shim_log::open(&pod.dir);
         let addr = start_shim(&pod.id, &pod.dir, &self.events_address).await?;
         let c = Arc::new(ShimClient::connect(&addr).await?);
         pod.shim_address = Some(addr.clone());
         self.store.put_pod(pod)?;
-        self.register_shim(&pod.id, c.clone());
+        self.register_shim_with_log(&pod.id, c.clone(), fifo);
         tracing::info!(
             pod = %pod.id,
             shim = %addr,

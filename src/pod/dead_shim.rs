@@ -27,6 +27,22 @@ impl PodManager {
     /// Makes `shim` the pod's connected shim, and watches its connection:
     /// when it closes while the shim is still the pod's, the shim died.
     pub(crate) fn register_shim(&self, pod_id: &str, shim: Arc<ShimClient>) {
+        let fifo = super::shim_log::open(&self.pod_dir(pod_id));
+        self.register_shim_with_log(pod_id, shim, fifo);
+    }
+
+    /// As [`Self::register_shim`], relaying the shim's log from `fifo`
+    /// (opened before the shim started: see `shim_log`).
+    pub(crate) fn register_shim_with_log(
+        &self,
+        pod_id: &str,
+        shim: Arc<ShimClient>,
+        fifo: std::io::Result<tokio::net::unix::pipe::Receiver>,
+    ) {
+        match fifo {
+            Ok(fifo) => super::shim_log::relay(pod_id, fifo, shim.clone()),
+            Err(e) => tracing::warn!(pod = %pod_id, error = %e, "the shim's log is not relayed"),
+        }
         super::lock(&self.shims).insert(pod_id.to_owned(), shim.clone());
         let me = self.me.clone();
         let pod_id = pod_id.to_owned();

@@ -42,6 +42,7 @@ mod pod_stop;
 mod pod_userns;
 mod recover;
 pub mod shim_client;
+mod shim_log;
 mod stop_signal;
 mod stream_backend;
 
