@@ -397,80 +397,59 @@ fn task_start_is_sent_before_a_task_exit_that_races_it() {
     assert_eq!(f.state("c1", "").unwrap().0, Status::STOPPED);
 }
 
+/// Runs one container whose cgroup reads `at_create` when it is created
+/// and `at_exit` when its init exits with `status`; the events sent.
+fn oom_at_exit(at_create: OomCounts, at_exit: OomCounts, status: u32) -> Vec<String> {
+    let f = Fixture::new();
+    *f.rec.oom.lock().unwrap() = at_create;
+    let pid = f.create("c1").unwrap() as i32;
+    f.start("c1", "").unwrap();
+    *f.rec.oom.lock().unwrap() = at_exit;
+    f.inner().on_exit(pid, status);
+    // Delete reads the same count: nothing new.
+    assert_eq!(f.delete("c1", "").unwrap(), status);
+    f.events()
+}
+
+fn oom_counts(own: Option<u64>, parent: Option<u64>) -> OomCounts {
+    OomCounts { own, parent }
+}
+
+const WITH_OOM: [&str; 5] = [
+    "TaskCreate",
+    "TaskStart",
+    "TaskOOM",
+    "TaskExit",
+    "TaskDelete",
+];
+const WITHOUT_OOM: [&str; 4] = ["TaskCreate", "TaskStart", "TaskExit", "TaskDelete"];
+
 /// The systemd driver's race: the scope is removed with its count before
 /// anyone read it; the parent's count and the SIGKILL tell the OOM kill.
 #[test]
 fn an_oom_kill_whose_scope_is_gone_is_reported_before_the_exit() {
-    let f = Fixture::new();
-    *f.rec.oom.lock().unwrap() = OomCounts {
-        own: Some(0),
-        parent: Some(2),
-    };
-    let pid = f.create("c1").unwrap() as i32;
-    f.start("c1", "").unwrap();
-    *f.rec.oom.lock().unwrap() = OomCounts {
-        own: None,
-        parent: Some(3),
-    };
-    f.inner().on_exit(pid, 137);
-    assert_eq!(f.delete("c1", "").unwrap(), 137);
-    assert_eq!(
-        f.events(),
-        [
-            "TaskCreate",
-            "TaskStart",
-            "TaskOOM",
-            "TaskExit",
-            "TaskDelete"
-        ]
-    );
+    let events = oom_at_exit(oom_counts(Some(0), Some(2)), oom_counts(None, Some(3)), 137);
+    assert_eq!(events, WITH_OOM);
 }
 
-/// A SIGKILL with no kill counted anywhere is no OOM; nor is a kill the
-/// parent counted for a sibling while this cgroup still had its own count.
+/// A SIGKILL with no new kill in the parent is no OOM, nor is a parent's
+/// kill when the init exited otherwise.
 #[test]
 fn a_sigkill_without_a_new_parent_kill_is_no_oom() {
-    let f = Fixture::new();
-    *f.rec.oom.lock().unwrap() = OomCounts {
-        own: Some(0),
-        parent: Some(2),
-    };
-    let a = f.create("a").unwrap() as i32;
-    f.start("a", "").unwrap();
-    *f.rec.oom.lock().unwrap() = OomCounts {
-        own: None,
-        parent: Some(2),
-    };
-    f.inner().on_exit(a, 137);
-    assert_eq!(f.delete("a", "").unwrap(), 137);
-    assert_eq!(
-        f.events(),
-        ["TaskCreate", "TaskStart", "TaskExit", "TaskDelete"]
-    );
+    let events = oom_at_exit(oom_counts(Some(0), Some(2)), oom_counts(None, Some(2)), 137);
+    assert_eq!(events, WITHOUT_OOM);
+    let events = oom_at_exit(oom_counts(Some(0), Some(2)), oom_counts(None, Some(3)), 1);
+    assert_eq!(events, WITHOUT_OOM);
 }
 
 #[test]
 fn an_oom_kill_the_exit_still_finds_in_the_cgroup_is_reported_once() {
-    let f = Fixture::new();
-    let pid = f.create("c1").unwrap() as i32;
-    f.start("c1", "").unwrap();
-    *f.rec.oom.lock().unwrap() = OomCounts {
-        own: Some(1),
-        parent: Some(1),
-    };
-    f.inner().on_exit(pid, 137);
-    // Delete reads the same count: nothing new.
-    assert_eq!(f.delete("c1", "").unwrap(), 137);
-    assert_eq!(
-        f.events(),
-        [
-            "TaskCreate",
-            "TaskStart",
-            "TaskOOM",
-            "TaskExit",
-            "TaskDelete"
-        ]
+    let events = oom_at_exit(
+        oom_counts(Some(0), Some(0)),
+        oom_counts(Some(1), Some(1)),
+        137,
     );
+    assert_eq!(events, WITH_OOM);
 }
 
 #[test]
