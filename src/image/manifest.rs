@@ -49,8 +49,9 @@ pub enum Parsed {
     Index(Vec<Descriptor>),
     /// An image manifest.
     Image {
-        /// The image config's descriptor.
-        config: Descriptor,
+        /// The image config's descriptor (boxed: oci-spec's descriptors are
+        /// large).
+        config: Box<Descriptor>,
         /// The layers, bottom first.
         layers: Vec<Descriptor>,
     },
@@ -165,6 +166,8 @@ pub fn parse(bytes: &[u8], content_type: &str) -> Result<Parsed, ImageError> {
         message: format!("malformed manifest: {reason}"),
     };
     let doc: Value = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+    // An object, as descriptors are: serde's derived readers also took a
+    // JSON array of the fields in declaration order, which no registry sends.
     let Value::Object(mut doc) = doc else {
         return Err(bad(format!("not a JSON object: {doc}")));
     };
@@ -236,7 +239,7 @@ pub fn parse(bytes: &[u8], content_type: &str) -> Result<Parsed, ImageError> {
     let mut manifest =
         ImageManifest::deserialize(Value::Object(doc)).map_err(|e| bad(e.to_string()))?;
     Ok(Parsed::Image {
-        config: manifest.config().clone(),
+        config: Box::new(manifest.config().clone()),
         layers: std::mem::take(manifest.layers_mut()),
     })
 }
@@ -272,7 +275,7 @@ pub fn select_platform(manifests: &[Descriptor]) -> Option<&Descriptor> {
 }
 
 /// [`select_platform`] over anything with a platform.
-fn pick<'a, T>(items: &'a [T], platform: impl Fn(&T) -> Option<&Platform>) -> Option<&'a T> {
+fn pick<T>(items: &[T], platform: impl Fn(&T) -> Option<&Platform>) -> Option<&T> {
     let (os, arch, variant) = host_platform();
     // oci-spec reads both from strings one to one (but for "armbe", which
     // it takes for "arm64be": no host of berth's is either).
@@ -397,5 +400,124 @@ mod tests {
             parse(ok.as_bytes(), "").unwrap(),
             Parsed::Image { .. }
         ));
+    }
+
+    fn hex(n: u8) -> String {
+        format!("sha256:{}", hex::encode([n; 32]))
+    }
+
+    fn message(r: Result<Parsed, ImageError>) -> String {
+        match r {
+            Err(ImageError::Registry { message, .. }) => message,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn tolerates_what_registries_omit() {
+        // No schemaVersion, no mediaType anywhere, no layers, annotations and
+        // a subject oci-spec cannot read.
+        let doc = format!(
+            r#"{{"config":{{"digest":"{}","size":3,"annotations":{{"n":1}}}},
+               "annotations":{{"n":null}},"subject":{{"digest":"x"}}}}"#,
+            hex(1)
+        );
+        match parse(doc.as_bytes(), "").unwrap() {
+            Parsed::Image { config, layers } => {
+                assert_eq!(config.media_type().to_string(), "");
+                assert_eq!(config.size(), 3);
+                assert!(layers.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        // Docker's media types are oci-spec's `Other`.
+        let doc = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST}",
+               "config":{{"mediaType":"application/vnd.docker.container.image.v1+json","digest":"{}","size":3}},
+               "layers":[{{"mediaType":"application/vnd.docker.image.rootfs.diff.tar.gzip","digest":"{}","size":5}}]}}"#,
+            hex(1),
+            hex(2)
+        );
+        let Parsed::Image { layers, .. } = parse(doc.as_bytes(), "").unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            *layers[0].media_type(),
+            MediaType::Other("application/vnd.docker.image.rootfs.diff.tar.gzip".into())
+        );
+    }
+
+    #[test]
+    fn keeps_berths_checks_and_messages() {
+        let manifest =
+            |config: &str| format!(r#"{{"schemaVersion":2,"config":{config},"layers":[]}}"#);
+        let neg = manifest(&format!(r#"{{"digest":"{}","size":-1}}"#, hex(1)));
+        assert_eq!(
+            message(parse(neg.as_bytes(), "")),
+            format!("malformed manifest: negative size for {}", hex(1))
+        );
+        let sha512 = format!("sha512:{}", "ab".repeat(64));
+        let doc = manifest(&format!(r#"{{"digest":"{sha512}","size":1}}"#));
+        assert_eq!(
+            message(parse(doc.as_bytes(), "")),
+            format!("malformed manifest: unsupported digest {sha512:?} (only sha256)")
+        );
+        let doc = manifest(r#"{"digest":"sha256:xx","size":1}"#);
+        assert_eq!(
+            message(parse(doc.as_bytes(), "")),
+            r#"malformed manifest: malformed digest "sha256:xx""#
+        );
+        // oci-spec takes any u64; berth's sizes are i64.
+        let doc = manifest(&format!(r#"{{"digest":"{}","size":{}}}"#, hex(1), u64::MAX));
+        assert!(parse(doc.as_bytes(), "").is_err());
+        assert_eq!(
+            message(parse(br#"{"schemaVersion":2}"#, OCI_INDEX)),
+            "malformed manifest: index without manifests"
+        );
+        assert_eq!(
+            message(parse(br#"{"schemaVersion":2,"layers":[]}"#, "")),
+            "malformed manifest: no config descriptor"
+        );
+        assert_eq!(
+            message(parse(b"{}", DOCKER_V1_SIGNED)),
+            "malformed manifest: Docker schema 1 manifests are not supported"
+        );
+    }
+
+    #[test]
+    fn index_entries_berth_cannot_pull() {
+        let (_, arch, variant) = host_platform();
+        let entry = |digest: &str, size: i64, arch: &str| {
+            format!(
+                r#"{{"mediaType":"{OCI_MANIFEST}","digest":"{digest}","size":{size},
+                   "platform":{{"architecture":"{arch}","os":"linux"{}}}}}"#,
+                variant
+                    .map(|v| format!(r#","variant":"{v}""#))
+                    .unwrap_or_default()
+            )
+        };
+        let index = |entries: &[String]| {
+            format!(
+                r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{}]}}"#,
+                entries.join(",")
+            )
+        };
+        // For another platform: left out, the index is fine.
+        let doc = index(&[
+            entry("sha256:xx", 1, "s390x"),
+            entry(&hex(2), -1, "s390x"),
+            entry(&hex(3), 1, arch),
+        ]);
+        let Parsed::Index(list) = parse(doc.as_bytes(), "").unwrap() else {
+            panic!()
+        };
+        assert_eq!(list.len(), 1);
+        assert_eq!(select_platform(&list).unwrap().digest().to_string(), hex(3));
+        // The one this machine would pull: the parse fails.
+        let doc = index(&[entry(&hex(2), -1, arch), entry(&hex(3), 1, arch)]);
+        assert!(message(parse(doc.as_bytes(), "")).contains("index entry for linux/"));
+        // An entry without a size is no descriptor at all, as before.
+        let doc = index(&[format!(r#"{{"digest":"{}"}}"#, hex(1))]);
+        assert!(parse(doc.as_bytes(), "").is_err());
     }
 }

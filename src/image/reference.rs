@@ -78,7 +78,9 @@ pub struct ParsedRef {
     pub registry: Option<String>,
     /// The path after the registry (no `library/` added yet).
     pub path: String,
+    /// The tag, when the reference names one.
     pub tag: Option<String>,
+    /// The digest (`sha256:<hex>`), when the reference pins one.
     pub digest: Option<String>,
 }
 
@@ -126,9 +128,8 @@ fn invalid(reference: &str, reason: impl Into<String>) -> ImageError {
 /// [`is_registry_host`]), which oci-spec's [`Reference`] cannot do for berth:
 /// it puts unqualified names under `docker.io` like Docker Hub ones, and has
 /// no IPv6 hosts. Each part is then checked, in this order: the digest
-/// ([`validate_digest`]), the tag, the host ([`validate_host`]) and the
-/// repository path, the tag and the path components against oci-spec's
-/// Docker grammar.
+/// ([`validate_digest`]), the tag, the host and the repository path; the tag,
+/// the host's name and the path components against oci-spec's grammar.
 pub fn parse(reference: &str) -> Result<ParsedRef, ImageError> {
     if reference.is_empty() {
         return Err(invalid(reference, "empty reference"));
@@ -381,5 +382,63 @@ mod tests {
             p.qualify("docker.io").to_string(),
             "docker.io/library/app:1"
         );
+    }
+
+    #[test]
+    fn berth_rules_where_oci_spec_differs() {
+        // Kept although oci-spec refuses them.
+        for ok in ["[::1]:5000/x", "reg.io/a._b", "a_-b/c-_d:1", "reg.io/a.__b"] {
+            assert!(normalize(ok).is_ok(), "{ok:?} should be accepted");
+        }
+        let long = "a".repeat(250);
+        assert_eq!(
+            normalize(&long).unwrap().repository,
+            format!("library/{long}")
+        );
+        // Refused although oci-spec takes them.
+        let d = "0123456789abcdef".repeat(4);
+        for bad in [
+            "foo_bar.com/x".to_owned(),
+            "Team/app".into(),
+            "reg:99999/x".into(),
+            "busybox:tagé".into(),
+            format!("busybox@sha256:{}", d.to_uppercase()),
+            format!("busybox@sha512:{d}{d}"),
+            "a..b/c".into(),
+            "reg.io/a.-b".into(),
+            "reg.io/a___b".into(),
+        ] {
+            assert!(
+                matches!(normalize(&bad), Err(ImageError::InvalidReference { .. })),
+                "{bad:?} should be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn parts_and_messages() {
+        let p = parse("docker.io/busybox").unwrap();
+        assert_eq!(p.registry.as_deref(), Some("docker.io"));
+        assert_eq!(p.path, "busybox");
+        assert_eq!(p.tag, None);
+        let p = parse("library/busybox:latest").unwrap();
+        assert_eq!((p.registry, p.path.as_str()), (None, "library/busybox"));
+        assert_eq!(p.tag.as_deref(), Some("latest"));
+        let reason = |r: &str| match parse(r) {
+            Err(ImageError::InvalidReference { reason, .. }) => reason,
+            other => panic!("{r:?}: {other:?}"),
+        };
+        assert_eq!(reason(""), "empty reference");
+        assert_eq!(
+            reason("x@md5:0"),
+            r#"unsupported digest "md5:0" (only sha256)"#
+        );
+        assert_eq!(reason("x@sha256:0"), r#"malformed digest "sha256:0""#);
+        assert_eq!(reason("x:-1"), r#"malformed tag "-1""#);
+        assert_eq!(reason("h:0x/y"), r#"malformed port in registry "h:0x""#);
+        assert_eq!(reason("a_b.io/y"), r#"malformed registry host "a_b.io""#);
+        assert_eq!(reason("reg.io/"), "missing repository name");
+        assert_eq!(reason(&"a".repeat(256)), "repository name too long");
+        assert!(reason("a//b").starts_with(r#"malformed repository component """#));
     }
 }
