@@ -26,9 +26,9 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
 }
 
 /// Checks `bytes` against a descriptor's digest and size.
-pub fn verify(bytes: &[u8], digest: &str, size: Option<i64>) -> Result<(), ImageError> {
+pub fn verify(bytes: &[u8], digest: &str, size: Option<u64>) -> Result<(), ImageError> {
     if let Some(size) = size
-        && size != bytes.len() as i64
+        && size != bytes.len() as u64
     {
         return Err(ImageError::Verification {
             digest: digest.to_owned(),

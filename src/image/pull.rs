@@ -154,9 +154,10 @@ impl ImageStore {
                             manifest::host_platform().1
                         ),
                     })?;
-                let m = session.manifest(&chosen.digest).await?;
-                verify(&m.bytes, &chosen.digest, Some(chosen.size))?;
-                small.push((chosen.digest.clone(), m.bytes.clone()));
+                let chosen_digest = chosen.digest().to_string();
+                let m = session.manifest(&chosen_digest).await?;
+                verify(&m.bytes, &chosen_digest, Some(chosen.size()))?;
+                small.push((chosen_digest, m.bytes.clone()));
                 match manifest::parse(&m.bytes, &m.media_type)
                     .map_err(|e| with_registry(e, &session))?
                 {
@@ -170,16 +171,17 @@ impl ImageStore {
                 }
             }
         };
-        let config_bytes = session.small_blob(&config_desc.digest).await?;
-        verify(&config_bytes, &config_desc.digest, Some(config_desc.size))?;
+        let config_digest = config_desc.digest().to_string();
+        let config_bytes = session.small_blob(&config_digest).await?;
+        verify(&config_bytes, &config_digest, Some(config_desc.size()))?;
         let config: manifest::ImageConfigBlob =
             serde_json::from_slice(&config_bytes).map_err(|e| ImageError::Verification {
-                digest: config_desc.digest.clone(),
+                digest: config_digest.clone(),
                 reason: format!("image config does not parse: {e}"),
             })?;
         if config.rootfs.diff_ids.len() != layers.len() {
             return Err(ImageError::Verification {
-                digest: config_desc.digest.clone(),
+                digest: config_digest.clone(),
                 reason: format!(
                     "config lists {} diff IDs for {} layers",
                     config.rootfs.diff_ids.len(),
@@ -189,18 +191,18 @@ impl ImageStore {
         }
         for d in &config.rootfs.diff_ids {
             reference::validate_digest(d).map_err(|reason| ImageError::Verification {
-                digest: config_desc.digest.clone(),
+                digest: config_digest.clone(),
                 reason,
             })?;
         }
-        small.push((config_desc.digest.clone(), config_bytes.clone()));
+        small.push((config_digest.clone(), config_bytes.clone()));
         let chain_ids = manifest::chain_ids(&config.rootfs.diff_ids);
 
         // Hold everything this image needs against a concurrent GC.
         let all_blobs: Vec<String> = small
             .iter()
             .map(|(d, _)| d.clone())
-            .chain(layers.iter().map(|l| l.digest.clone()))
+            .chain(layers.iter().map(|l| l.digest().to_string()))
             .collect();
         let _guard = {
             let mut f = self.inflight.lock().await;
@@ -215,7 +217,7 @@ impl ImageStore {
 
         // Layers: concurrently, each unpacked while it downloads.
         let progress = Arc::new(Progress::default());
-        let total: u64 = layers.iter().map(|l| l.size.max(0) as u64).sum();
+        let total: u64 = layers.iter().map(Descriptor::size).sum();
         let ticker = {
             let p = progress.clone();
             let img = image.to_string();
@@ -310,7 +312,7 @@ impl ImageStore {
             + top.bytes.len() as u64
             + total;
         let record = ImageRecord {
-            id: config_desc.digest.clone(),
+            id: config_digest.clone(),
             repo_tags: image.tag.iter().map(|_| image.to_string()).collect(),
             repo_digests: vec![image.with_digest(&top_digest)],
             size,
@@ -361,10 +363,11 @@ impl ImageStore {
         // A decompression bomb stops where the disk would be full, not
         // only at the configured bound (64 GiB by default).
         let free = free_bytes(&self.root);
+        let digest = layer.digest().to_string();
         let job = LayerJob {
-            digest: layer.digest.clone(),
-            size: layer.size as u64,
-            media_type: layer.media_type.clone(),
+            digest: digest.clone(),
+            size: layer.size(),
+            media_type: layer.media_type().to_string(),
             diff_id: diff_id.to_owned(),
             max_uncompressed: self.config.max_layer_bytes.min(free),
             limited_by_free_space: free < self.config.max_layer_bytes,
@@ -389,8 +392,8 @@ impl ImageStore {
             tokio::task::spawn_blocking(move || super::layer::run(&job, rx, blob, &path))
         };
         let downloaded = async {
-            let mut stream = session.blob(&layer.digest).await?;
-            while let Some(chunk) = session.next_chunk(&mut stream, &layer.digest).await? {
+            let mut stream = session.blob(&digest).await?;
+            while let Some(chunk) = session.next_chunk(&mut stream, &digest).await? {
                 progress
                     .bytes
                     .fetch_add(chunk.len() as u64, Ordering::Relaxed);
@@ -404,12 +407,12 @@ impl ImageStore {
         .await;
         drop(tx);
         let worked = worker.await.map_err(|e| ImageError::Io {
-            context: format!("layer {}", layer.digest),
+            context: format!("layer {digest}"),
             source: std::io::Error::other(e),
         });
         downloaded?;
         let UnpackedLayer { blob, stats } = worked??;
-        self.content.commit(blob, &layer.digest)?;
+        self.content.commit(blob, &digest)?;
         let target = self.snapshots.path(chain_id);
         let tmp_path = dir.keep();
         if let Err(e) = std::fs::rename(&tmp_path, &target) {
@@ -422,15 +425,15 @@ impl ImageStore {
             }
         }
         let done = progress.layers.fetch_add(1, Ordering::Relaxed) + 1;
-        tracing::info!(layer = %layer.digest, bytes = layer.size, files = stats.entries, layers_done = done, downloaded = progress.bytes.load(Ordering::Relaxed), "layer done");
+        tracing::info!(layer = %digest, bytes = layer.size(), files = stats.entries, layers_done = done, downloaded = progress.bytes.load(Ordering::Relaxed), "layer done");
         Ok(Some((
             chain_id.to_owned(),
             SnapshotInfo {
                 diff_id: diff_id.to_owned(),
-                layer_digest: layer.digest.clone(),
+                layer_digest: digest,
                 unpacked_bytes: stats.bytes,
             },
-            layer.size as u64,
+            layer.size(),
             stats.implicit_dirs,
         )))
     }
