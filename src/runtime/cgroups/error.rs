@@ -12,7 +12,8 @@ pub enum CgroupError {
     /// The cgroup does not exist.
     #[error("cgroup {0} not found")]
     NotFound(String),
-    /// cgroups-rs reported a failure.
+    /// The cgroup files are not what berth can use (missing controller,
+    /// unparsable value).
     #[error("cgroup {path}: {message}")]
     Backend { path: String, message: String },
     /// systemd refused or failed a unit operation (systemd cgroup driver).

@@ -1,13 +1,19 @@
 //! Where the cgroup hierarchies are: one v1 mount per controller, or the
-//! single v2 tree. Detection reads mountinfo (`mountinfo.rs`) and asks
-//! cgroups-rs whether the unified mode is on; everything else takes explicit
+//! single v2 tree. The one model is the list of cgroup mounts under
+//! `/sys/fs/cgroup` that `mountinfo.rs` parses: [`Hierarchy::from_mounts`]
+//! indexes it by controller for managing cgroups, and the container's
+//! `cgroup` mounts mirror the same list (`rootfs/cgroupfs.rs`), so both
+//! agree on whether the machine is unified. Everything else takes explicit
 //! directories so that the logic can run against a temp dir in tests.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use cgroups_rs::fs::hierarchies;
+use super::mountinfo::CgroupMount;
+
+/// Where the host's cgroup hierarchies are mounted.
+pub const CGROUP_MOUNT_ROOT: &str = "/sys/fs/cgroup";
 
 /// v1 controllers a container cgroup is created in (when mounted).
 pub(crate) const V1_CONTROLLERS: &[&str] = &[
@@ -27,6 +33,15 @@ pub(crate) const V1_CONTROLLERS: &[&str] = &[
 
 /// Overrides detection: containers go in the cgroup2 tree mounted here.
 pub const CGROUP2_ROOT_ENV: &str = "BERTH_CGROUP2_ROOT";
+
+/// The host's cgroup mounts of a mountinfo text: those under
+/// `/sys/fs/cgroup`, where systemd and every distribution put them.
+pub fn host_mounts(mountinfo: &str) -> Vec<CgroupMount> {
+    super::mountinfo::cgroup_mounts(mountinfo)
+        .into_iter()
+        .filter(|m| m.mount_point.starts_with(CGROUP_MOUNT_ROOT))
+        .collect()
+}
 
 /// The cgroup hierarchy of the machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,17 +67,24 @@ impl Hierarchy {
         if let Some(root) = std::env::var_os(CGROUP2_ROOT_ENV) {
             return Hierarchy::V2 { root: root.into() };
         }
-        if hierarchies::is_cgroup2_unified_mode() {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        Self::from_mounts(&super::mountinfo::cgroup_mounts(&info))
+    }
+
+    /// The hierarchy cgroup mounts make: unified when a cgroup2 tree is mounted on `/sys/fs/cgroup` itself
+    /// (a hybrid's cgroup2 mount below it has no controllers), else each
+    /// v1 controller at the first mount that carries it.
+    pub fn from_mounts(host: &[CgroupMount]) -> Self {
+        if let Some(m) = host
+            .iter()
+            .find(|m| m.v2 && m.mount_point == Path::new(CGROUP_MOUNT_ROOT))
+        {
             return Hierarchy::V2 {
-                root: PathBuf::from(hierarchies::UNIFIED_MOUNTPOINT),
+                root: m.mount_point.clone(),
             };
         }
         let mut mounts = BTreeMap::new();
-        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        for m in super::mountinfo::cgroup_mounts(&info) {
-            if m.v2 {
-                continue;
-            }
+        for m in host.iter().filter(|m| !m.v2) {
             for c in V1_CONTROLLERS {
                 if m.controllers.iter().any(|o| o == c) {
                     mounts

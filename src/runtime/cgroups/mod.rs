@@ -4,11 +4,11 @@
 //! they are on. The container's init helper joins the cgroup *before* it
 //! clones the container process, so the process is born inside it.
 //!
-//! cgroups-rs finds the hierarchy (v1 mount points from mountinfo, v2
-//! detection); berth then writes the cgroup files itself, because cgroups-rs
-//! pins v2 to /sys/fs/cgroup (so the v2 logic could not be tested here, on a
-//! v1 machine), drops cpuset set-up errors, and has no fd-based OOM
-//! notifier. The translation of OCI resources into file writes (`plan`)
+//! The hierarchy comes from the host's cgroup mounts (`hierarchy.rs`, over
+//! the one mountinfo parser); berth writes the cgroup files itself rather
+//! than through cgroups-rs, which pins v2 to /sys/fs/cgroup (so the v2 logic
+//! could not be tested on a v1 machine), drops cpuset set-up errors, and has
+//! no fd-based OOM notifier. The translation of OCI resources into file writes (`plan`)
 //! and the parsing of stat files (`stats`) are pure and unit-tested
 //! against temp directories laid out like both hierarchies.
 
@@ -32,7 +32,7 @@ mod stats;
 pub mod systemd;
 
 pub use error::CgroupError;
-pub use hierarchy::{CGROUP2_ROOT_ENV, CgroupFeatures, Hierarchy};
+pub use hierarchy::{CGROUP_MOUNT_ROOT, CGROUP2_ROOT_ENV, CgroupFeatures, Hierarchy, host_mounts};
 pub use oom::OomCounts;
 
 /// Result of cgroup operations.

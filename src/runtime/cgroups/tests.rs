@@ -1024,3 +1024,49 @@ fn v1_oom_counts_have_no_parent() {
         }
     );
 }
+
+/// A mountinfo line of a cgroup mount at `at`.
+fn mount_line(id: u32, at: &str, fstype: &str, opts: &str) -> String {
+    format!(
+        "{id} 1 0:{id} / {at} rw,nosuid,nodev,noexec,relatime shared:{id} - {fstype} {fstype} {opts}\n"
+    )
+}
+
+#[test]
+fn the_hierarchy_comes_from_the_cgroup_mounts() {
+    // systemd + pure v2.
+    let pure = mount_line(
+        30,
+        "/sys/fs/cgroup",
+        "cgroup2",
+        "rw,nsdelegate,memory_recursiveprot",
+    );
+    let h = Hierarchy::from_mounts(&host_mounts(&pure));
+    assert_eq!(h, Hierarchy::v2_at(Path::new("/sys/fs/cgroup")));
+    // A hybrid (this machine's kind): tmpfs on /sys/fs/cgroup, v1
+    // controllers below it, and a controller-less cgroup2 at unified/.
+    let hybrid = [
+        "25 1 0:25 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755\n"
+            .to_owned(),
+        mount_line(26, "/sys/fs/cgroup/unified", "cgroup2", "rw,nsdelegate"),
+        mount_line(27, "/sys/fs/cgroup/cpu,cpuacct", "cgroup", "rw,cpu,cpuacct"),
+        mount_line(28, "/sys/fs/cgroup/memory", "cgroup", "rw,memory"),
+        mount_line(29, "/sys/fs/cgroup/pids", "cgroup", "rw,pids"),
+    ]
+    .concat();
+    let mounts = host_mounts(&hybrid);
+    assert_eq!(mounts.len(), 4, "tmpfs is no cgroup mount: {mounts:?}");
+    match Hierarchy::from_mounts(&mounts) {
+        Hierarchy::V1 { mounts } => {
+            assert_eq!(mounts["cpu"], Path::new("/sys/fs/cgroup/cpu,cpuacct"));
+            assert_eq!(mounts["cpuacct"], Path::new("/sys/fs/cgroup/cpu,cpuacct"));
+            assert_eq!(mounts["memory"], Path::new("/sys/fs/cgroup/memory"));
+            assert!(!mounts.contains_key("devices"));
+        }
+        other => panic!("a hybrid is v1: {other:?}"),
+    }
+    // Cgroup mounts elsewhere (a container runtime's own, a test's) are not
+    // the host's.
+    let elsewhere = mount_line(40, "/run/other/cgroup", "cgroup2", "rw");
+    assert!(host_mounts(&elsewhere).is_empty());
+}

@@ -10,7 +10,8 @@ use nix::mount::MsFlags;
 use oci_spec::runtime::Mount;
 
 use super::{RootfsContext, SetupResult, remount_bind, sys};
-use crate::runtime::cgroups::mountinfo::{CgroupMount, cgroup_mounts, cgroup_path_for};
+use crate::runtime::cgroups::mountinfo::{CgroupMount, cgroup_path_for};
+use crate::runtime::cgroups::{Hierarchy, host_mounts};
 use crate::runtime::mount_options::MountOptions;
 use crate::runtime::path::{Kind, ensure_in_root, open_in_root, proc_fd_path};
 
@@ -28,12 +29,12 @@ pub(super) fn mount_cgroup(
     let info = k
         .mountinfo()
         .map_err(|e| format!("{what}: read mountinfo: {e}"))?;
-    let hierarchies: Vec<CgroupMount> = cgroup_mounts(&info)
-        .into_iter()
-        .filter(|h| h.mount_point.starts_with("/sys/fs/cgroup"))
-        .collect();
+    let hierarchies: Vec<CgroupMount> = host_mounts(&info);
     let target = ensure_in_root(root, dest, Kind::Dir).map_err(|e| format!("{what}: {e}"))?;
-    let only_v2 = hierarchies.len() == 1 && hierarchies[0].v2;
+    // The one rule of hierarchy.rs: unified when cgroup2 is on
+    // /sys/fs/cgroup itself; then the container's own cgroup is bound
+    // straight there, else each hierarchy below a tmpfs.
+    let only_v2 = Hierarchy::from_mounts(&hierarchies).is_v2();
     if !only_v2 {
         sys(
             k.mount(
