@@ -8,11 +8,11 @@
 //! deadline.
 //!
 //! [`ClientDeadlineLayer`] sits inside tonic's timeout and races each call
-//! against the same deadline. It always answers first: its timer is armed
-//! before tonic's (tonic calls the inner service, which arms this one,
-//! before it makes its own timer), so it is due no later; and tonic polls
-//! the inner future before its timer, so when both are due this one's
-//! answer is what goes out. The call's future is dropped, as tonic would
+//! against the same deadline, one timer tick early. It always answers
+//! first: its timer is armed before tonic's (tonic calls the inner service,
+//! which arms this one, before it makes its own timer) and is due a tick
+//! sooner, and tonic polls the inner future before its timer, so once this
+//! one has fired its answer is what goes out. The call's future is dropped, as tonic would
 //! drop it; work a handler handed to a task of its own (a pull) goes on.
 
 use std::future::Future;
@@ -42,6 +42,14 @@ pub struct ClientDeadline<S> {
     inner: S,
 }
 
+/// tokio's timer resolution. Armed first, this layer's timer is due no
+/// later than tonic's, but due in the same tick both can fire, and on a
+/// busy multi-threaded runtime tonic's can be seen first (its CANCELLED
+/// then goes out): one tick early, this one is always seen first. A call
+/// that finishes in time still wins, as `timeout` polls the call before
+/// its timer.
+const TIMER_TICK: Duration = Duration::from_millis(1);
+
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 impl<S, B, RB> Service<http::Request<B>> for ClientDeadline<S>
@@ -69,8 +77,10 @@ where
             return Box::pin(self.inner.call(request));
         };
         let rpc = request.uri().path().to_owned();
-        // The deadline is fixed here, in `call`, not at the first poll.
-        let call = tokio::time::timeout(timeout, self.inner.call(request));
+        // The deadline is fixed here, in `call`, not at the first poll, one
+        // timer tick early (see [`TIMER_TICK`]).
+        let call =
+            tokio::time::timeout(timeout.saturating_sub(TIMER_TICK), self.inner.call(request));
         Box::pin(async move {
             match call.await {
                 Ok(answer) => answer,
