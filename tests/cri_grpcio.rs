@@ -37,11 +37,25 @@ fn grpcio_python() -> Result<PathBuf, String> {
     }
 }
 
+/// The host's target triple, as rustc names it.
+fn host_triple() -> Result<String> {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let out = Command::new(rustc).arg("-vV").output()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .map(str::to_owned)
+        .context("no host line in rustc -vV")
+}
+
 /// api.proto as the k8s-cri crate this build uses ships it.
 fn cri_proto() -> Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // Offline, the packages of this platform only: those of others (Windows
+    // crates of the lock file) were never downloaded on a fresh machine.
     let out = Command::new(cargo)
         .args(["metadata", "--format-version", "1", "--offline"])
+        .args(["--filter-platform", &host_triple()?])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()?;
     if !out.status.success() {
