@@ -37,7 +37,7 @@ impl PodManager {
         &self,
         pod_id: &str,
         shim: Arc<ShimClient>,
-        fifo: std::io::Result<tokio::net::unix::pipe::Receiver>,
+        fifo: super::Result<tokio::net::unix::pipe::Receiver>,
     ) {
         match fifo {
             Ok(fifo) => super::shim_log::relay(pod_id, fifo, shim.clone()),

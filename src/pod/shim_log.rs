@@ -27,15 +27,16 @@ const MAX_LINE: usize = 16 * 1024;
 
 /// Makes the pod's log FIFO (if it is not there) and opens it for the
 /// relay. Must run before the shim starts (see the module docs).
-pub(crate) fn open(dir: &Path) -> std::io::Result<pipe::Receiver> {
+/// A FIFO already there (a live shim's, or one a crash left) is reused.
+pub(crate) fn open(dir: &Path) -> super::Result<pipe::Receiver> {
     let path = dir.join(LOG_FIFO);
-    match nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)) {
-        Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
-        Err(e) => return Err(e.into()),
+    if !path.exists() {
+        super::stream_backend::mkfifo(&path)?;
     }
     pipe::OpenOptions::new()
         .read_write(true)
         .open_receiver(&path)
+        .map_err(|e| super::PodError::io(format!("open {}", path.display()), e))
 }
 
 /// Relays the lines of `fifo` into berthd's log until `shim`'s connection

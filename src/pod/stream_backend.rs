@@ -132,7 +132,8 @@ impl Drop for ExecGuard {
     }
 }
 
-fn mkfifo(path: &Path) -> Result<()> {
+/// Makes a FIFO (0600) at `path`.
+pub(super) fn mkfifo(path: &Path) -> Result<()> {
     nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600))
         .map_err(|e| PodError::io(format!("mkfifo {}", path.display()), e.into()))
 }

@@ -49,10 +49,7 @@ impl<R: Runtime> Inner<R> {
         }
         // An OOM the watcher has not got to yet must not vanish with the cgroup.
         if let Ok(counts) = c.runtime.oom_counts() {
-            let mut t = c.oom.locked();
-            if t.observe(&counts) {
-                super::oom::publish(&self.events, &c.id);
-            }
+            super::oom::report(&c.oom, &counts, None, &self.events, &c.id);
         }
         c.oom_stop.store(true, Ordering::SeqCst);
         if let Err(e) = c.runtime.delete() {

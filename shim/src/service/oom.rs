@@ -76,8 +76,29 @@ impl OomTracker {
     }
 }
 
-/// Publishes TaskOOM for `id`.
-pub(super) fn publish(events: &EventSender, id: &str) {
+/// Takes a reading into `tracker` (as the init's exit with `exit_status`,
+/// or while it may still run) and publishes TaskOOM for `id` when it shows
+/// a new kill. The one place a TaskOOM is sent: it is queued under the
+/// tracker's lock, so a TaskOOM the watcher, the init's exit or Delete
+/// sends is always queued before the init's TaskExit.
+pub(super) fn report(
+    tracker: &Mutex<OomTracker>,
+    counts: &OomCounts,
+    exit_status: Option<u32>,
+    events: &EventSender,
+    id: &str,
+) {
+    let mut t = tracker.locked();
+    let new = match exit_status {
+        Some(status) => t.observe_exit(counts, status),
+        None => t.observe(counts),
+    };
+    if new {
+        publish(events, id);
+    }
+}
+
+fn publish(events: &EventSender, id: &str) {
     tracing::info!(container = %id, "OOM");
     events.send(TaskOOM {
         container_id: id.to_owned(),
@@ -95,14 +116,8 @@ pub(super) fn exit_check<C: RuntimeContainer>(
     id: String,
 ) -> crate::process::ExitHook {
     Box::new(move |status| {
-        let Ok(counts) = runtime.oom_counts() else {
-            return;
-        };
-        // Published under the tracker's lock, as the watcher does: a
-        // TaskOOM either of them queues is before this init's TaskExit.
-        let mut t = tracker.locked();
-        if t.observe_exit(&counts, status) {
-            publish(&events, &id);
+        if let Ok(counts) = runtime.oom_counts() {
+            report(&tracker, &counts, Some(status), &events, &id);
         }
     })
 }
@@ -144,16 +159,20 @@ impl<R: Runtime> Inner<R> {
                     // every memory.events change, the parent's too: count
                     // the kills.
                     let stopping = stop.load(Ordering::SeqCst);
-                    let mut t = tracker.locked();
-                    let (oom, gone) = match runtime.oom_counts() {
-                        Ok(counts) => (t.observe(&counts), counts.own.is_none()),
+                    let gone = match runtime.oom_counts() {
+                        Ok(counts) => {
+                            report(&tracker, &counts, None, &events, &id);
+                            counts.own.is_none()
+                        }
                         // No counter to read: on v1 a signal is an OOM.
-                        Err(_) => (!stopping, false),
+                        Err(_) => {
+                            if !stopping {
+                                let _ordered = tracker.locked();
+                                publish(&events, &id);
+                            }
+                            false
+                        }
                     };
-                    if oom {
-                        publish(&events, &id);
-                    }
-                    drop(t);
                     // Once the cgroup is gone the init's exit check has the
                     // last word.
                     if stopping || gone {

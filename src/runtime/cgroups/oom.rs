@@ -32,6 +32,14 @@ pub struct OomCounts {
     pub parent: Option<u64>,
 }
 
+/// The memory controller's directory of the cgroup at `path`.
+fn memory_dir(h: &Hierarchy, path: &str) -> Result<std::path::PathBuf> {
+    h.dir("memory", path).ok_or_else(|| CgroupError::Backend {
+        path: path.to_owned(),
+        message: "no memory controller is mounted".into(),
+    })
+}
+
 /// The parent of the relative cgroup `path`, `None` at the root.
 fn parent_of(path: &str) -> Option<&str> {
     path.rsplit_once('/')
@@ -59,12 +67,7 @@ fn oom_kill(dir: &std::path::Path, file: &str) -> Result<Option<u64>> {
 
 /// Reads the OOM kill counters of the cgroup at `path` (see [`OomCounts`]).
 pub(crate) fn counts(h: &Hierarchy, path: &str) -> Result<OomCounts> {
-    let Some(dir) = h.dir("memory", path) else {
-        return Err(CgroupError::Backend {
-            path: path.to_owned(),
-            message: "no memory controller is mounted".into(),
-        });
-    };
+    let dir = memory_dir(h, path)?;
     match h {
         Hierarchy::V1 { .. } => Ok(OomCounts {
             own: oom_kill(&dir, "memory.oom_control")?,
@@ -89,10 +92,7 @@ pub(crate) fn counts(h: &Hierarchy, path: &str) -> Result<OomCounts> {
 /// every change of the cgroup's memory.events (which holds oom_kill) and of
 /// its parent's. Either way the reader drains it and compares [`counts`].
 pub(crate) fn notifier(h: &Hierarchy, path: &str) -> Result<OwnedFd> {
-    let dir = h.dir("memory", path).ok_or_else(|| CgroupError::Backend {
-        path: path.to_owned(),
-        message: "no memory controller is mounted".into(),
-    })?;
+    let dir = memory_dir(h, path)?;
     let sys = |what: &str, e: nix::Error| CgroupError::Io {
         path: dir.join(what).display().to_string(),
         source: std::io::Error::from(e),
